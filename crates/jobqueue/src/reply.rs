@@ -1,0 +1,134 @@
+//! Request/reply on top of plain queues, shared by both implementations: one private reply
+//! queue per queue object, a listener task routing replies to waiting callers by correlation
+//! id. It must never block a caller past its timeout, nor keep a waiter's entry after it gave up.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{Consumer, Error, JobQueue, Message, Result};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+
+#[derive(Default)]
+pub(crate) struct Replies {
+    pending: Pending,
+    listener: tokio::sync::Mutex<Option<Listener>>,
+}
+
+struct Listener {
+    queue: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get_mut().take() {
+            listener.task.abort();
+        }
+    }
+}
+
+/// Removes a waiter's entry however its wait ends (reply, timeout, cancellation).
+struct Unregister {
+    pending: Pending,
+    correlation_id: String,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.pending.lock().expect("reply map poisoned").remove(&self.correlation_id);
+    }
+}
+
+impl Replies {
+    /// Sends `message` to `queue` through `jobs` and waits for its reply. `open_reply_queue`
+    /// creates the private reply queue and a consumer on it; it runs again if the previous
+    /// listener ended (for RabbitMQ: the connection that owned the reply queue was lost).
+    pub(crate) async fn request<F, Fut>(
+        &self,
+        jobs: &dyn JobQueue,
+        open_reply_queue: F,
+        queue: &str,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Result<Message>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(String, Consumer)>>,
+    {
+        let reply_to = self.listen(open_reply_queue).await?;
+        let correlation_id = ulid::Ulid::new().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("reply map poisoned").insert(correlation_id.clone(), tx);
+        let _unregister =
+            Unregister { pending: self.pending.clone(), correlation_id: correlation_id.clone() };
+
+        message.reply_to = Some(reply_to);
+        message.correlation_id = Some(correlation_id.clone());
+        tracing::debug!(queue.name = queue, request.correlation_id = %correlation_id, "sending request");
+        // The publish counts against the timeout too: a caller asked for a bounded wait.
+        let exchange = async {
+            jobs.publish(queue, message).await?;
+            rx.await.map_err(|_| Error::Closed)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    async fn listen<F, Fut>(&self, open_reply_queue: F) -> Result<String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(String, Consumer)>>,
+    {
+        let mut listener = self.listener.lock().await;
+        if let Some(l) = listener.as_ref() {
+            if !l.task.is_finished() {
+                return Ok(l.queue.clone());
+            }
+        }
+        let (queue, consumer) = open_reply_queue().await?;
+        let task = tokio::spawn(route_replies(consumer, self.pending.clone()));
+        *listener = Some(Listener { queue: queue.clone(), task });
+        Ok(queue)
+    }
+}
+
+async fn route_replies(mut consumer: Consumer, pending: Pending) {
+    while let Some(delivery) = consumer.next().await {
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::warn!(%error, "reply listener stopped; the next request restarts it");
+                return;
+            }
+        };
+        let waiter = delivery
+            .correlation_id
+            .as_ref()
+            .and_then(|id| pending.lock().expect("reply map poisoned").remove(id));
+        let reply = Message {
+            body: delivery.body.clone(),
+            headers: delivery.headers.clone(),
+            reply_to: None,
+            correlation_id: delivery.correlation_id.clone(),
+        };
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(reply);
+            }
+            None => tracing::debug!(
+                request.correlation_id = ?delivery.correlation_id,
+                "discarding a reply nobody waits for (late or unknown)"
+            ),
+        }
+        // Replies are not jobs: losing one after a crash only makes its caller time out.
+        let _ = delivery.ack().await;
+    }
+}
