@@ -1,0 +1,277 @@
+//! Streamed file content: [`SmbClient::read_stream`] and [`SmbClient::write_stream`].
+//!
+//! Both keep `limits.io_depth` requests of at most `min(limits.io_chunk, server max)` bytes in
+//! flight, so memory is bounded by depth × chunk whatever the file size. Workarounds for the
+//! library: buffers are split at the server's maximum read/write size here (the library sends
+//! whatever it is given); every request first waits for credits (see `transport.rs`) and, when
+//! the connection wears out on credits lost to interim responses, the transfer reopens the file
+//! on a fresh connection and carries on at the same offset.
+//!
+//! Must never hold a whole file in memory, or reuse a handle's cached size (each transfer
+//! opens its own handle and asks the server).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::Stream;
+use smb::{CreateDisposition, CreateOptions, File, Resource};
+use tokio::io::AsyncRead;
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::client::{am, Conn, SmbClient};
+use crate::error::{classify, classify_io, Result, SmbError};
+use crate::path::normalize;
+
+/// Credits a request of `len` payload bytes costs (one per 64 KiB).
+fn charge(len: usize) -> i64 {
+    1 + (len.max(1) as i64 - 1) / 65536
+}
+
+/// A handle that moves to a fresh connection when its connection wears out.
+struct Handle {
+    client: SmbClient,
+    path: String,
+    write: bool,
+    cur: Mutex<(Arc<Conn>, Arc<File>)>,
+}
+
+impl Handle {
+    async fn open(client: &SmbClient, conn: &Conn, path: &str, write: bool, create: bool) -> Result<File> {
+        let (disposition, access) = if write {
+            (
+                if create { CreateDisposition::OverwriteIf } else { CreateDisposition::Open },
+                am::READ_DATA | am::WRITE_DATA | am::READ_ATTRIBUTES | am::WRITE_ATTRIBUTES,
+            )
+        } else {
+            (CreateDisposition::Open, am::READ_DATA | am::READ_ATTRIBUTES)
+        };
+        let fut = SmbClient::open_on(
+            conn,
+            path,
+            disposition,
+            CreateOptions::new().with_non_directory_file(true),
+            access,
+            smb::FileAttributes::new(),
+        );
+        let r = tokio::time::timeout(client.inner.cfg.timeouts.request, fut)
+            .await
+            .map_err(|_| SmbError::lost(format!("opening {path:?} timed out")))??;
+        match r {
+            Resource::File(f) => Ok(f),
+            _ => Err(SmbError::Other { detail: format!("{path:?} is not a file"), status: None }),
+        }
+    }
+
+    /// The (connection, file) to use for the next request, moving to a fresh connection first
+    /// if the current one should not take new requests.
+    async fn current(&self) -> Result<(Arc<Conn>, Arc<File>)> {
+        let mut cur = self.cur.lock().await;
+        if !cur.0.usable() {
+            let old = cur.0.id;
+            let conn = self.client.conn().await?;
+            let file = Handle::open(&self.client, &conn, &self.path, self.write, false).await?;
+            info!(smb.path = %self.path, from = old, to = conn.id, "transfer moved to a fresh connection");
+            *cur = (conn, Arc::new(file));
+        }
+        Ok(cur.clone())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let cur = self.cur.lock().await;
+        let t = self.client.inner.cfg.timeouts.request;
+        match tokio::time::timeout(t, cur.1.close()).await {
+            Ok(r) => r.map_err(|e| classify(e, &self.path)),
+            Err(_) => Err(SmbError::lost("close timed out")),
+        }
+    }
+}
+
+fn lost_or(conn: &Conn, e: SmbError) -> SmbError {
+    if e.is_connection_lost() {
+        conn.mark_broken();
+    }
+    e
+}
+
+async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) -> Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let (conn, file) = h.current().await?;
+        let want = len - filled;
+        conn.wait_credits(charge(want), timeout).await?;
+        let r = tokio::time::timeout(timeout, file.read_block(&mut buf[filled..], offset + filled as u64, None, false)).await;
+        let n = match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(lost_or(&conn, classify_io(e, &h.path))),
+            Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("read of {:?} timed out", h.path)))),
+        };
+        if n == 0 {
+            break; // end of file (it shrank since we asked its size)
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration) -> Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        let (conn, file) = h.current().await?;
+        let part: Arc<[u8]> = Arc::from(&data[done..]);
+        conn.wait_credits(charge(part.len()), timeout).await?;
+        let r = tokio::time::timeout(timeout, file.write_block_zc(part, offset + done as u64, None)).await;
+        let n = match r {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(lost_or(&conn, classify_io(e, &h.path))),
+            Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("write to {:?} timed out", h.path)))),
+        };
+        if n == 0 {
+            return Err(SmbError::other(format!("server wrote 0 bytes to {:?}", h.path)));
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+impl SmbClient {
+    fn chunk_size(&self, server_max: u32) -> usize {
+        self.inner.cfg.limits.io_chunk.min(server_max).max(4096) as usize
+    }
+
+    async fn open_handle(&self, path: &str, write: bool) -> Result<(Arc<Handle>, u64)> {
+        let path = normalize(path);
+        let client = self.clone();
+        let p = path.clone();
+        let (conn, file, size) = self
+            .run(&path, |conn| async move {
+                let file = Handle::open(&client, &conn, &p, write, write).await?;
+                let info: smb::FileNetworkOpenInformation =
+                    file.query_info().await.map_err(|e| classify(e, &p))?;
+                Ok((conn, file, info.end_of_file))
+            })
+            .await?;
+        let h = Handle { client: self.clone(), path, write, cur: Mutex::new((conn, Arc::new(file))) };
+        Ok((Arc::new(h), size))
+    }
+
+    /// Streams a file's content as `Bytes` chunks in order, with several reads in flight.
+    /// The size is taken when the file is opened; the stream ends after the first error.
+    pub async fn read_stream(&self, path: &str) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+        let (h, size) = self.open_handle(path, false).await?;
+        let chunk = self.chunk_size(h.cur.lock().await.0.max_read) as u64;
+        let depth = self.inner.cfg.limits.io_depth.max(1);
+        let timeout = self.inner.cfg.timeouts.request;
+        debug!(smb.path = %h.path, size, chunk, depth, "read stream");
+        let offsets = (0..size.div_ceil(chunk)).map(move |i| i * chunk);
+        let hh = h.clone();
+        let stream = futures::stream::iter(offsets)
+            .map(move |off| {
+                let len = chunk.min(size - off) as usize;
+                read_chunk(hh.clone(), off, len, timeout)
+            })
+            .buffered(depth)
+            // Stop after the first error; close the handle when done.
+            .scan(false, |failed, r| {
+                if *failed {
+                    return futures::future::ready(None);
+                }
+                *failed = r.is_err();
+                futures::future::ready(Some(r))
+            })
+            .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
+            .chain(futures::stream::once(async move {
+                let _ = h.close().await;
+                Ok(Bytes::new())
+            }).filter(|_| futures::future::ready(false)));
+        Ok(stream)
+    }
+
+    /// Reads a whole file into memory (for small files and tests).
+    pub async fn read_to_vec(&self, path: &str) -> Result<Vec<u8>> {
+        let mut s = std::pin::pin!(self.read_stream(path).await?);
+        let mut out = Vec::new();
+        while let Some(b) = s.next().await {
+            out.extend_from_slice(&b?);
+        }
+        Ok(out)
+    }
+
+    /// Creates or overwrites `path` with the content of `src`, with several writes in flight.
+    /// Returns the number of bytes written. An error of `src` aborts the upload (the file is
+    /// left partially written: write to a temporary name and [`rename`](Self::rename) for
+    /// atomic replacement).
+    pub async fn write_stream<S, B, E>(&self, path: &str, src: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<B, E>> + Send,
+        B: Into<Bytes>,
+        E: std::fmt::Display,
+    {
+        let (h, _) = self.open_handle(path, true).await?;
+        let chunk = self.chunk_size(h.cur.lock().await.0.max_write);
+        let depth = self.inner.cfg.limits.io_depth.max(1);
+        let timeout = self.inner.cfg.timeouts.request;
+        let mut src = std::pin::pin!(src);
+        let mut pending = BytesMut::new();
+        let mut offset = 0u64;
+        let mut in_flight = FuturesUnordered::new();
+        let mut source_done = false;
+        let result: Result<()> = async {
+            loop {
+                // Dispatch full chunks (or the tail once the source is done).
+                while in_flight.len() < depth && (pending.len() >= chunk || (source_done && !pending.is_empty())) {
+                    let n = pending.len().min(chunk);
+                    let data = pending.split_to(n).freeze();
+                    in_flight.push(write_chunk(h.clone(), offset, data, timeout));
+                    offset += n as u64;
+                }
+                if source_done && pending.is_empty() {
+                    while let Some(r) = in_flight.next().await {
+                        r?;
+                    }
+                    return Ok(());
+                }
+                if in_flight.len() >= depth || (source_done && !pending.is_empty()) {
+                    if let Some(r) = in_flight.next().await {
+                        r?;
+                    }
+                    continue;
+                }
+                // Room for more: read from the source (and reap finished writes meanwhile).
+                tokio::select! {
+                    biased;
+                    Some(r) = in_flight.next(), if !in_flight.is_empty() => { r?; }
+                    item = src.next() => match item {
+                        Some(Ok(b)) => pending.extend_from_slice(&b.into()),
+                        Some(Err(e)) => return Err(SmbError::other(format!("reading the upload source failed: {e}"))),
+                        None => source_done = true,
+                    },
+                }
+            }
+        }
+        .await;
+        drop(in_flight);
+        let closed = h.close().await;
+        result?;
+        closed?;
+        debug!(smb.path = %h.path, bytes = offset, "write stream done");
+        Ok(offset)
+    }
+
+    /// Creates or overwrites `path` with everything `reader` yields.
+    pub async fn write_from_reader<R: AsyncRead + Send>(&self, path: &str, reader: R) -> Result<u64> {
+        let cap = self.inner.cfg.limits.io_chunk.max(4096) as usize;
+        self.write_stream(path, tokio_util::io::ReaderStream::with_capacity(reader, cap)).await
+    }
+
+    /// Creates or overwrites `path` with `data` (for small files and tests).
+    pub async fn write_all(&self, path: &str, data: impl Into<Bytes>) -> Result<u64> {
+        let data: Bytes = data.into();
+        let src = futures::stream::iter([Ok::<Bytes, std::convert::Infallible>(data)]);
+        self.write_stream(path, src).await
+    }
+}

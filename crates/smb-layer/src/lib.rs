@@ -1,0 +1,45 @@
+//! The SMB layer: the only crate of the project that knows the SMB library (`smb` 0.12.1).
+//!
+//! It gives the sync worker a small API over one share ([`SmbClient`]) with our own types
+//! ([`DirEntry`], [`SecurityDescriptor`], [`ChangeEvent`], [`SmbError`] with stable codes),
+//! share-relative `/` paths, bounded concurrency and a timeout on every call, and works around
+//! the library's known defects through its public API (see `README.md` of this crate):
+//! TCP_NODELAY transport, credit starvation, lost listing wake-ups, dead connections, cached
+//! file sizes and unsplit writes.
+//!
+//! It must never: expose a library type, log or print a password, hang on a silent server,
+//! or hold a file's content in memory.
+//!
+//! Not here yet: an LSA client (SID ↔ name). The library's RPC layer only offers NDR64,
+//! which Samba rejects; that needs NDR20 support or our own minimal LSA binding.
+//!
+//! ```no_run
+//! # async fn demo() -> smb_layer::Result<()> {
+//! use smb_layer::{SmbClient, SmbConfig};
+//! let client = SmbClient::connect(SmbConfig::new("fileserver", 445, "CORP", "svc", "secret", "Share")).await?;
+//! for e in client.list_dir("projects").await? {
+//!     println!("{} {} bytes id={}", e.path, e.size, e.file_id);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod config;
+mod error;
+mod io;
+mod listing;
+mod ops;
+pub mod path;
+mod transport;
+mod types;
+mod watch;
+
+pub use client::{ConnectionStats, SmbClient};
+pub use config::{Limits, Secret, SmbConfig, Timeouts};
+pub use error::{NtStatus, Result, SmbError};
+pub use listing::{ExcludeFn, WalkOptions};
+pub use ops::SetTimes;
+pub use types::{
+    access, Ace, AceFlags, AceKind, ChangeEvent, ChangeKind, DirEntry, FileAttributes, FileTime, SdControl,
+    SecurityDescriptor,
+};
