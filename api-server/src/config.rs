@@ -1,0 +1,63 @@
+//! Configuration: command-line flags, each with an environment variable.
+//!
+//! Standalone (the default): everything under `--data-dir` (`./data`): the SQLite database,
+//! the content store, the admin token file. Distributed: `DATABASE_URL=postgres://…` shared
+//! by every replica, and a content store all replicas reach.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Where standalone mode keeps its database, content and admin token.
+    #[arg(long, env = "SCAIDRIVE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// `postgres://…` for a cluster; default: SQLite in the data directory (standalone).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Content store directory; default: `<data-dir>/content`.
+    #[arg(long, env = "SCAIDRIVE_CONTENT_DIR")]
+    pub content_dir: Option<PathBuf>,
+
+    /// Address of the REST API.
+    #[arg(long, env = "SCAIDRIVE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest file accepted, in bytes (default: no limit).
+    #[arg(long, env = "SCAIDRIVE_MAX_FILE_SIZE")]
+    pub max_file_size: Option<u64>,
+}
+
+impl Config {
+    /// A configuration for tests and tools: everything under `data_dir`.
+    pub fn for_dir(data_dir: PathBuf, database_url: Option<String>) -> Config {
+        Config {
+            data_dir,
+            database_url,
+            content_dir: None,
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            max_file_size: None,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("scaidrive.db").display()),
+        }
+    }
+
+    pub fn is_standalone(&self) -> bool {
+        !self.database_url().starts_with("postgres")
+    }
+
+    pub fn content_dir(&self) -> PathBuf {
+        self.content_dir.clone().unwrap_or_else(|| self.data_dir.join("content"))
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+}

@@ -1,0 +1,170 @@
+//! The database: PostgreSQL in a cluster, SQLite in standalone mode, behind one `sqlx::AnyPool`
+//! so that every query above this module is the same code for both. The SQL is written in
+//! the dialect both understand (`$1` placeholders, `RETURNING`, `ON CONFLICT`, partial
+//! indexes), integers and times as BIGINT, flags as BIGINT 0/1.
+//!
+//! Migrations are the numbered files in the top-level `migrations/` folder, embedded in the
+//! binary and applied at start-up in order, each in its own transaction, recorded in
+//! `schema_migrations`. A shipped migration is never edited.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+
+/// The migrations, in order. Add new files at the end.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../../migrations/0001_foundation.sql"),
+)];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("backend", &self.backend).finish()
+    }
+}
+
+impl Db {
+    /// Connects (creating the SQLite file if needed) and applies pending migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            anyhow::bail!("unsupported database URL scheme (use postgres:// or sqlite://)");
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                // Create the file up front: AnyPool cannot pass `create_if_missing`.
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .context("parsing the SQLite URL")?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                use sqlx::ConnectOptions;
+                let conn = opts.connect().await.context("creating the SQLite database")?;
+                drop(conn);
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA busy_timeout = 30000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await
+                    .context("opening the SQLite database")?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await
+                .context("connecting to PostgreSQL")?,
+        };
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        self.pool
+            .execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .await
+            .context("creating schema_migrations")?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            if self.backend == Backend::Postgres {
+                // Several replicas may start at once: one applies, the others wait here.
+                tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE").await?;
+            }
+            let done: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if done.is_some() {
+                tx.rollback().await?;
+                continue;
+            }
+            tracing::info!(migration.version = version, migration.name = name, "applying migration");
+            for stmt in split_statements(sql) {
+                tx.execute(stmt.as_str())
+                    .await
+                    .with_context(|| format!("migration {version} ({name}) failed at: {stmt}"))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                .bind(*version)
+                .bind(*name)
+                .bind(crate::time::now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Splits a migration file into statements at `;` line ends, dropping `--` comments.
+/// (Our migrations contain no semicolons inside literals or bodies.)
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in sql.lines() {
+        let line = match line.find("--") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        cur.push_str(line);
+        cur.push('\n');
+        if line.trim_end().ends_with(';') {
+            let stmt = cur.trim().trim_end_matches(';').trim().to_string();
+            if !stmt.is_empty() {
+                out.push(stmt);
+            }
+            cur.clear();
+        }
+    }
+    let rest = cur.trim();
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migration_files_split_into_statements() {
+        let stmts = super::split_statements("-- c\nCREATE TABLE a (x BIGINT); -- t\nCREATE INDEX i ON a (x);\n");
+        assert_eq!(stmts, vec!["CREATE TABLE a (x BIGINT)", "CREATE INDEX i ON a (x)"]);
+    }
+}

@@ -1,0 +1,717 @@
+//! Folders, files, versions and trash.
+//!
+//! Invariants:
+//! - among the live (not trashed) children of a folder, names are unique (a partial unique
+//!   index enforces it);
+//! - a version becomes visible only in the transaction that records all its chunks, after
+//!   the content was completely stored; a file's current version is its newest one;
+//! - every write takes the tenant's next change position first and records its change in
+//!   the same transaction;
+//! - deleting moves to trash (the item keeps its versions); restoring brings it back.
+
+use sqlx::any::AnyRow;
+
+use super::changes::{self, Actor, ChangeType, NewChange};
+use super::{get_i64, get_opt_i64, get_opt_str, get_str, Tx};
+use crate::content::{ChunkRef, Ingested};
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{FileId, FolderId, TenantId, VersionId};
+use crate::time::now_ms;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Folder,
+    File,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Folder => "folder",
+            Kind::File => "file",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub share_id: String,
+    /// The share id for items at the share's root.
+    pub parent_id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub size: i64,
+    pub sha256: Option<String>,
+    pub current_version_id: Option<String>,
+    pub owner_id: String,
+    pub modified_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub id: String,
+    pub file_id: String,
+    pub number: i64,
+    pub size: i64,
+    pub sha256: String,
+    pub modified_at: i64,
+    pub created_at: i64,
+    pub actor_type: String,
+    pub actor_id: String,
+}
+
+fn node_from(r: &AnyRow) -> Node {
+    Node {
+        id: get_str(r, "id"),
+        tenant_id: TenantId::from_db(get_str(r, "tenant_id")),
+        share_id: get_str(r, "share_id"),
+        parent_id: get_str(r, "parent_id"),
+        name: get_str(r, "name"),
+        kind: if get_str(r, "kind") == "folder" { Kind::Folder } else { Kind::File },
+        size: get_i64(r, "size"),
+        sha256: get_opt_str(r, "sha256"),
+        current_version_id: get_opt_str(r, "current_version_id"),
+        owner_id: get_str(r, "owner_id"),
+        modified_at: get_i64(r, "modified_at"),
+        created_at: get_i64(r, "created_at"),
+        updated_at: get_i64(r, "updated_at"),
+        deleted_at: get_opt_i64(r, "deleted_at"),
+    }
+}
+
+fn version_from(r: &AnyRow) -> Version {
+    Version {
+        id: get_str(r, "id"),
+        file_id: get_str(r, "file_id"),
+        number: get_i64(r, "number"),
+        size: get_i64(r, "size"),
+        sha256: get_str(r, "sha256"),
+        modified_at: get_i64(r, "modified_at"),
+        created_at: get_i64(r, "created_at"),
+        actor_type: get_str(r, "actor_type"),
+        actor_id: get_str(r, "actor_id"),
+    }
+}
+
+/// A node of the tenant (trashed or not), or 404.
+pub async fn get(db: &Db, tenant: &TenantId, id: &str) -> ApiResult<Node> {
+    sqlx::query("SELECT * FROM nodes WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(tenant.as_str())
+        .fetch_optional(&db.pool)
+        .await?
+        .map(|r| node_from(&r))
+        .ok_or_else(|| ApiError::not_found("item"))
+}
+
+async fn get_tx(tx: &mut Tx<'_>, tenant: &TenantId, id: &str) -> ApiResult<Option<Node>> {
+    Ok(sqlx::query("SELECT * FROM nodes WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| node_from(&r)))
+}
+
+/// Where a node stands: its path from the share root and whether it or an ancestor is in trash.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub path: String,
+    /// Ids from the node up to (excluding) the share, nearest first.
+    pub ancestry: Vec<String>,
+    pub in_trash: bool,
+}
+
+const ANCESTRY_SQL: &str = "WITH RECURSIVE up(id, parent_id, name, deleted_at, depth) AS (
+        SELECT id, parent_id, name, deleted_at, 0 FROM nodes WHERE id = $1
+        UNION ALL
+        SELECT n.id, n.parent_id, n.name, n.deleted_at, up.depth + 1 FROM nodes n JOIN up ON n.id = up.parent_id
+    ) SELECT id, name, deleted_at FROM up ORDER BY depth";
+
+fn location_from(rows: &[AnyRow]) -> Location {
+    let mut names: Vec<String> = rows.iter().map(|r| get_str(r, "name")).collect();
+    names.reverse();
+    Location {
+        path: crate::paths::join(&names),
+        ancestry: rows.iter().map(|r| get_str(r, "id")).collect(),
+        in_trash: rows.iter().any(|r| get_opt_i64(r, "deleted_at").is_some()),
+    }
+}
+
+pub async fn locate(db: &Db, id: &str) -> ApiResult<Location> {
+    let rows = sqlx::query(ANCESTRY_SQL).bind(id).fetch_all(&db.pool).await?;
+    Ok(location_from(&rows))
+}
+
+async fn locate_tx(tx: &mut Tx<'_>, id: &str) -> ApiResult<Location> {
+    let rows = sqlx::query(ANCESTRY_SQL).bind(id).fetch_all(&mut **tx).await?;
+    Ok(location_from(&rows))
+}
+
+/// The live child `name` of `parent_id`.
+pub async fn child(db: &Db, parent_id: &str, name: &str) -> ApiResult<Option<Node>> {
+    Ok(sqlx::query("SELECT * FROM nodes WHERE parent_id = $1 AND name = $2 AND deleted_at IS NULL")
+        .bind(parent_id)
+        .bind(name)
+        .fetch_optional(&db.pool)
+        .await?
+        .map(|r| node_from(&r)))
+}
+
+async fn child_tx(tx: &mut Tx<'_>, parent_id: &str, name: &str) -> ApiResult<Option<Node>> {
+    Ok(sqlx::query("SELECT * FROM nodes WHERE parent_id = $1 AND name = $2 AND deleted_at IS NULL")
+        .bind(parent_id)
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| node_from(&r)))
+}
+
+/// The live item at `segs` under the share root (an empty path is the root: `None`).
+pub async fn lookup_path(db: &Db, share_id: &str, segs: &[String]) -> ApiResult<Option<Node>> {
+    let mut parent = share_id.to_string();
+    let mut found = None;
+    for (i, s) in segs.iter().enumerate() {
+        let Some(n) = child(db, &parent, s).await? else {
+            return Err(ApiError::not_found("item"));
+        };
+        if n.kind == Kind::File && i + 1 < segs.len() {
+            return Err(ApiError::not_found("item"));
+        }
+        parent = n.id.clone();
+        found = Some(n);
+    }
+    Ok(found)
+}
+
+/// Live children of a folder (or of the share root), ordered by name, after `after` (a name).
+pub async fn children(db: &Db, parent_id: &str, after: Option<&str>, limit: i64) -> ApiResult<Vec<Node>> {
+    let rows = sqlx::query(
+        "SELECT * FROM nodes WHERE parent_id = $1 AND deleted_at IS NULL AND name > $2 ORDER BY name LIMIT $3",
+    )
+    .bind(parent_id)
+    .bind(after.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.iter().map(node_from).collect())
+}
+
+/// Items moved to trash themselves (not their descendants), newest first.
+pub async fn trash(db: &Db, share_id: &str) -> ApiResult<Vec<Node>> {
+    let rows = sqlx::query("SELECT * FROM nodes WHERE share_id = $1 AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id")
+        .bind(share_id)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(node_from).collect())
+}
+
+/// Checks that `parent_id` is the share root or a live folder of that share.
+async fn live_parent(tx: &mut Tx<'_>, tenant: &TenantId, share_id: &str, parent_id: &str) -> ApiResult<String> {
+    if parent_id == share_id {
+        return Ok("/".to_string());
+    }
+    let p = get_tx(tx, tenant, parent_id)
+        .await?
+        .filter(|p| p.share_id == share_id)
+        .ok_or_else(|| ApiError::not_found("parent folder").with_field("parent_id"))?;
+    if p.kind != Kind::Folder {
+        return Err(ApiError::validation("parent_id", "the parent is a file, not a folder").with_code("NOT_A_FOLDER"));
+    }
+    let loc = locate_tx(tx, parent_id).await?;
+    if loc.in_trash {
+        return Err(ApiError::conflict("PARENT_IN_TRASH", "the parent folder is in trash").with_field("parent_id"));
+    }
+    Ok(loc.path)
+}
+
+fn child_path(parent_path: &str, name: &str) -> String {
+    if parent_path == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent_path}/{name}")
+    }
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::conflict("NAME_TAKEN", format!("an item named '{name}' already exists there")).with_field("name")
+}
+
+/// Creates a folder. `name` must already be validated (NFC).
+pub async fn create_folder(db: &Db, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str) -> ApiResult<Node> {
+    let mut tx = db.pool.begin().await?;
+    let pos = changes::next_position(&mut tx, tenant).await?;
+    let parent_path = live_parent(&mut tx, tenant, share_id, parent_id).await?;
+    if child_tx(&mut tx, parent_id, name).await?.is_some() {
+        return Err(name_taken(name));
+    }
+    let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name).await?;
+    let path = child_path(&parent_path, name);
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id,
+        node_id: &node.id,
+        node_type: "folder",
+        change_type: ChangeType::Created,
+        name,
+        parent_id,
+        path: &path,
+        old_parent_id: None,
+        old_path: None,
+        version_id: None,
+        size: None,
+        sha256: None,
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(node)
+}
+
+async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str) -> ApiResult<Node> {
+    let now = now_ms();
+    let node = Node {
+        id: FolderId::generate().to_string(),
+        tenant_id: tenant.clone(),
+        share_id: share_id.to_string(),
+        parent_id: parent_id.to_string(),
+        name: name.to_string(),
+        kind: Kind::Folder,
+        size: 0,
+        sha256: None,
+        current_version_id: None,
+        owner_id: actor.id.clone(),
+        modified_at: now,
+        created_at: now,
+        updated_at: now,
+        deleted_at: None,
+    };
+    sqlx::query(
+        "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'folder', 0, $6, $7, $7, $7)",
+    )
+    .bind(&node.id)
+    .bind(tenant.as_str())
+    .bind(share_id)
+    .bind(parent_id)
+    .bind(name)
+    .bind(&node.owner_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match ApiError::from(e) {
+        err if err.code == "ALREADY_EXISTS" => name_taken(name),
+        err => err,
+    })?;
+    Ok(node)
+}
+
+/// Makes sure every folder of `segs` exists under the share root, creating the missing ones,
+/// and returns the id of the last (the share id for an empty path).
+pub async fn ensure_folders(db: &Db, tenant: &TenantId, actor: &Actor, share_id: &str, segs: &[String]) -> ApiResult<String> {
+    let mut parent = share_id.to_string();
+    for s in segs {
+        match child(db, &parent, s).await? {
+            Some(n) if n.kind == Kind::Folder => parent = n.id,
+            Some(_) => return Err(ApiError::conflict("NOT_A_FOLDER", format!("'{s}' is a file, not a folder")).with_field("path")),
+            None => match create_folder(db, tenant, actor, share_id, &parent, s).await {
+                Ok(n) => parent = n.id,
+                // Created concurrently by someone else: use theirs.
+                Err(e) if e.code == "NAME_TAKEN" => {
+                    parent = child(db, &parent, s).await?.ok_or(e)?.id;
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Ok(parent)
+}
+
+/// Where new content goes.
+pub enum Target<'a> {
+    /// The file named `name` in `parent_id`: a new file, or a new version if one exists.
+    Named { parent_id: &'a str, name: &'a str },
+    /// A new version of this existing file.
+    Existing { file_id: &'a str },
+}
+
+/// The result of committing content.
+pub struct Committed {
+    pub node: Node,
+    pub version: Version,
+    pub created: bool,
+}
+
+/// Makes stored content a file's new version (or a new file), in one transaction:
+/// the chunks were completely stored before this is called.
+/// `base_version_id`, when given, must be the file's current version (else 409
+/// `VERSION_CONFLICT`); for a new file it must be absent.
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_content(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    share_id: &str,
+    target: Target<'_>,
+    content: &Ingested,
+    base_version_id: Option<&str>,
+    modified_at: Option<i64>,
+) -> ApiResult<Committed> {
+    let mut tx = db.pool.begin().await?;
+    let pos = changes::next_position(&mut tx, tenant).await?;
+    let now = now_ms();
+    let mtime = modified_at.unwrap_or(now);
+    let (existing, parent_id, name) = match target {
+        Target::Named { parent_id, name } => {
+            live_parent(&mut tx, tenant, share_id, parent_id).await?;
+            let ex = child_tx(&mut tx, parent_id, name).await?;
+            (ex, parent_id.to_string(), name.to_string())
+        }
+        Target::Existing { file_id } => {
+            let n = get_tx(&mut tx, tenant, file_id)
+                .await?
+                .filter(|n| n.share_id == share_id && n.kind == Kind::File)
+                .ok_or_else(|| ApiError::not_found("file"))?;
+            if locate_tx(&mut tx, &n.id).await?.in_trash {
+                return Err(ApiError::conflict("IN_TRASH", "the file is in trash; restore it first"));
+            }
+            let (p, nm) = (n.parent_id.clone(), n.name.clone());
+            (Some(n), p, nm)
+        }
+    };
+    if let Some(ex) = &existing {
+        if ex.kind == Kind::Folder {
+            return Err(ApiError::conflict("NAME_TAKEN", format!("'{name}' is a folder")).with_field("name"));
+        }
+        if let Some(base) = base_version_id {
+            if ex.current_version_id.as_deref() != Some(base) {
+                return Err(ApiError::conflict(
+                    "VERSION_CONFLICT",
+                    "the file changed since the version this write is based on",
+                )
+                .with_field("base_version_id")
+                .with_details(serde_json::json!({ "current_version_id": ex.current_version_id })));
+            }
+        }
+    } else if base_version_id.is_some() {
+        return Err(ApiError::conflict("VERSION_CONFLICT", "the file this write is based on no longer exists")
+            .with_field("base_version_id"));
+    }
+
+    for c in &content.chunks {
+        sqlx::query("INSERT INTO chunks (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
+            .bind(&c.sha256)
+            .bind(c.size as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+
+    let created = existing.is_none();
+    let file_id = match &existing {
+        Some(n) => n.id.clone(),
+        None => FileId::generate().to_string(),
+    };
+    if created {
+        sqlx::query(
+            "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'file', 0, $6, $7, $8, $8)",
+        )
+        .bind(&file_id)
+        .bind(tenant.as_str())
+        .bind(share_id)
+        .bind(&parent_id)
+        .bind(&name)
+        .bind(&actor.id)
+        .bind(mtime)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.code == "ALREADY_EXISTS" => name_taken(&name),
+            err => err,
+        })?;
+    }
+    let (number,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE file_id = $1")
+        .bind(&file_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = Version {
+        id: VersionId::generate().to_string(),
+        file_id: file_id.clone(),
+        number,
+        size: content.size as i64,
+        sha256: content.sha256.clone(),
+        modified_at: mtime,
+        created_at: now,
+        actor_type: actor.kind.to_string(),
+        actor_id: actor.id.clone(),
+    };
+    insert_version(&mut tx, &version, &content.chunks).await?;
+    sqlx::query(
+        "UPDATE nodes SET size = $1, sha256 = $2, current_version_id = $3, modified_at = $4, updated_at = $5 WHERE id = $6",
+    )
+    .bind(version.size)
+    .bind(&version.sha256)
+    .bind(&version.id)
+    .bind(mtime)
+    .bind(now)
+    .bind(&file_id)
+    .execute(&mut *tx)
+    .await?;
+    let path = locate_tx(&mut tx, &file_id).await?.path;
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id,
+        node_id: &file_id,
+        node_type: "file",
+        change_type: if created { ChangeType::Created } else { ChangeType::Updated },
+        name: &name,
+        parent_id: &parent_id,
+        path: &path,
+        old_parent_id: None,
+        old_path: None,
+        version_id: Some(&version.id),
+        size: Some(version.size),
+        sha256: Some(&version.sha256),
+    })
+    .await?;
+    let node = get_tx(&mut tx, tenant, &file_id).await?.ok_or_else(|| ApiError::internal("file vanished in its own transaction"))?;
+    tx.commit().await?;
+    Ok(Committed { node, version, created })
+}
+
+async fn insert_version(tx: &mut Tx<'_>, v: &Version, chunks: &[ChunkRef]) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO versions (id, file_id, number, size, sha256, modified_at, created_at, actor_type, actor_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&v.id)
+    .bind(&v.file_id)
+    .bind(v.number)
+    .bind(v.size)
+    .bind(&v.sha256)
+    .bind(v.modified_at)
+    .bind(v.created_at)
+    .bind(&v.actor_type)
+    .bind(&v.actor_id)
+    .execute(&mut **tx)
+    .await?;
+    for (i, c) in chunks.iter().enumerate() {
+        sqlx::query("INSERT INTO version_chunks (version_id, idx, sha256, size) VALUES ($1, $2, $3, $4)")
+            .bind(&v.id)
+            .bind(i as i64)
+            .bind(&c.sha256)
+            .bind(c.size as i64)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn versions(db: &Db, file_id: &str) -> ApiResult<Vec<Version>> {
+    let rows = sqlx::query("SELECT * FROM versions WHERE file_id = $1 ORDER BY number DESC")
+        .bind(file_id)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows.iter().map(version_from).collect())
+}
+
+pub async fn version(db: &Db, file_id: &str, version_id: &str) -> ApiResult<Version> {
+    sqlx::query("SELECT * FROM versions WHERE file_id = $1 AND id = $2")
+        .bind(file_id)
+        .bind(version_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .map(|r| version_from(&r))
+        .ok_or_else(|| ApiError::not_found("version"))
+}
+
+pub async fn version_chunks(db: &Db, version_id: &str) -> ApiResult<Vec<ChunkRef>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT sha256, size FROM version_chunks WHERE version_id = $1 ORDER BY idx")
+        .bind(version_id)
+        .fetch_all(&db.pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sha256, size)| ChunkRef { sha256, size: size as u64 })
+        .collect())
+}
+
+/// Restores an old version as a new version on top (its content is not copied: the new
+/// version names the same chunks).
+pub async fn restore_version(db: &Db, tenant: &TenantId, actor: &Actor, file: &Node, old: &Version) -> ApiResult<Committed> {
+    let chunks = version_chunks(db, &old.id).await?;
+    let content = Ingested {
+        size: old.size as u64,
+        sha256: old.sha256.clone(),
+        chunks,
+    };
+    commit_content(db, tenant, actor, &file.share_id, Target::Existing { file_id: &file.id }, &content, None, Some(old.modified_at)).await
+}
+
+/// Renames and/or moves an item. `new_parent_id` may be the share id (the root).
+pub async fn rename_move(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    node: &Node,
+    new_name: Option<&str>,
+    new_parent_id: Option<&str>,
+    base_version_id: Option<&str>,
+) -> ApiResult<Node> {
+    let mut tx = db.pool.begin().await?;
+    let pos = changes::next_position(&mut tx, tenant).await?;
+    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
+    let old_loc = locate_tx(&mut tx, &cur.id).await?;
+    if old_loc.in_trash {
+        return Err(ApiError::conflict("IN_TRASH", "the item is in trash; restore it first"));
+    }
+    if let Some(base) = base_version_id {
+        if cur.current_version_id.as_deref() != Some(base) {
+            return Err(ApiError::conflict("VERSION_CONFLICT", "the item changed since the version this write is based on")
+                .with_field("base_version_id"));
+        }
+    }
+    let name = new_name.unwrap_or(&cur.name).to_string();
+    let parent = new_parent_id.unwrap_or(&cur.parent_id).to_string();
+    if name == cur.name && parent == cur.parent_id {
+        tx.rollback().await?;
+        return Ok(cur);
+    }
+    let parent_path = live_parent(&mut tx, tenant, &cur.share_id, &parent).await?;
+    if parent != cur.share_id && cur.kind == Kind::Folder {
+        let anc = locate_tx(&mut tx, &parent).await?.ancestry;
+        if anc.iter().any(|a| a == &cur.id) {
+            return Err(ApiError::validation("parent_id", "a folder cannot move into itself or its own subfolder").with_code("INVALID_MOVE"));
+        }
+    }
+    if let Some(other) = child_tx(&mut tx, &parent, &name).await? {
+        if other.id != cur.id {
+            return Err(name_taken(&name));
+        }
+    }
+    let now = now_ms();
+    sqlx::query("UPDATE nodes SET name = $1, parent_id = $2, updated_at = $3 WHERE id = $4")
+        .bind(&name)
+        .bind(&parent)
+        .bind(now)
+        .bind(&cur.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.code == "ALREADY_EXISTS" => name_taken(&name),
+            err => err,
+        })?;
+    let path = child_path(&parent_path, &name);
+    let moved = parent != cur.parent_id;
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id: &cur.share_id,
+        node_id: &cur.id,
+        node_type: cur.kind.as_str(),
+        change_type: if moved { ChangeType::Moved } else { ChangeType::Renamed },
+        name: &name,
+        parent_id: &parent,
+        path: &path,
+        old_parent_id: Some(&cur.parent_id),
+        old_path: Some(&old_loc.path),
+        version_id: cur.current_version_id.as_deref(),
+        size: None,
+        sha256: None,
+    })
+    .await?;
+    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Moves an item (and with it everything inside) to trash.
+pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base_version_id: Option<&str>) -> ApiResult<Node> {
+    let mut tx = db.pool.begin().await?;
+    let pos = changes::next_position(&mut tx, tenant).await?;
+    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
+    let loc = locate_tx(&mut tx, &cur.id).await?;
+    if loc.in_trash {
+        return Err(ApiError::conflict("IN_TRASH", "the item is already in trash"));
+    }
+    if let Some(base) = base_version_id {
+        if cur.current_version_id.as_deref() != Some(base) {
+            return Err(ApiError::conflict("VERSION_CONFLICT", "the item changed since the version this delete is based on")
+                .with_field("base_version_id"));
+        }
+    }
+    let now = now_ms();
+    sqlx::query("UPDATE nodes SET deleted_at = $1, deleted_by = $2, updated_at = $1 WHERE id = $3")
+        .bind(now)
+        .bind(&actor.id)
+        .bind(&cur.id)
+        .execute(&mut *tx)
+        .await?;
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id: &cur.share_id,
+        node_id: &cur.id,
+        node_type: cur.kind.as_str(),
+        change_type: ChangeType::Deleted,
+        name: &cur.name,
+        parent_id: &cur.parent_id,
+        path: &loc.path,
+        old_parent_id: None,
+        old_path: None,
+        version_id: cur.current_version_id.as_deref(),
+        size: None,
+        sha256: None,
+    })
+    .await?;
+    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Brings an item back from trash to where it was. Its parent must not be in trash and its
+/// name must be free there (else 409, nothing changes).
+pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> ApiResult<Node> {
+    let mut tx = db.pool.begin().await?;
+    let pos = changes::next_position(&mut tx, tenant).await?;
+    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
+    if cur.deleted_at.is_none() {
+        return Err(ApiError::conflict("NOT_IN_TRASH", "the item is not in trash"));
+    }
+    if cur.parent_id != cur.share_id && locate_tx(&mut tx, &cur.parent_id).await?.in_trash {
+        return Err(ApiError::conflict("PARENT_IN_TRASH", "the item's folder is in trash; restore the folder first"));
+    }
+    if child_tx(&mut tx, &cur.parent_id, &cur.name).await?.is_some() {
+        return Err(name_taken(&cur.name));
+    }
+    let now = now_ms();
+    sqlx::query("UPDATE nodes SET deleted_at = NULL, deleted_by = NULL, updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&cur.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            err if err.code == "ALREADY_EXISTS" => name_taken(&cur.name),
+            err => err,
+        })?;
+    let path = locate_tx(&mut tx, &cur.id).await?.path;
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id: &cur.share_id,
+        node_id: &cur.id,
+        node_type: cur.kind.as_str(),
+        change_type: ChangeType::Created,
+        name: &cur.name,
+        parent_id: &cur.parent_id,
+        path: &path,
+        old_parent_id: None,
+        old_path: None,
+        version_id: cur.current_version_id.as_deref(),
+        size: Some(cur.size),
+        sha256: cur.sha256.as_deref(),
+    })
+    .await?;
+    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    tx.commit().await?;
+    Ok(out)
+}
