@@ -130,7 +130,7 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        self.replies.request(self, || self.open_reply_queue(), queue, message, timeout).await
+        self.replies.request(self, 0, || self.open_reply_queue(), queue, message, timeout).await
     }
 }
 

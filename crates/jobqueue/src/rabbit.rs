@@ -106,10 +106,13 @@ struct Link {
     target: String,
     config: RabbitConfig,
     live: tokio::sync::Mutex<Option<Live>>,
+    opened: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
 struct Live {
+    /// Counts the connections this link opened; changes on every reconnect.
+    epoch: u64,
     connection: Arc<Connection>,
     /// In confirm mode, shared by all publishes (lapin matches confirms to publishes).
     publisher: Channel,
@@ -154,7 +157,8 @@ impl Link {
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         tracing::info!(amqp.target = %self.target, "AMQP connection open");
-        Ok(Live { connection: Arc::new(connection), publisher })
+        let epoch = self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(Live { epoch, connection: Arc::new(connection), publisher })
     }
 
     /// Publishes with `mandatory`, so an unroutable message comes back as an error instead of
@@ -246,7 +250,13 @@ impl RabbitQueue {
             .parse()
             .map_err(|e: String| Error::Config(format!("cannot parse the AMQP URL: {e}")))?;
         let target = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
-        let link = Arc::new(Link { uri, target, config, live: tokio::sync::Mutex::new(None) });
+        let link = Arc::new(Link {
+            uri,
+            target,
+            config,
+            live: tokio::sync::Mutex::new(None),
+            opened: Default::default(),
+        });
         link.live().await?;
         Ok(Self { link, replies: Arc::new(Replies::default()) })
     }
@@ -346,7 +356,9 @@ impl JobQueue for RabbitQueue {
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        self.replies.request(self, || self.open_reply_queue(), queue, message, timeout).await
+        // Make sure the connection is up first: a reply queue from an older connection is gone.
+        let epoch = self.link.live().await?.epoch;
+        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
     }
 }
 

@@ -22,6 +22,8 @@ pub(crate) struct Replies {
 
 struct Listener {
     queue: String,
+    /// The connection epoch the reply queue belongs to (see `request`).
+    epoch: u64,
     task: JoinHandle<()>,
 }
 
@@ -48,10 +50,12 @@ impl Drop for Unregister {
 impl Replies {
     /// Sends `message` to `queue` through `jobs` and waits for its reply. `open_reply_queue`
     /// creates the private reply queue and a consumer on it; it runs again if the previous
-    /// listener ended (for RabbitMQ: the connection that owned the reply queue was lost).
+    /// listener ended or `epoch` changed (for RabbitMQ: the connection that owned the reply
+    /// queue was replaced, which the listener may not have noticed yet).
     pub(crate) async fn request<F, Fut>(
         &self,
         jobs: &dyn JobQueue,
+        epoch: u64,
         open_reply_queue: F,
         queue: &str,
         mut message: Message,
@@ -61,7 +65,7 @@ impl Replies {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(String, Consumer)>>,
     {
-        let reply_to = self.listen(open_reply_queue).await?;
+        let reply_to = self.listen(epoch, open_reply_queue).await?;
         let correlation_id = ulid::Ulid::new().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("reply map poisoned").insert(correlation_id.clone(), tx);
@@ -82,20 +86,21 @@ impl Replies {
         }
     }
 
-    async fn listen<F, Fut>(&self, open_reply_queue: F) -> Result<String>
+    async fn listen<F, Fut>(&self, epoch: u64, open_reply_queue: F) -> Result<String>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(String, Consumer)>>,
     {
         let mut listener = self.listener.lock().await;
         if let Some(l) = listener.as_ref() {
-            if !l.task.is_finished() {
+            if l.epoch == epoch && !l.task.is_finished() {
                 return Ok(l.queue.clone());
             }
+            l.task.abort();
         }
         let (queue, consumer) = open_reply_queue().await?;
         let task = tokio::spawn(route_replies(consumer, self.pending.clone()));
-        *listener = Some(Listener { queue: queue.clone(), task });
+        *listener = Some(Listener { queue: queue.clone(), epoch, task });
         Ok(queue)
     }
 }
