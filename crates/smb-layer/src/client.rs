@@ -347,6 +347,22 @@ impl SmbClient {
         res
     }
 
+    /// Runs an idempotent operation, once more on a fresh connection if the first attempt
+    /// lost its connection (e.g. the server restarted since the last call): callers see a
+    /// transparent reconnect.
+    pub(crate) async fn retrying<T, Fut>(&self, mut op: impl FnMut() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match op().await {
+            Err(e) if e.is_connection_lost() => {
+                info!(error = %e, "retrying once on a fresh SMB connection");
+                op().await
+            }
+            r => r,
+        }
+    }
+
     /// Opens `path` on `conn` with the given disposition, options and access.
     pub(crate) async fn open_on(
         conn: &Conn,

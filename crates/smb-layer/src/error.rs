@@ -287,7 +287,7 @@ pub(crate) fn classify(err: smb::Error, path: &str) -> SmbError {
         E::TranformFailed(_) | E::SignatureVerificationFailed => {
             SmbError::ConnectionLost { detail, status: None }
         }
-        E::AcquireError(_) | E::LockError | E::JoinError(_) => {
+        E::AcquireError(_) | E::LockError | E::JoinError(_) | E::MessageProcessingError(_) => {
             SmbError::ConnectionLost { detail, status: None }
         }
         _ => match status_in_text(&detail) {

@@ -162,7 +162,7 @@ impl SmbClient {
     /// Streams a file's content as `Bytes` chunks in order, with several reads in flight.
     /// The size is taken when the file is opened; the stream ends after the first error.
     pub async fn read_stream(&self, path: &str) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
-        let (h, size) = self.open_handle(path, false).await?;
+        let (h, size) = self.retrying(|| self.open_handle(path, false)).await?;
         let chunk = self.chunk_size(h.cur.lock().await.0.max_read) as u64;
         let depth = self.inner.cfg.limits.io_depth.max(1);
         let timeout = self.inner.cfg.timeouts.request;
@@ -211,7 +211,7 @@ impl SmbClient {
         B: Into<Bytes>,
         E: std::fmt::Display,
     {
-        let (h, _) = self.open_handle(path, true).await?;
+        let (h, _) = self.retrying(|| self.open_handle(path, true)).await?;
         let chunk = self.chunk_size(h.cur.lock().await.0.max_write);
         let depth = self.inner.cfg.limits.io_depth.max(1);
         let timeout = self.inner.cfg.timeouts.request;

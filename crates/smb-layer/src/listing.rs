@@ -118,6 +118,10 @@ async fn drain(dir: Arc<Directory>, path: String, idle: Duration, buffer: u32) -
 impl SmbClient {
     /// Lists one directory (without `.` and `..`), with file IDs, sizes, times and attributes.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.retrying(|| self.list_dir_once(path)).await
+    }
+
+    async fn list_dir_once(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = normalize(path);
         let idle = self.inner.cfg.timeouts.request;
         let whole = self.inner.cfg.timeouts.list_dir;

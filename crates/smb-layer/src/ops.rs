@@ -65,6 +65,10 @@ impl SmbClient {
 
     /// Metadata of one file or directory (the root is `""`).
     pub async fn stat(&self, path: &str) -> Result<DirEntry> {
+        self.retrying(|| self.stat_once(path)).await
+    }
+
+    async fn stat_once(&self, path: &str) -> Result<DirEntry> {
         let path = normalize(path);
         let p2 = path.clone();
         self.run(&p2, |conn| async move {
@@ -219,12 +223,20 @@ impl SmbClient {
 
     /// Sets the given times (others unchanged).
     pub async fn set_times(&self, path: &str, times: SetTimes) -> Result<()> {
+        self.retrying(|| self.set_times_once(path, times)).await
+    }
+
+    async fn set_times_once(&self, path: &str, times: SetTimes) -> Result<()> {
         self.set_basic(path, times, None).await
     }
 
     /// Replaces the attributes (hidden, system, read-only, archive ...). The directory bit is
     /// kept by the server; an empty set clears everything (sent as NORMAL).
     pub async fn set_attributes(&self, path: &str, attributes: FileAttributes) -> Result<()> {
+        self.retrying(|| self.set_attributes_once(path, attributes)).await
+    }
+
+    async fn set_attributes_once(&self, path: &str, attributes: FileAttributes) -> Result<()> {
         let a = if attributes.bits() & !FileAttributes::DIRECTORY.bits() == 0 {
             FileAttributes::NORMAL
         } else {
@@ -235,6 +247,10 @@ impl SmbClient {
 
     /// Reads owner, group and DACL.
     pub async fn read_security_descriptor(&self, path: &str) -> Result<SecurityDescriptor> {
+        self.retrying(|| self.read_security_descriptor_once(path)).await
+    }
+
+    async fn read_security_descriptor_once(&self, path: &str) -> Result<SecurityDescriptor> {
         let path = normalize(path);
         let p2 = path.clone();
         self.run(&p2, |conn| async move {
@@ -258,6 +274,10 @@ impl SmbClient {
     /// Writes the DACL (always), and owner/group when set. Honours `control.dacl_protected`.
     /// ACEs of kind [`AceKind::Other`] cannot be written.
     pub async fn write_security_descriptor(&self, path: &str, sd: &SecurityDescriptor) -> Result<()> {
+        self.retrying(|| self.write_security_descriptor_once(path, sd)).await
+    }
+
+    async fn write_security_descriptor_once(&self, path: &str, sd: &SecurityDescriptor) -> Result<()> {
         let path = normalize(path);
         let smb_sd = sd_to_smb(sd)?;
         let info = smb::AdditionalInfo::new()
