@@ -1,1 +1,242 @@
+//! The end-to-end test harness: starts the real api-server on `127.0.0.1:0` against a fresh
+//! database (a new SQLite file, or a new PostgreSQL database created for the test and dropped
+//! after it), and drives it over HTTP like any client.
+//!
+//! PostgreSQL is reached at `TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database.
 
+use std::path::PathBuf;
+
+use api_server::{AppState, Config};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// The database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per backend from an `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A PostgreSQL database of its own, dropped when this is dropped.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let name = format!("scd_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL must run for the tests (TEST_POSTGRES_URL)");
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime: do the cleanup on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.ok()?;
+                sqlx::Executor::execute(&mut conn, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A running api-server with its own database and content store.
+pub struct TestServer {
+    pub url: String,
+    pub admin_token: String,
+    pub state: AppState,
+    pub data_dir: PathBuf,
+    running: Option<api_server::Running>,
+    _dir: tempfile::TempDir,
+    _pg: Option<PgDatabase>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDatabase::create().await),
+        };
+        let config = Config::for_dir(dir.path().to_path_buf(), pg.as_ref().map(|p| p.url.clone()));
+        let state = AppState::open(config).await.expect("open state");
+        let admin_token = api_server::cli::bootstrap(&state)
+            .await
+            .expect("bootstrap")
+            .expect("a fresh database bootstraps");
+        let running = api_server::start(state.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("start server");
+        TestServer {
+            url: format!("http://{}", running.addr),
+            admin_token,
+            state,
+            data_dir: dir.path().to_path_buf(),
+            running: Some(running),
+            _dir: dir,
+            _pg: pg,
+        }
+    }
+
+    /// A client authenticated as the bootstrap admin.
+    pub fn admin(&self) -> Api {
+        self.client(Some(&self.admin_token))
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: self.url.clone(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// Creates a user in the default tenant and returns (user id, a client with its token).
+    pub async fn user(&self, username: &str) -> (String, Api) {
+        let admin = self.admin();
+        let (st, u) = admin.post("/api/v1/users", serde_json::json!({"username": username})).await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        let id = u["id"].as_str().unwrap().to_string();
+        let (st, t) = admin
+            .post("/api/v1/tokens", serde_json::json!({"name": "test", "user_id": id}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{t}");
+        (id, self.client(Some(t["token"].as_str().unwrap())))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+    }
+}
+
+/// A small JSON-over-HTTP client for the API.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        rb
+    }
+
+    pub async fn send(rb: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = rb.send().await.expect("request");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body");
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        Self::send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Self::send(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Self::send(self.request(reqwest::Method::PUT, path).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        Self::send(self.request(reqwest::Method::PATCH, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        Self::send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Uploads bytes to a path of a share (creating parents).
+    pub async fn upload(&self, share_id: &str, path: &str, data: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let q = format!("/api/v1/shares/{share_id}/files?path={}&create_parents=true", encode(path));
+        Self::send(self.request(reqwest::Method::PUT, &q).body(data)).await
+    }
+
+    /// Downloads a file's current content.
+    pub async fn download(&self, file_id: &str) -> (StatusCode, Vec<u8>) {
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/api/v1/files/{file_id}/content"))
+            .send()
+            .await
+            .expect("request");
+        let st = resp.status();
+        (st, resp.bytes().await.expect("body").to_vec())
+    }
+
+    /// Creates a share and returns its id.
+    pub async fn share(&self, name: &str) -> String {
+        let (st, s) = self.post("/api/v1/shares", serde_json::json!({"name": name})).await;
+        assert_eq!(st, StatusCode::CREATED, "{s}");
+        s["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(b) {
+            out.push(*b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -39,7 +39,10 @@ pub fn json_error(path: String, err: serde_json::Error) -> ApiError {
             ApiError::bad_request("MALFORMED_JSON", format!("the request body is not valid JSON: {msg}"))
         }
         Category::Data => {
-            let field = if msg.starts_with("unknown field") || msg.starts_with("missing field") {
+            let field = if msg.starts_with("unknown field") && !(path.is_empty() || path == ".") {
+                // serde_path_to_error's path already ends with the unknown key
+                path
+            } else if msg.starts_with("unknown field") || msg.starts_with("missing field") {
                 join_field(&path, quoted(&msg).unwrap_or(""))
             } else if path.is_empty() || path == "." {
                 "body".to_string()
@@ -87,6 +90,13 @@ where
 
 /// Parses a JSON document strictly (trailing characters are an error).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body we take is an object; serde would otherwise read a struct from an array.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Err(e) => Err(json_error(String::new(), e)),
+            Ok(_) => Err(ApiError::validation("body", "the request body must be a JSON object")),
+        };
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -836,6 +836,19 @@ fn part_offset(headers: &HeaderMap) -> ApiResult<i64> {
     Err(ApiError::validation("Upload-Offset", "an Upload-Offset or Content-Range header is required"))
 }
 
+/// Reads and discards up to `max` bytes of a body.
+async fn drain(body: Body, max: u64) {
+    use futures::StreamExt;
+    let mut s = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(Ok(b)) = s.next().await {
+        n += b.len() as u64;
+        if n > max {
+            break;
+        }
+    }
+}
+
 /// Sends the next part of a resumable upload (raw body). Parts are appended in order; every
 /// part but the last must be a multiple of `part_size_multiple` bytes.
 #[utoipa::path(put, path = "/api/v1/uploads/{id}", tag = "uploads", params(("id" = String, Path)),
@@ -855,6 +868,9 @@ pub async fn upload_part(
             .with_details(serde_json::json!({ "offset": cur }))
     };
     if offset != u.received {
+        // Read the part before answering, so the client sees the answer rather than a
+        // connection reset in the middle of its send.
+        drain(body, 2 * CHUNK_SIZE as u64).await;
         return Err(mismatch(u.received));
     }
     if u.received % CHUNK_SIZE as i64 != 0 {

@@ -1,0 +1,189 @@
+//! The `api-server` binary as a user runs it: first start, the admin token file, the CLI,
+//! and a 2 GiB file streamed through a separate server process whose peak memory is read
+//! from /proc.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_api-server");
+
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn api-server");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "api-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(dir.join("admin-token")).expect("admin token file").trim().to_string();
+    Server { child, url, token }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn first_start_writes_a_private_admin_token_and_the_cli_manages_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(srv.token.starts_with("sdt_"));
+    drop(srv);
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN).arg("--data-dir").arg(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let user = cli(&["users", "create", "alice"]);
+    assert_eq!(user["username"], "alice");
+    let group = cli(&["groups", "create", "finance"]);
+    cli(&["groups", "add-member", "finance", "alice"]);
+    let share = cli(&["shares", "create", "Finance", "--owner", "admin"]);
+    cli(&["shares", "add-member", share["id"].as_str().unwrap(), "--group", "finance", "--role", "reader"]);
+    let tok = cli(&["tokens", "create", "alice"]);
+    assert!(tok["token"].as_str().unwrap().starts_with("sdt_"));
+    assert_eq!(group["name"], "finance");
+
+    // A second start keeps the same admin, and alice's token works over HTTP.
+    let srv = start(dir.path());
+    let client = reqwest::blocking::Client::new();
+    let me: serde_json::Value = client
+        .get(format!("{}/api/v1/shares", srv.url))
+        .bearer_auth(tok["token"].as_str().unwrap())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(me["shares"][0]["name"], "Finance");
+
+    // Bad CLI input is a clear error, not a panic.
+    let out = Command::new(BIN).arg("--data-dir").arg(dir.path()).args(["users", "create", "bad name"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VALIDATION_FAILED"));
+}
+
+/// A deterministic stream of pseudo-random bytes (xorshift), `total` long, 1 MiB at a time.
+struct Pattern {
+    state: u64,
+    left: u64,
+}
+
+impl Read for Pattern {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left).min(1 << 20) as usize;
+        let n = n - n % 8;
+        let n = if n == 0 { self.left.min(buf.len() as u64) as usize } else { n };
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let b = self.state.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_2_gib_file_round_trips_byte_identical_in_flat_memory() {
+    let size: u64 = std::env::var("BIG_FILE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048) << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path());
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(1800)).build().unwrap();
+    let share: serde_json::Value = client
+        .post(format!("{}/api/v1/shares", srv.url))
+        .bearer_auth(&srv.token)
+        .json(&serde_json::json!({"name": "Big"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let share = share["id"].as_str().unwrap();
+
+    // Expected digest, computed from the same generator.
+    let mut expected = Sha256::new();
+    let mut gen = Pattern { state: 0x9E37_79B9_7F4A_7C15, left: size };
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = gen.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        expected.update(&buf[..n]);
+    }
+    let expected = hex::encode(expected.finalize());
+
+    let body = reqwest::blocking::Body::sized(Pattern { state: 0x9E37_79B9_7F4A_7C15, left: size }, size);
+    let up: serde_json::Value = client
+        .put(format!("{}/api/v1/shares/{share}/files?path=/big.bin", srv.url))
+        .bearer_auth(&srv.token)
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(up["version"]["size"].as_u64(), Some(size), "{up}");
+    assert_eq!(up["version"]["sha256"].as_str(), Some(expected.as_str()));
+
+    let mut resp = client
+        .get(format!("{}/api/v1/files/{}/content", srv.url, up["file"]["id"].as_str().unwrap()))
+        .bearer_auth(&srv.token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = resp.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        got.update(&buf[..n]);
+    }
+    assert_eq!(total, size);
+    assert_eq!(hex::encode(got.finalize()), expected);
+
+    let peak_mib = peak_rss_kib(srv.child.id()) / 1024;
+    eprintln!("api-server peak RSS after a {} MiB round trip: {peak_mib} MiB", size >> 20);
+    assert!(peak_mib < 200, "server peak RSS {peak_mib} MiB");
+}
