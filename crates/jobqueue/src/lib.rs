@@ -17,6 +17,28 @@
 //! - [`JobQueue::request`] / [`JobQueue::reply`]: bounded request/reply over queues, for
 //!   RPC-like calls such as a connectivity test answered by a worker.
 //!
+//! A worker's loop, the same over either implementation:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use jobqueue::{JobQueue, MemoryQueue, Message};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> jobqueue::Result<()> {
+//! let queue: Arc<dyn JobQueue> = Arc::new(MemoryQueue::new());
+//! queue.declare("sync-jobs").await?;
+//! queue.publish("sync-jobs", Message::new("job-1").with_header("job.id", "1")).await?;
+//!
+//! let mut consumer = queue.consume("sync-jobs", 4).await?;
+//! if let Some(delivery) = consumer.next().await {
+//!     let delivery = delivery?;
+//!     // ... run the job, record its outcome durably, then:
+//!     delivery.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! This crate must never log message bodies or the AMQP URL (it may carry a password), and
 //! must never acknowledge on a caller's behalf: only the caller knows when a job's outcome is
 //! durably recorded.
@@ -65,7 +87,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self { body: body.into(), ..Self::default() }
+        Self {
+            body: body.into(),
+            ..Self::default()
+        }
     }
 
     /// Adds a header (builder style).
@@ -93,7 +118,10 @@ pub(crate) enum Outcome {
     Requeue,
     /// Dead-letter the message (given back whole, since the caller may have moved fields out
     /// of the delivery) with this reason.
-    Reject { message: Message, reason: String },
+    Reject {
+        message: Message,
+        reason: String,
+    },
 }
 
 /// Settles one delivery with its implementation. `abandon` runs when a [`Delivery`] is
@@ -147,7 +175,12 @@ impl Delivery {
             reply_to: self.reply_to.take(),
             correlation_id: self.correlation_id.take(),
         };
-        settler.settle(Outcome::Reject { message, reason: reason.into() }).await
+        settler
+            .settle(Outcome::Reject {
+                message,
+                reason: reason.into(),
+            })
+            .await
     }
 
     /// The reason given to [`reject`](Self::reject), on a message read from a dead-letter queue.
@@ -156,7 +189,9 @@ impl Delivery {
     }
 
     fn take_settler(&mut self) -> Box<dyn Settle> {
-        self.settler.take().expect("a Delivery is settled at most once (settling consumes it)")
+        self.settler
+            .take()
+            .expect("a Delivery is settled at most once (settling consumes it)")
     }
 }
 
@@ -200,7 +235,10 @@ pub struct Consumer {
 
 impl Consumer {
     pub(crate) fn new(queue: &str, backend: Box<dyn ConsumerBackend>) -> Self {
-        Self { queue: queue.to_owned(), backend }
+        Self {
+            queue: queue.to_owned(),
+            backend,
+        }
     }
 
     /// The next delivery. Waits while the queue is empty or `prefetch` deliveries are
@@ -217,7 +255,9 @@ impl Consumer {
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consumer").field("queue", &self.queue).finish_non_exhaustive()
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
     }
 }
 

@@ -95,7 +95,9 @@ pub struct RabbitQueue {
 
 impl fmt::Debug for RabbitQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitQueue").field("target", &self.link.target).finish_non_exhaustive()
+        f.debug_struct("RabbitQueue")
+            .field("target", &self.link.target)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,6 +132,17 @@ impl Link {
         if let Some(l) = live.as_ref().filter(|l| l.usable()) {
             return Ok(l.clone());
         }
+        if let Some(l) = live.as_mut().filter(|l| l.connection.status().connected()) {
+            // Only the publisher channel broke (a channel-level error): replace it and keep
+            // the connection, which consumers are using.
+            let publisher = l.connection.create_channel().await?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            tracing::warn!(amqp.target = %self.target, "publisher channel replaced");
+            l.publisher = publisher;
+            return Ok(l.clone());
+        }
         if live.is_some() {
             tracing::warn!(amqp.target = %self.target, "AMQP connection lost; reconnecting");
         }
@@ -155,10 +168,19 @@ impl Link {
             }
         };
         let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         tracing::info!(amqp.target = %self.target, "AMQP connection open");
-        let epoch = self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        Ok(Live { epoch, connection: Arc::new(connection), publisher })
+        let epoch = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        Ok(Live {
+            epoch,
+            connection: Arc::new(connection),
+            publisher,
+        })
     }
 
     /// Publishes with `mandatory`, so an unroutable message comes back as an error instead of
@@ -176,7 +198,8 @@ impl Link {
         loop {
             attempt += 1;
             let live = self.live().await?;
-            let result = publish_once(&live, exchange, routing_key, message, properties.clone()).await;
+            let result =
+                publish_once(&live, exchange, routing_key, message, properties.clone()).await;
             match result {
                 Err(Error::Amqp(error)) if attempt == 1 && !live.usable() => {
                     tracing::warn!(%error, queue.name = routing_key, "publish failed on a lost connection; retrying once");
@@ -194,7 +217,10 @@ async fn publish_once(
     message: &Message,
     properties: BasicProperties,
 ) -> Result<()> {
-    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
     let confirm = live
         .publisher
         .basic_publish(exchange, routing_key, options, &message.body, properties)
@@ -210,7 +236,10 @@ async fn publish_once(
 
 fn properties(message: &Message, extra_headers: &[(&str, &str)]) -> BasicProperties {
     let mut headers = FieldTable::default();
-    let all = message.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let all = message
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
     for (key, value) in all.chain(extra_headers.iter().copied()) {
         headers.insert(
             ShortString::from(key.to_owned()),
@@ -249,7 +278,10 @@ impl RabbitQueue {
             .url
             .parse()
             .map_err(|e: String| Error::Config(format!("cannot parse the AMQP URL: {e}")))?;
-        let target = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+        let target = format!(
+            "{}:{}/{}",
+            uri.authority.host, uri.authority.port, uri.vhost
+        );
         let link = Arc::new(Link {
             uri,
             target,
@@ -258,7 +290,10 @@ impl RabbitQueue {
             opened: Default::default(),
         });
         link.live().await?;
-        Ok(Self { link, replies: Arc::new(Replies::default()) })
+        Ok(Self {
+            link,
+            replies: Arc::new(Replies::default()),
+        })
     }
 
     fn queue_arguments(&self) -> FieldTable {
@@ -277,8 +312,14 @@ impl RabbitQueue {
         let channel = live.connection.create_channel().await?;
         // Server-named, exclusive to this connection: it disappears with the connection,
         // and then the reply listener ends and the next request opens a new one.
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("", options, FieldTable::default()).await?;
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("", options, FieldTable::default())
+            .await?;
         let name = queue.name().as_str().to_owned();
         let consumer = self.consume(&name, 64).await?;
         Ok((name, consumer))
@@ -291,19 +332,33 @@ impl JobQueue for RabbitQueue {
     async fn declare(&self, queue: &str) -> Result<()> {
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
         channel
             .exchange_declare(
                 DEAD_LETTER_EXCHANGE,
                 ExchangeKind::Direct,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         let dlq = dead_letter_queue(queue);
-        channel.queue_declare(&dlq, durable, self.queue_arguments()).await?;
         channel
-            .queue_bind(&dlq, DEAD_LETTER_EXCHANGE, queue, QueueBindOptions::default(), FieldTable::default())
+            .queue_declare(&dlq, durable, self.queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                &dlq,
+                DEAD_LETTER_EXCHANGE,
+                queue,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let mut arguments = self.queue_arguments();
         arguments.insert(
@@ -327,10 +382,17 @@ impl JobQueue for RabbitQueue {
         check_prefetch(prefetch)?;
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
         let tag = format!("jobqueue-{}", ulid::Ulid::new());
         let consumer = channel
-            .basic_consume(queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue,
+                &tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| not_found(e, queue))?;
         tracing::debug!(queue.name = queue, consumer.tag = %tag, prefetch, "consuming");
@@ -347,7 +409,10 @@ impl JobQueue for RabbitQueue {
         let live = self.link.live().await?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = live.connection.create_channel().await?;
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         let declared = channel
             .queue_declare(queue, options, FieldTable::default())
             .await
@@ -358,7 +423,16 @@ impl JobQueue for RabbitQueue {
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
         // Make sure the connection is up first: a reply queue from an older connection is gone.
         let epoch = self.link.live().await?.epoch;
-        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
+        self.replies
+            .request(
+                self,
+                epoch,
+                || self.open_reply_queue(),
+                queue,
+                message,
+                timeout,
+            )
+            .await
     }
 }
 
@@ -393,7 +467,13 @@ impl ConsumerBackend for RabbitConsumer {
 
 impl RabbitConsumer {
     fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
-        let lapin::message::Delivery { redelivered, properties, data, acker, .. } = delivery;
+        let lapin::message::Delivery {
+            redelivered,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
         let (headers, broker_count) = read_headers(properties.headers().as_ref());
         // x-delivery-count counts earlier failed deliveries; absent on a first delivery.
         let delivery_count = match broker_count {
@@ -404,8 +484,14 @@ impl RabbitConsumer {
         Delivery {
             body: data,
             headers,
-            reply_to: properties.reply_to().as_ref().map(|s| s.as_str().to_owned()),
-            correlation_id: properties.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
+            reply_to: properties
+                .reply_to()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
+            correlation_id: properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned()),
             queue: self.queue.clone(),
             redelivered,
             delivery_count,
@@ -455,7 +541,10 @@ struct RabbitSettler {
     queue: String,
 }
 
-const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
+const REQUEUE: BasicNackOptions = BasicNackOptions {
+    multiple: false,
+    requeue: true,
+};
 
 #[async_trait]
 impl Settle for RabbitSettler {
@@ -467,8 +556,14 @@ impl Settle for RabbitSettler {
                 // basic.reject would dead-letter natively but cannot carry our reason, so the
                 // message is republished to the dead-letter exchange, then acked. A crash in
                 // between leaves it both dead-lettered and redelivered: at least once.
-                let extra = [(REJECT_REASON_HEADER, reason.as_str()), (ORIGINAL_QUEUE_HEADER, self.queue.as_str())];
-                let moved = self.link.publish(DEAD_LETTER_EXCHANGE, &self.queue, &message, &extra).await;
+                let extra = [
+                    (REJECT_REASON_HEADER, reason.as_str()),
+                    (ORIGINAL_QUEUE_HEADER, self.queue.as_str()),
+                ];
+                let moved = self
+                    .link
+                    .publish(DEAD_LETTER_EXCHANGE, &self.queue, &message, &extra)
+                    .await;
                 match moved {
                     Ok(()) => {
                         self.acker.ack(BasicAckOptions::default()).await?;
@@ -477,7 +572,9 @@ impl Settle for RabbitSettler {
                     }
                     Err(error) => {
                         let error = match error {
-                            Error::QueueNotFound(_) => Error::QueueNotFound(dead_letter_queue(&self.queue)),
+                            Error::QueueNotFound(_) => {
+                                Error::QueueNotFound(dead_letter_queue(&self.queue))
+                            }
                             other => other,
                         };
                         let _ = self.acker.nack(REQUEUE).await;
