@@ -59,6 +59,7 @@ pub(crate) struct Conn {
     connection: Arc<Connection>,
     pub(crate) credits: Arc<CreditStats>,
     broken: AtomicBool,
+    starved: AtomicBool,
     pub(crate) max_read: u32,
     pub(crate) max_write: u32,
     pub(crate) max_transact: u32,
@@ -67,7 +68,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// Whether new operations may start on this connection.
     pub(crate) fn usable(&self) -> bool {
-        !self.broken.load(Ordering::SeqCst) && !self.worn_out()
+        !self.broken.load(Ordering::SeqCst) && !self.starved.load(Ordering::SeqCst) && !self.worn_out()
     }
 
     /// Too many credits lost, or no credits left with nothing in flight to bring more.
@@ -82,21 +83,30 @@ impl Conn {
         }
     }
 
-    /// Waits until the library has `charge` credits to spend, so that a request is never
-    /// queued behind credits that will not come. Errors if the connection starves.
-    pub(crate) async fn wait_credits(&self, charge: i64, limit: Duration) -> Result<()> {
+    /// Reserves `charge` credits for a read/write about to be issued: waits until the library has
+    /// that many to spend that no other transfer has reserved, so that a request is never
+    /// queued behind credits that will not come. Returns `Ok(false)` (and retires the
+    /// connection for new work) when it starved: too few credits and nothing in flight that
+    /// could bring more. The caller then moves to a fresh connection.
+    pub(crate) async fn wait_credits(&self, charge: i64, limit: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if self.broken.load(Ordering::SeqCst) {
                 return Err(SmbError::lost("connection was marked broken"));
             }
-            if self.credits.available() >= charge {
-                return Ok(());
+            if self.credits.try_reserve(charge) {
+                return Ok(true);
             }
-            if self.credits.outstanding() <= 0 {
-                // Nothing in flight will return credits: this connection starved.
-                self.mark_broken();
-                return Err(SmbError::lost("connection ran out of SMB credits"));
+            if self.credits.available() < charge && self.credits.outstanding() <= 0 && self.credits.reserved() <= 0 {
+                info!(
+                    smb.conn = self.id,
+                    available = self.credits.available(),
+                    lost = self.credits.lost(),
+                    interim = self.credits.interim_responses(),
+                    "SMB connection starved of credits; retiring it"
+                );
+                self.starved.store(true, Ordering::SeqCst);
+                return Ok(false);
             }
             if tokio::time::Instant::now() >= deadline {
                 self.mark_broken();
@@ -315,6 +325,7 @@ impl SmbClient {
             connection: Arc::new(connection),
             credits,
             broken: AtomicBool::new(false),
+            starved: AtomicBool::new(false),
             max_read,
             max_write,
             max_transact,

@@ -30,6 +30,9 @@ fn charge(len: usize) -> i64 {
     1 + (len.max(1) as i64 - 1) / 65536
 }
 
+/// How often one request may move to a fresh connection before giving up.
+const MAX_MOVES: u32 = 8;
+
 /// A handle that moves to a fresh connection when its connection wears out.
 struct Handle {
     client: SmbClient,
@@ -99,10 +102,17 @@ fn lost_or(conn: &Conn, e: SmbError) -> SmbError {
 async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) -> Result<Bytes> {
     let mut buf = vec![0u8; len];
     let mut filled = 0;
+    let mut moves = 0;
     while filled < len {
         let (conn, file) = h.current().await?;
         let want = len - filled;
-        conn.wait_credits(charge(want), timeout).await?;
+        if !conn.wait_credits(charge(want), timeout).await? {
+            moves += 1;
+            if moves > MAX_MOVES {
+                return Err(SmbError::lost("SMB credits keep running out"));
+            }
+            continue; // current() moves to a fresh connection
+        }
         let r = tokio::time::timeout(timeout, file.read_block(&mut buf[filled..], offset + filled as u64, None, false)).await;
         let n = match r {
             Ok(Ok(n)) => n,
@@ -120,10 +130,17 @@ async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) 
 
 async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration) -> Result<usize> {
     let mut done = 0;
+    let mut moves = 0;
     while done < data.len() {
         let (conn, file) = h.current().await?;
+        if !conn.wait_credits(charge(data.len() - done), timeout).await? {
+            moves += 1;
+            if moves > MAX_MOVES {
+                return Err(SmbError::lost("SMB credits keep running out"));
+            }
+            continue; // current() moves to a fresh connection
+        }
         let part: Arc<[u8]> = Arc::from(&data[done..]);
-        conn.wait_credits(charge(part.len()), timeout).await?;
         let r = tokio::time::timeout(timeout, file.write_block_zc(part, offset + done as u64, None)).await;
         let n = match r {
             Ok(Ok(n)) => n,

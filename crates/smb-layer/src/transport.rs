@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 
 const STATUS_PENDING: u32 = 0x0000_0103;
 const SMB2_CANCEL: u16 = 0x000C;
+const SMB2_READ: u16 = 0x0008;
+const SMB2_WRITE: u16 = 0x0009;
 const FLAG_ASYNC: u32 = 0x0000_0002;
 
 /// Credit accounting seen on the wire, mirroring the library's own credit semaphore.
@@ -40,6 +42,8 @@ pub struct CreditStats {
     interim: AtomicU64,
     /// Messages sent.
     sent: AtomicU64,
+    /// Credits promised to read/write requests about to be sent (see [`CreditStats::try_reserve`]).
+    reserved: AtomicI64,
 }
 
 impl CreditStats {
@@ -69,6 +73,22 @@ impl CreditStats {
         self.sent.load(Ordering::SeqCst)
     }
 
+    /// Reserves `charge` credits for a READ or WRITE that the caller is about to issue, if
+    /// that many are free (available minus already reserved). The reservation is consumed
+    /// when a READ/WRITE goes out. Concurrent transfers therefore never queue inside the
+    /// library for credits that might never come back.
+    pub fn try_reserve(&self, charge: i64) -> bool {
+        let available = self.available();
+        self.reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| (available - r >= charge).then_some(r + charge))
+            .is_ok()
+    }
+
+    /// Credits reserved and not yet sent.
+    pub fn reserved(&self) -> i64 {
+        self.reserved.load(Ordering::SeqCst)
+    }
+
     fn on_send(&self, first: &[u8]) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         if first.len() < 64 || &first[0..4] != b"\xFESMB" {
@@ -79,6 +99,11 @@ impl CreditStats {
             return;
         }
         let charge = u16::from_le_bytes([first[6], first[7]]).max(1) as i64;
+        if command == SMB2_READ || command == SMB2_WRITE {
+            let _ = self
+                .reserved
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| Some((r - charge).max(0)));
+        }
         self.available.fetch_sub(charge, Ordering::SeqCst);
         self.outstanding.fetch_add(1, Ordering::SeqCst);
     }
