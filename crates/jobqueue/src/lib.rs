@@ -58,7 +58,7 @@ use async_trait::async_trait;
 
 pub use error::{Error, Result};
 pub use memory::MemoryQueue;
-pub use rabbit::{QueueType, RabbitConfig, RabbitQueue};
+pub use rabbit::{QueueType, RabbitConfig, RabbitQueue, DEAD_LETTER_EXCHANGE};
 
 /// Header set on a message moved to a dead-letter queue by [`Delivery::reject`]: the reason.
 pub const REJECT_REASON_HEADER: &str = "jobqueue-reject-reason";
