@@ -272,7 +272,7 @@ impl SmbClient {
             .map_err(|e| SmbError::Unreachable { detail: format!("resolving {}: {e}", cfg.host), status: None })?
             .next()
             .ok_or_else(|| SmbError::Unreachable { detail: format!("{} has no address", cfg.host), status: None })?;
-        let (mut transport, credits) = NodelayTcp::new(cfg.timeouts.connect);
+        let (mut transport, credits) = NodelayTcp::new(cfg.timeouts.connect, cfg.tcp_nodelay);
         transport
             .connect_to(addr)
             .await

@@ -134,12 +134,13 @@ pub(crate) struct NodelayTcp {
     stream: Option<TcpStream>,
     stats: Arc<CreditStats>,
     connect_timeout: Duration,
+    nodelay: bool,
 }
 
 impl NodelayTcp {
-    pub(crate) fn new(connect_timeout: Duration) -> (Self, Arc<CreditStats>) {
+    pub(crate) fn new(connect_timeout: Duration, nodelay: bool) -> (Self, Arc<CreditStats>) {
         let stats = Arc::new(CreditStats::new());
-        (NodelayTcp { stream: None, stats: stats.clone(), connect_timeout }, stats)
+        (NodelayTcp { stream: None, stats: stats.clone(), connect_timeout, nodelay }, stats)
     }
 
     /// Connects (bounded by the connect timeout) and sets TCP_NODELAY.
@@ -147,7 +148,7 @@ impl NodelayTcp {
         let s = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| TransportError::Timeout(self.connect_timeout))??;
-        s.set_nodelay(true)?;
+        s.set_nodelay(self.nodelay)?;
         self.stream = Some(s);
         Ok(())
     }
