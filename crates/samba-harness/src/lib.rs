@@ -24,6 +24,8 @@
 //! The API is synchronous: starting takes about a second. From an async test either call it
 //! directly (it blocks the test's thread briefly) or wrap it in `spawn_blocking`.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
