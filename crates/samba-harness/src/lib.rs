@@ -328,6 +328,26 @@ impl SambaServer {
         }
     }
 
+    /// Freezes smbd and its children (SIGSTOP to its process group): connections stay open
+    /// but nothing answers, like a hung server. Undo with [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<()> {
+        self.signal_group("-STOP")
+    }
+
+    /// Lets a [`pause`](Self::pause)d smbd run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal_group("-CONT")
+    }
+
+    fn signal_group(&self, sig: &str) -> Result<()> {
+        let pgid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| HarnessError::Command("smbd is not running".into()))?;
+        run(Command::new("kill").args([sig, "--", &format!("-{pgid}")]))
+    }
+
     /// Makes the share read-only (or writable again). Rewrites `smb.conf` and restarts smbd on
     /// the same port, so established connections break.
     pub fn set_read_only(&mut self, read_only: bool) -> Result<()> {

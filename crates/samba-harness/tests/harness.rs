@@ -71,3 +71,22 @@ fn read_only_share_refuses_writes() {
     assert!(text.contains("NT_STATUS_ACCESS_DENIED") || text.contains("NT_STATUS_MEDIA_WRITE_PROTECTED"), "{text}");
     assert!(!s.share_dir().join("newdir").exists());
 }
+
+#[test]
+fn paused_server_accepts_tcp_but_does_not_answer_until_resumed() {
+    let s = SambaServer::start().unwrap();
+    s.pause().unwrap();
+    let c = s.user(TestUser::Bob);
+    let out = Command::new("smbclient")
+        .arg("-p")
+        .arg(s.port().to_string())
+        .arg(format!("//127.0.0.1/{}", s.share_name()))
+        .arg("-U")
+        .arg(format!("{}\\{}%{}", c.domain, c.user, c.password))
+        .args(["-t", "2", "-c", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    s.resume().unwrap();
+    assert!(smbclient_ls(&s, TestUser::Bob).status.success());
+}

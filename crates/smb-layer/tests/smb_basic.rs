@@ -311,3 +311,41 @@ async fn walk_yields_every_entry_and_skips_excluded_folders() {
     ids.dedup();
     assert_eq!(ids.len(), entries.len(), "file ids are unique");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_instead_of_hanging() {
+    // Accepts TCP, never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _hold = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((sock, _)) = l.accept().await {
+            keep.push(sock);
+        }
+    });
+    let s = samba();
+    let mut cfg = config(&s);
+    cfg.port = port;
+    cfg.timeouts.connect = Duration::from_secs(2);
+    let t = std::time::Instant::now();
+    let err = SmbClient::connect(cfg).await.unwrap_err();
+    assert!(matches!(err, SmbError::Unreachable { .. }), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_mid_session_fails_the_call_then_recovers() {
+    let s = samba();
+    let mut cfg = config(&s);
+    cfg.timeouts.request = Duration::from_secs(2);
+    cfg.timeouts.connect = Duration::from_secs(3);
+    let c = SmbClient::connect(cfg).await.unwrap();
+    c.write_all("x.txt", &b"x"[..]).await.unwrap();
+    s.pause().unwrap();
+    let t = std::time::Instant::now();
+    let e = c.stat("x.txt").await.unwrap_err();
+    assert!(matches!(e, SmbError::ConnectionLost { .. } | SmbError::Unreachable { .. }), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    s.resume().unwrap();
+    assert_eq!(c.stat("x.txt").await.unwrap().size, 1);
+}
