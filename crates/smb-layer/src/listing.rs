@@ -174,7 +174,8 @@ impl SmbClient {
     ///
     /// Listings run `concurrency` at a time; memory holds the queue of directories still to
     /// list plus `buffer` entries. A directory that fails to list yields one `Err` and the walk
-    /// goes on with the others. Dropping the stream stops the walk.
+    /// goes on with the others. Dropping the stream stops the walk. Must be called inside a
+    /// Tokio runtime (the walk runs as a spawned task).
     pub fn walk(&self, root: &str, opts: WalkOptions) -> impl Stream<Item = Result<DirEntry>> + Send + 'static {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<DirEntry>>(opts.buffer.max(1));
         let client = self.clone();
