@@ -1,7 +1,7 @@
 //! Configuration: command-line flags, each with an environment variable.
 //!
 //! Standalone (the default): everything under `--data-dir` (`./data`): the SQLite database,
-//! the content store, the admin token file. Distributed: `DATABASE_URL=postgres://…` shared
+//! the content store, the admin token file, the secret key file. Distributed: `DATABASE_URL=postgres://…` shared
 //! by every replica, and a content store all replicas reach.
 
 use std::net::SocketAddr;
@@ -28,6 +28,16 @@ pub struct Config {
     /// Largest file accepted, in bytes (default: no limit).
     #[arg(long, env = "SCAIDRIVE_MAX_FILE_SIZE")]
     pub max_file_size: Option<u64>,
+
+    /// The key sealing connector credentials: 32 bytes as 64 hex digits or base64. Default:
+    /// the key file. Every replica must use the same key.
+    #[arg(long = "secret-key", env = "SCAIDRIVE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<crate::secrets::Secret>,
+
+    /// The key file used when `SCAIDRIVE_SECRET_KEY` is unset; default `<data-dir>/secret.key`
+    /// (created with mode 0600 on first start).
+    #[arg(long, env = "SCAIDRIVE_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -39,6 +49,8 @@ impl Config {
             content_dir: None,
             listen: "127.0.0.1:0".parse().expect("valid address"),
             max_file_size: None,
+            secret_key: None,
+            secret_key_file: None,
         }
     }
 
@@ -55,6 +67,10 @@ impl Config {
 
     pub fn content_dir(&self) -> PathBuf {
         self.content_dir.clone().unwrap_or_else(|| self.data_dir.join("content"))
+    }
+
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.secret_key_file.clone().unwrap_or_else(|| self.data_dir.join("secret.key"))
     }
 
     pub fn admin_token_file(&self) -> PathBuf {

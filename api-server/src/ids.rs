@@ -54,6 +54,8 @@ id_type!(VersionId, "ver");
 id_type!(AceId, "ace");
 id_type!(ChangeId, "chg");
 id_type!(UploadId, "upl");
+id_type!(ConnectorId, "cnn");
+id_type!(MappingId, "map");
 
 /// The kind an id's prefix names, for endpoints that take "any resource".
 pub fn prefix_of(id: &str) -> Option<&str> {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod ids;
 pub mod paths;
 pub mod perm;
+pub mod secrets;
 pub mod store;
 pub mod time;
 
@@ -35,12 +36,17 @@ pub struct AppState {
     pub db: db::Db,
     pub content: Arc<dyn content::ContentStore>,
     pub config: Arc<Config>,
+    /// Seals and opens connector credentials.
+    pub secrets: Arc<secrets::SecretBox>,
 }
 
 impl AppState {
-    /// Opens the database (running migrations) and the content store.
+    /// Opens the database (running migrations), the content store and the secret key. Refuses
+    /// to start when the database holds secrets sealed with another key.
     pub async fn open(config: Config) -> anyhow::Result<AppState> {
         let db = db::Db::connect(&config.database_url()).await?;
+        let (secrets, _) = secrets::SecretBox::load(&config)?;
+        store::connectors::check_key(&db, &secrets).await?;
         let content_dir = config.content_dir();
         let content = content::LocalDirStore::open(&content_dir)
             .with_context(|| format!("opening the content store at {}", content_dir.display()))?;
@@ -48,6 +54,7 @@ impl AppState {
             db,
             content: Arc::new(content),
             config: Arc::new(config),
+            secrets: Arc::new(secrets),
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod changes;
+pub mod connectors;
 pub mod extract;
 pub mod files;
 pub mod permissions;
@@ -39,6 +40,9 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         permissions::get_acl, permissions::add_entry, permissions::replace_acl, permissions::clear_acl,
         permissions::remove_entry, permissions::effective, permissions::check,
         changes::list_changes,
+        connectors::create_connector, connectors::list_connectors, connectors::get_connector,
+        connectors::update_connector, connectors::delete_connector, connectors::create_mapping,
+        connectors::list_mappings, connectors::delete_mapping, connectors::import_mappings,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -131,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/permissions/effective", get(permissions::effective))
         .route("/api/v1/permissions/check", post(permissions::check))
         .route("/api/v1/sync/changes", get(changes::list_changes))
+        .merge(connectors::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
 
     Router::new()

@@ -6,6 +6,8 @@
 pub mod accounts;
 pub mod acl;
 pub mod changes;
+pub mod connectors;
+pub mod mappings;
 pub mod nodes;
 pub mod shares;
 
