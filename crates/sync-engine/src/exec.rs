@@ -1,10 +1,32 @@
 //! The executor: applies a [`Plan`] through the replica traits.
+//!
+//! Order: structural actions (folder creations, moves, renames, restores) one by one in plan
+//! order; then transfers (uploads, downloads, conflicts) with at most
+//! [`ExecOptions::max_transfers`] in flight; then trash and deletions, deepest first; then
+//! pure bookkeeping. Invariants it keeps:
+//!
+//! - A synced state is written only after its side effect succeeded and was verified: the
+//!   SHA-256 of what was read from SMB equals what ScaiDrive committed, and what was written to
+//!   SMB has the SHA-256 ScaiDrive announced.
+//! - An SMB file that changed while being read (stat before and after differ, or the bytes do
+//!   not match the first pass) is not committed; it is reported and retried next run.
+//! - Before SMB content is overwritten or deleted, it is in ScaiDrive (as a version, or in the
+//!   trash), and the SMB item is checked to still be what the plan saw.
+//! - Per-file failures are data: reported through [`StateSink::report_issue`] and in the
+//!   [`ExecReport`]; the run goes on. A blocked plan (delete guard) does nothing at all.
+//! - Cancellation is checked between actions. Content is streamed, never buffered whole
+//!   (memory stays flat in file size): uploads read SMB twice (hash, then send), because the
+//!   upload header carries the SHA-256.
 
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::FileTime;
-use crate::plan::{DeleteGuard, Plan};
-use crate::replica::{DriveReplica, FileIssue, SmbReplica, StateSink};
+use crate::model::*;
+use crate::plan::{Action, DeleteGuard, Phase, Plan, Resolution};
+use crate::replica::*;
 
 /// Executor options.
 #[derive(Clone, Debug)]
@@ -56,6 +78,527 @@ pub async fn execute(
     state: &dyn StateSink,
     opts: &ExecOptions,
 ) -> ExecReport {
-    let _ = (plan, smb, drive, state, opts);
-    todo!("executor: next commit")
+    let ex = Executor {
+        smb,
+        drive,
+        state,
+        opts,
+        report: Mutex::new(ExecReport::default()),
+        progress: Mutex::new(Progress {
+            actions_total: plan.actions.len() as u64,
+            ..Progress::default()
+        }),
+    };
+    if let Some(g) = &plan.blocked {
+        // Job-level outcome (code DELETE_GUARD_TRIGGERED): the caller records it on the job.
+        let mut r = ex.report.into_inner().expect("unpoisoned");
+        r.blocked = Some(g.clone());
+        return r;
+    }
+    let by_phase = |ph: Phase| plan.actions.iter().filter(move |a| a.phase() == ph);
+
+    for a in by_phase(Phase::Structure) {
+        if ex.cancelled() {
+            break;
+        }
+        ex.run(a).await;
+    }
+    if !ex.cancelled() {
+        futures::stream::iter(by_phase(Phase::Transfer))
+            .for_each_concurrent(opts.max_transfers.max(1), |a| async {
+                if !ex.cancelled() {
+                    ex.run(a).await;
+                }
+            })
+            .await;
+    }
+    for ph in [Phase::Destroy, Phase::Bookkeeping] {
+        for a in by_phase(ph) {
+            if ex.cancelled() {
+                break;
+            }
+            ex.run(a).await;
+        }
+    }
+    let cancelled = ex.cancelled();
+    let mut r = ex.report.into_inner().expect("unpoisoned");
+    r.cancelled = cancelled;
+    r
+}
+
+struct Executor<'a> {
+    smb: &'a dyn SmbReplica,
+    drive: &'a dyn DriveReplica,
+    state: &'a dyn StateSink,
+    opts: &'a ExecOptions,
+    report: Mutex<ExecReport>,
+    progress: Mutex<Progress>,
+}
+
+/// What a successful action moved.
+#[derive(Default)]
+struct Moved {
+    up: u64,
+    down: u64,
+    files: u64,
+}
+
+impl Moved {
+    fn add(&mut self, o: Moved) {
+        self.up += o.up;
+        self.down += o.down;
+        self.files += o.files;
+    }
+}
+
+fn changed(path: &RelPath, what: &str) -> ReplicaError {
+    ReplicaError::new(
+        codes::SMB_CHANGED,
+        format!("{path}: {what}; retried next run"),
+    )
+}
+
+/// Wraps a stream so that its bytes are hashed and counted as they pass.
+fn tap(s: ByteStream) -> (ByteStream, Arc<Mutex<(sha2::Sha256, u64)>>) {
+    let acc = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let a2 = acc.clone();
+    let s = s
+        .map(move |chunk| {
+            if let Ok(c) = &chunk {
+                let mut g = a2.lock().expect("unpoisoned");
+                g.0.update(c);
+                g.1 += c.len() as u64;
+            }
+            chunk
+        })
+        .boxed();
+    (s, acc)
+}
+
+fn finish(acc: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (Sha256, u64) {
+    let g = acc.lock().expect("unpoisoned");
+    (Sha256(g.0.clone().finalize().into()), g.1)
+}
+
+async fn hash_stream(mut s: ByteStream) -> Result<(Sha256, u64), ReplicaError> {
+    let mut h = sha2::Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = s.next().await {
+        let c = chunk?;
+        n += c.len() as u64;
+        h.update(&c);
+    }
+    Ok((Sha256(h.finalize().into()), n))
+}
+
+impl Executor<'_> {
+    fn cancelled(&self) -> bool {
+        self.opts.cancel.is_cancelled()
+    }
+
+    fn stamp(&self, mut st: SyncedState) -> SyncedState {
+        st.last_synced_at = self.opts.synced_at;
+        st
+    }
+
+    async fn put(&self, st: SyncedState) -> Result<(), ReplicaError> {
+        self.state.put(self.stamp(st)).await
+    }
+
+    async fn run(&self, a: &Action) {
+        let res = self.apply(a).await;
+        let snapshot = {
+            let mut p = self.progress.lock().expect("unpoisoned");
+            p.actions_done += 1;
+            let mut r = self.report.lock().expect("unpoisoned");
+            match &res {
+                Ok(m) => {
+                    if !matches!(a, Action::Skip { .. }) {
+                        r.applied += 1;
+                    }
+                    r.files_synced += m.files;
+                    r.bytes_uploaded += m.up;
+                    r.bytes_downloaded += m.down;
+                    p.files_synced += m.files;
+                    p.bytes_uploaded += m.up;
+                    p.bytes_downloaded += m.down;
+                }
+                Err(_) => p.errors += 1,
+            }
+            p.clone()
+        };
+        match res {
+            Ok(_) => {
+                if let Action::Skip { path, code, reason } = a {
+                    let issue = FileIssue {
+                        path: path.clone(),
+                        code: code.clone(),
+                        message: reason.clone(),
+                        is_error: false,
+                    };
+                    self.state.report_issue(&issue).await;
+                    self.report.lock().expect("unpoisoned").skipped.push(issue);
+                }
+            }
+            Err(e) => {
+                let issue = FileIssue {
+                    path: a.path().clone(),
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                    is_error: true,
+                };
+                self.state.report_issue(&issue).await;
+                self.report.lock().expect("unpoisoned").errors.push(issue);
+            }
+        }
+        self.state.progress(&snapshot).await;
+    }
+
+    async fn apply(&self, a: &Action) -> Result<Moved, ReplicaError> {
+        match a {
+            Action::CreateDriveFolder { path, smb } => {
+                let d = self.drive.create_folder(path, smb.last_write).await?;
+                if d.kind != ItemKind::Dir {
+                    return Err(ReplicaError::new(
+                        codes::KIND_MISMATCH,
+                        format!("{path} is a file on ScaiDrive"),
+                    ));
+                }
+                self.put(SyncedState {
+                    path: path.clone(),
+                    kind: ItemKind::Dir,
+                    smb: smb.clone(),
+                    drive: DriveSide::of(&d),
+                    last_synced_at: FileTime(0),
+                })
+                .await?;
+            }
+            Action::MkdirSmb { path, drive } => {
+                let s = self.smb.mkdir(path).await?;
+                if s.kind != ItemKind::Dir {
+                    return Err(ReplicaError::new(
+                        codes::KIND_MISMATCH,
+                        format!("{path} is a file on SMB"),
+                    ));
+                }
+                self.put(SyncedState {
+                    path: path.clone(),
+                    kind: ItemKind::Dir,
+                    smb: SmbSide::of(&s, None),
+                    drive: drive.clone(),
+                    last_synced_at: FileTime(0),
+                })
+                .await?;
+            }
+            Action::MoveOnDrive {
+                node_id,
+                from: _,
+                to,
+                base_version_id,
+                state_from,
+                record,
+            } => {
+                self.drive
+                    .move_node(node_id, to, base_version_id.as_ref())
+                    .await?;
+                if let (Some(from), Some(rec)) = (state_from, record) {
+                    self.state.rebase(from, to).await?;
+                    self.put(rec.clone()).await?;
+                }
+            }
+            Action::RenameOnSmb {
+                from,
+                to,
+                expected_file_id,
+                state_from,
+                record,
+            } => {
+                let s = self.smb.rename(from, to, *expected_file_id).await?;
+                if let (Some(sf), Some(rec)) = (state_from, record) {
+                    let mut rec = rec.clone();
+                    if s.file_id == rec.smb.file_id
+                        && s.size == rec.smb.size
+                        && s.last_write == rec.smb.last_write
+                    {
+                        rec.smb.change_time = s.change_time;
+                    }
+                    self.state.rebase(sf, to).await?;
+                    self.put(rec).await?;
+                }
+            }
+            Action::RebaseState { from, to, record } => {
+                self.state.rebase(from, to).await?;
+                self.put(record.clone()).await?;
+            }
+            Action::RestoreOnDrive {
+                path: _,
+                node_id,
+                record,
+            } => {
+                self.drive.restore(node_id, None).await?;
+                if let Some(rec) = record {
+                    self.put(rec.clone()).await?;
+                }
+            }
+            Action::UploadToDrive {
+                path,
+                base_version_id,
+                smb_expected,
+            } => {
+                let (st, m) = self
+                    .upload(path, base_version_id.clone(), smb_expected)
+                    .await?;
+                self.put(st).await?;
+                return Ok(m);
+            }
+            Action::DownloadToSmb {
+                path,
+                drive,
+                smb_expected,
+                preserve_smb,
+            } => {
+                return self
+                    .download(path, drive, smb_expected.as_ref(), *preserve_smb)
+                    .await;
+            }
+            Action::Conflict {
+                path,
+                resolution,
+                smb_expected,
+                drive,
+            } => {
+                return self.conflict(path, resolution, smb_expected, drive).await;
+            }
+            Action::TrashOnDrive {
+                path,
+                kind: _,
+                node_id,
+                base_version_id,
+            } => {
+                self.drive.trash(node_id, base_version_id.as_ref()).await?;
+                self.state.forget(path).await?;
+            }
+            Action::DeleteOnSmb {
+                path,
+                kind,
+                expected,
+                preserve,
+            } => {
+                let mut m = Moved::default();
+                if *preserve {
+                    let e = expected
+                        .as_ref()
+                        .ok_or_else(|| changed(path, "no expectation"))?;
+                    let (st, up) = self.upload(path, None, e).await?;
+                    m.add(up);
+                    self.drive
+                        .trash(&st.drive.node_id, st.drive.version_id.as_ref())
+                        .await?;
+                }
+                self.smb.delete(path, *kind, expected.as_ref()).await?;
+                self.state.forget(path).await?;
+                return Ok(m);
+            }
+            Action::RecordState { state } => self.put(state.clone()).await?,
+            Action::ForgetState { path } => self.state.forget(path).await?,
+            Action::Skip { .. } => {}
+        }
+        Ok(Moved::default())
+    }
+
+    /// Reads an SMB file twice (hash, then stream to ScaiDrive with that hash), checking it
+    /// did not change meanwhile. Returns the state to record (not yet recorded).
+    async fn upload(
+        &self,
+        path: &RelPath,
+        base_version_id: Option<VersionId>,
+        expected: &SmbExpect,
+    ) -> Result<(SyncedState, Moved), ReplicaError> {
+        let before = self
+            .smb
+            .stat(path)
+            .await?
+            .ok_or_else(|| changed(path, "vanished"))?;
+        if before.kind != ItemKind::File || !expected.matches(&before) {
+            return Err(changed(path, "changed since it was listed"));
+        }
+        let (sha, size) = hash_stream(self.smb.read(path).await?).await?;
+        if size != before.size {
+            return Err(changed(path, "size changed while reading"));
+        }
+        let spec = UploadSpec {
+            path: path.clone(),
+            base_version_id,
+            size,
+            sha256: sha,
+            modified_at: before.last_write,
+        };
+        let committed = self.drive.upload(&spec, self.smb.read(path).await?).await?;
+        let after = self
+            .smb
+            .stat(path)
+            .await?
+            .ok_or_else(|| changed(path, "vanished while reading"))?;
+        if after != before {
+            return Err(changed(path, "changed while being read"));
+        }
+        if committed.item.sha256 != Some(sha) || committed.item.size != size {
+            return Err(ReplicaError::new(
+                codes::CHECKSUM_MISMATCH,
+                format!("{path}: ScaiDrive committed other content than was read"),
+            ));
+        }
+        let st = SyncedState {
+            path: path.clone(),
+            kind: ItemKind::File,
+            smb: SmbSide::of(&after, Some(sha)),
+            drive: DriveSide::of(&committed.item),
+            last_synced_at: FileTime(0),
+        };
+        let m = if committed.unchanged {
+            Moved::default()
+        } else {
+            Moved {
+                up: size,
+                down: 0,
+                files: 1,
+            }
+        };
+        Ok((st, m))
+    }
+
+    /// Writes a ScaiDrive version to SMB safely; with `preserve_smb`, first stores SMB's
+    /// current content as a ScaiDrive version (then makes `drive`'s version current again).
+    async fn download(
+        &self,
+        path: &RelPath,
+        drive: &DriveSide,
+        smb_expected: Option<&SmbExpect>,
+        preserve_smb: bool,
+    ) -> Result<Moved, ReplicaError> {
+        let mut m = Moved::default();
+        let mut drive = drive.clone();
+        let mut expected = smb_expected.cloned();
+        if preserve_smb {
+            let e = smb_expected.ok_or_else(|| changed(path, "no expectation"))?;
+            let (st, up) = self.upload(path, drive.version_id.clone(), e).await?;
+            m.add(up);
+            if st.drive.version_id == drive.version_id {
+                // Same content on both sides already.
+                self.put(st).await?;
+                return Ok(m);
+            }
+            let restored = self
+                .drive
+                .restore(&drive.node_id, drive.version_id.as_ref())
+                .await?;
+            drive = DriveSide::of(&restored);
+            expected = Some(SmbExpect {
+                file_id: st.smb.file_id,
+                size: st.smb.size,
+                last_write: st.smb.last_write,
+            });
+        }
+        let (head, body) = self
+            .drive
+            .download(&drive.node_id, drive.version_id.as_ref())
+            .await?;
+        if Some(&head.version_id) != drive.version_id.as_ref() {
+            return Err(ReplicaError::new(
+                codes::VERSION_CONFLICT,
+                format!("{path}: ScaiDrive sent another version"),
+            ));
+        }
+        let (body, acc) = tap(body);
+        let temp = self.smb.write_temp(path, body).await?;
+        let (sha, size) = finish(&acc);
+        if sha != head.sha256 || size != head.size {
+            let _ = self.smb.discard_temp(&temp).await;
+            return Err(ReplicaError::new(
+                codes::CHECKSUM_MISMATCH,
+                format!("{path}: downloaded bytes do not match"),
+            ));
+        }
+        let item = match self
+            .smb
+            .commit_temp(&temp, path, expected.as_ref(), drive.modified_at)
+            .await
+        {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = self.smb.discard_temp(&temp).await;
+                return Err(e);
+            }
+        };
+        self.put(SyncedState {
+            path: path.clone(),
+            kind: ItemKind::File,
+            smb: SmbSide::of(&item, Some(sha)),
+            drive,
+            last_synced_at: FileTime(0),
+        })
+        .await?;
+        m.add(Moved {
+            up: 0,
+            down: size,
+            files: 1,
+        });
+        Ok(m)
+    }
+
+    async fn conflict(
+        &self,
+        path: &RelPath,
+        resolution: &Resolution,
+        smb_expected: &SmbExpect,
+        drive: &DriveSide,
+    ) -> Result<Moved, ReplicaError> {
+        let now = self
+            .smb
+            .stat(path)
+            .await?
+            .ok_or_else(|| changed(path, "vanished"))?;
+        if !smb_expected.matches(&now) {
+            return Err(changed(path, "changed since it was listed"));
+        }
+        if drive.sha256.is_some() && drive.size == now.size {
+            let (sha, _) = hash_stream(self.smb.read(path).await?).await?;
+            let after = self.smb.stat(path).await?;
+            if Some(sha) == drive.sha256 && after.as_ref() == Some(&now) {
+                // Identical content on both sides: no conflict.
+                self.put(SyncedState {
+                    path: path.clone(),
+                    kind: ItemKind::File,
+                    smb: SmbSide::of(&now, Some(sha)),
+                    drive: drive.clone(),
+                    last_synced_at: FileTime(0),
+                })
+                .await?;
+                return Ok(Moved::default());
+            }
+        }
+        match resolution {
+            Resolution::SmbWins => {
+                let (st, m) = self
+                    .upload(path, drive.version_id.clone(), smb_expected)
+                    .await?;
+                self.put(st).await?;
+                Ok(m)
+            }
+            Resolution::DriveWins => self.download(path, drive, Some(smb_expected), true).await,
+            Resolution::KeepBoth { conflict_path } => {
+                let moved = self
+                    .drive
+                    .move_node(&drive.node_id, conflict_path, drive.version_id.as_ref())
+                    .await?;
+                let mut m = self
+                    .download(conflict_path, &DriveSide::of(&moved), None, false)
+                    .await?;
+                let (st, up) = self.upload(path, None, smb_expected).await?;
+                self.put(st).await?;
+                m.add(up);
+                Ok(m)
+            }
+        }
+    }
 }

@@ -16,5 +16,5 @@ pub mod replica;
 
 pub use exec::{execute, ExecOptions, ExecReport};
 pub use model::*;
-pub use plan::{plan, Action, DeleteGuard, Plan, Resolution};
+pub use plan::{plan, Action, DeleteGuard, Phase, Plan, Resolution};
 pub use replica::*;

@@ -188,6 +188,10 @@ impl fmt::Display for RelPath {
 pub struct PathKey(String);
 
 impl PathKey {
+    pub(crate) fn from_raw(s: String) -> PathKey {
+        PathKey(s)
+    }
+
     /// The key as a string.
     pub fn as_str(&self) -> &str {
         &self.0

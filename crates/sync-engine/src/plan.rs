@@ -51,8 +51,11 @@ pub enum Action {
         to: RelPath,
         /// Precondition (files).
         base_version_id: Option<VersionId>,
+        /// Where the moved item's synced state is now (rebased with its subtree to `to`);
+        /// `None` for a case alignment of never-synced items.
+        state_from: Option<RelPath>,
         /// The moved item's state afterwards.
-        record: SyncedState,
+        record: Option<SyncedState>,
     },
     /// Replay a rename/move on SMB; then rebase states and record `record` with the SMB
     /// change time read back after the rename.
@@ -63,7 +66,20 @@ pub enum Action {
         to: RelPath,
         /// The file id the source must still have.
         expected_file_id: u64,
+        /// Where the moved item's synced state is now (rebased with its subtree to `to`);
+        /// `None` for a case alignment of never-synced items.
+        state_from: Option<RelPath>,
         /// The moved item's state afterwards (its SMB change time is refreshed).
+        record: Option<SyncedState>,
+    },
+    /// Bookkeeping only: the item was moved identically on both sides (or a replayed move
+    /// was not yet recorded); rebase the states under `from` to `to` and record `record`.
+    RebaseState {
+        /// Old path of the state.
+        from: RelPath,
+        /// New path.
+        to: RelPath,
+        /// The moved item's state afterwards.
         record: SyncedState,
     },
     /// Bring a trashed ScaiDrive file back (SMB still has it; an upload may follow).
@@ -172,6 +188,7 @@ impl Action {
             | Action::MkdirSmb { .. }
             | Action::MoveOnDrive { .. }
             | Action::RenameOnSmb { .. }
+            | Action::RebaseState { .. }
             | Action::RestoreOnDrive { .. } => Phase::Structure,
             Action::UploadToDrive { .. }
             | Action::DownloadToSmb { .. }
@@ -196,7 +213,9 @@ impl Action {
             | Action::DeleteOnSmb { path, .. }
             | Action::ForgetState { path }
             | Action::Skip { path, .. } => path,
-            Action::MoveOnDrive { to, .. } | Action::RenameOnSmb { to, .. } => to,
+            Action::MoveOnDrive { to, .. }
+            | Action::RenameOnSmb { to, .. }
+            | Action::RebaseState { to, .. } => to,
             Action::RecordState { state } => &state.path,
         }
     }
@@ -243,6 +262,1059 @@ pub fn plan(
     base: &BaseState,
     settings: &Settings,
 ) -> Plan {
-    let _ = (smb, drive, base, settings);
-    todo!("planner: next commit")
+    Planner::new(smb, drive, base, settings).run()
+}
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::replica::codes;
+
+/// The state of one side of a path relative to the last synced state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    /// Neither now nor at the last sync.
+    Absent,
+    /// As last synced.
+    Same,
+    /// Different from the last sync.
+    Changed,
+    /// There now, not at the last sync.
+    Created,
+    /// There at the last sync, not now.
+    Deleted,
+}
+
+fn smb_state(s: Option<&SmbItem>, b: Option<&SyncedState>) -> St {
+    match (s, b) {
+        (None, None) => St::Absent,
+        (Some(_), None) => St::Created,
+        (None, Some(_)) => St::Deleted,
+        (Some(s), Some(b)) => {
+            let id_differs = s.file_id != 0 && b.smb.file_id != 0 && s.file_id != b.smb.file_id;
+            let changed = if s.kind == ItemKind::Dir {
+                id_differs
+            } else {
+                id_differs
+                    || s.size != b.smb.size
+                    || s.last_write != b.smb.last_write
+                    || s.change_time != b.smb.change_time
+            };
+            if changed {
+                St::Changed
+            } else {
+                St::Same
+            }
+        }
+    }
+}
+
+fn drive_state(d: Option<&DriveItem>, b: Option<&SyncedState>) -> St {
+    match (d, b) {
+        (None, None) => St::Absent,
+        (Some(_), None) => St::Created,
+        (None, Some(_)) => St::Deleted,
+        (Some(d), Some(b)) => {
+            if d.node_id != b.drive.node_id
+                || (d.kind == ItemKind::File && d.version_id != b.drive.version_id)
+            {
+                St::Changed
+            } else {
+                St::Same
+            }
+        }
+    }
+}
+
+/// The first free `name (conflict).ext`, `name (conflict 2).ext`, … next to `path`.
+fn conflict_name(path: &RelPath, n: u32) -> RelPath {
+    let name = path.name();
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    let suffix = if n == 1 {
+        " (conflict)".to_string()
+    } else {
+        format!(" (conflict {n})")
+    };
+    RelPath::child_of(path.parent().as_ref(), &format!("{stem}{suffix}{ext}")).expect("valid name")
+}
+
+fn prefix_range<'m, V>(m: &'m BTreeMap<PathKey, V>, root: &PathKey) -> Vec<PathKey> {
+    let mut out: Vec<PathKey> = m
+        .get_key_value(root)
+        .map(|(k, _)| k.clone())
+        .into_iter()
+        .collect();
+    let start = format!("{}/", root.as_str());
+    out.extend(
+        m.range(PathKey::from_raw(start.clone())..)
+            .take_while(|(k, _)| k.as_str().starts_with(&start))
+            .map(|(k, _)| k.clone()),
+    );
+    out
+}
+
+fn has_strict_descendant(set: &BTreeSet<PathKey>, root: &PathKey) -> bool {
+    let start = format!("{}/", root.as_str());
+    set.range(PathKey::from_raw(start.clone())..)
+        .next()
+        .is_some_and(|k| k.as_str().starts_with(&start))
+}
+
+fn key_ancestors(k: &PathKey) -> impl Iterator<Item = PathKey> + '_ {
+    k.as_str()
+        .match_indices('/')
+        .map(move |(i, _)| PathKey::from_raw(k.as_str()[..i].to_string()))
+}
+
+struct Planner<'a> {
+    settings: &'a Settings,
+    trashed: &'a BTreeMap<NodeId, TrashedItem>,
+    /// Virtual SMB tree (in scope), as it will be after the structural actions planned so far.
+    vs: BTreeMap<PathKey, SmbItem>,
+    /// Virtual ScaiDrive tree (in scope), likewise.
+    vd: BTreeMap<PathKey, DriveItem>,
+    /// Virtual synced state: entity index and state.
+    w: BTreeMap<PathKey, (usize, SyncedState)>,
+    /// Folders whose creation is planned in the structural phase (their action records them).
+    planned: BTreeSet<PathKey>,
+    /// Out-of-scope roots (their subtrees too).
+    oos: BTreeSet<PathKey>,
+    /// Keys that will hold an item after the run, per side (descendants before parents).
+    survive_smb: BTreeSet<PathKey>,
+    survive_drive: BTreeSet<PathKey>,
+    smb_by_id: HashMap<u64, PathKey>,
+    drive_by_node: HashMap<NodeId, PathKey>,
+    /// Conflict names handed out in this plan.
+    taken: BTreeSet<PathKey>,
+    structure: Vec<Action>,
+    creates: Vec<Action>,
+    restores: Vec<Action>,
+    transfers: Vec<Action>,
+    destroys: Vec<Action>,
+    books: Vec<Action>,
+    skips: Vec<Action>,
+    would_delete: usize,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        smb: &SmbSnapshot,
+        drive: &'a DriveSnapshot,
+        base: &BaseState,
+        settings: &'a Settings,
+    ) -> Self {
+        let mut p = Planner {
+            settings,
+            trashed: &drive.trashed,
+            vs: BTreeMap::new(),
+            vd: BTreeMap::new(),
+            w: BTreeMap::new(),
+            planned: BTreeSet::new(),
+            oos: BTreeSet::new(),
+            survive_smb: BTreeSet::new(),
+            survive_drive: BTreeSet::new(),
+            smb_by_id: HashMap::new(),
+            drive_by_node: HashMap::new(),
+            taken: BTreeSet::new(),
+            structure: Vec::new(),
+            creates: Vec::new(),
+            restores: Vec::new(),
+            transfers: Vec::new(),
+            destroys: Vec::new(),
+            books: Vec::new(),
+            skips: Vec::new(),
+            would_delete: 0,
+        };
+        let f = &settings.filters;
+
+        // SMB: parents before children.
+        let mut smb_items: Vec<&SmbItem> = smb.items.values().collect();
+        smb_items.sort_by(|a, b| (a.path.depth(), &a.path).cmp(&(b.path.depth(), &b.path)));
+        for item in smb_items {
+            let key = item.path.key();
+            if p.in_oos(&key) {
+                p.survive_smb.insert(key);
+                continue;
+            }
+            if item.reparse {
+                p.skip(
+                    &item.path,
+                    codes::REPARSE_POINT,
+                    "symbolic link or reparse point: not followed",
+                );
+                p.oos.insert(key.clone());
+                p.survive_smb.insert(key);
+                continue;
+            }
+            if f.excludes_smb(item, settings) {
+                p.oos.insert(key.clone());
+                p.survive_smb.insert(key);
+                continue;
+            }
+            p.vs.entry(key).or_insert_with(|| item.clone());
+        }
+
+        // ScaiDrive: parents before children; of case-only twins, the one SMB or the base
+        // knows by its exact name wins, else the first in byte order.
+        let writes_smb = settings.direction != Direction::SmbToDrive;
+        let known =
+            |path: &RelPath| smb.items.contains_key(path) || base.entries.contains_key(path);
+        let mut drive_items: Vec<&DriveItem> = drive.items.values().collect();
+        drive_items.sort_by(|a, b| {
+            (a.path.depth(), !known(&a.path), &a.path).cmp(&(
+                b.path.depth(),
+                !known(&b.path),
+                &b.path,
+            ))
+        });
+        let mut twin_roots: Vec<RelPath> = Vec::new();
+        for item in drive_items {
+            let key = item.path.key();
+            if twin_roots.iter().any(|r| item.path.is_at_or_inside(r)) {
+                p.survive_drive.insert(key);
+                continue;
+            }
+            if p.in_oos(&key) {
+                p.survive_drive.insert(key);
+                continue;
+            }
+            if f.excludes_path(&item.path, item.kind) {
+                p.oos.insert(key.clone());
+                p.survive_drive.insert(key);
+                continue;
+            }
+            if writes_smb {
+                if let Some(code) = windows_name_problem(item.path.name()) {
+                    p.skip(
+                        &item.path,
+                        code,
+                        "this ScaiDrive name cannot be used on SMB",
+                    );
+                    p.oos.insert(key.clone());
+                    p.survive_drive.insert(key);
+                    continue;
+                }
+            }
+            if p.vd.contains_key(&key) {
+                p.skip(
+                    &item.path,
+                    codes::CASE_CONFLICT,
+                    "another ScaiDrive item has the same name except for case; only that one syncs",
+                );
+                twin_roots.push(item.path.clone());
+                p.survive_drive.insert(key);
+                continue;
+            }
+            p.vd.insert(key, item.clone());
+        }
+
+        for (i, st) in base.entries.values().enumerate() {
+            let key = st.path.key();
+            if p.in_oos(&key) || p.w.contains_key(&key) {
+                p.books.push(Action::ForgetState {
+                    path: st.path.clone(),
+                });
+                continue;
+            }
+            p.w.insert(key, (i, st.clone()));
+        }
+
+        let mut dup_ids = BTreeSet::new();
+        for (k, s) in &p.vs {
+            if s.file_id != 0 && p.smb_by_id.insert(s.file_id, k.clone()).is_some() {
+                dup_ids.insert(s.file_id);
+            }
+        }
+        for id in dup_ids {
+            p.smb_by_id.remove(&id);
+        }
+        for (k, d) in &p.vd {
+            p.drive_by_node.insert(d.node_id.clone(), k.clone());
+        }
+        p
+    }
+
+    fn in_oos(&self, key: &PathKey) -> bool {
+        !self.oos.is_empty()
+            && (self.oos.contains(key) || key_ancestors(key).any(|a| self.oos.contains(&a)))
+    }
+
+    fn skip(&mut self, path: &RelPath, code: &str, reason: &str) {
+        self.skips.push(Action::Skip {
+            path: path.clone(),
+            code: code.to_string(),
+            reason: reason.to_string(),
+        });
+    }
+
+    fn run(mut self) -> Plan {
+        self.replay_moves();
+        self.align_case();
+        self.reconcile();
+        self.finish()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Moves and renames, by identity (SMB file id, ScaiDrive node id), shallowest first.
+
+    fn replay_moves(&mut self) {
+        let mut order: Vec<(usize, RelPath, usize)> = self
+            .w
+            .values()
+            .map(|(i, st)| (st.path.depth(), st.path.clone(), *i))
+            .collect();
+        order.sort();
+        for (_, _, idx) in order {
+            let Some((key, b)) = self
+                .w
+                .iter()
+                .find(|(_, (i, _))| *i == idx)
+                .map(|(k, (_, b))| (k.clone(), b.clone()))
+            else {
+                continue;
+            };
+            let s_path = if b.smb.file_id != 0 {
+                self.smb_by_id
+                    .get(&b.smb.file_id)
+                    .map(|k| &self.vs[k])
+                    .filter(|s| s.kind == b.kind)
+                    .map(|s| s.path.clone())
+            } else {
+                None
+            };
+            let d_path = self
+                .drive_by_node
+                .get(&b.drive.node_id)
+                .map(|k| &self.vd[k])
+                .filter(|d| d.kind == b.kind)
+                .map(|d| d.path.clone());
+            let s_moved = s_path.as_ref().is_some_and(|p| *p != b.path);
+            let d_moved = d_path.as_ref().is_some_and(|p| *p != b.path);
+            if !s_moved && !d_moved {
+                continue;
+            }
+            match (self.settings.direction, s_path, d_path) {
+                (_, Some(sp), Some(dp)) if sp == dp => self.rebase_state_only(idx, &key, &b, &sp),
+                (Direction::SmbToDrive, Some(sp), Some(dp)) => {
+                    self.try_move_drive(idx, &key, &b, &dp, &sp);
+                }
+                (Direction::DriveToSmb, Some(sp), Some(dp)) => {
+                    self.try_rename_smb(idx, &key, &b, &sp, &dp);
+                }
+                (Direction::Bidirectional, Some(sp), Some(dp)) => {
+                    let drive_wins = (d_moved && !s_moved)
+                        || (s_moved
+                            && d_moved
+                            && self.settings.conflict == ConflictStrategy::DriveWins);
+                    if drive_wins {
+                        self.try_rename_smb(idx, &key, &b, &sp, &dp);
+                    } else {
+                        self.try_move_drive(idx, &key, &b, &dp, &sp);
+                    }
+                }
+                // Moved on one side, gone from the other: a move counts as a change, so the
+                // item survives at its new place (as newly created there).
+                (Direction::SmbToDrive | Direction::Bidirectional, Some(_), None) if s_moved => {
+                    self.forget_entity(&key, &b)
+                }
+                (Direction::DriveToSmb | Direction::Bidirectional, None, Some(_)) if d_moved => {
+                    self.forget_entity(&key, &b)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn forget_entity(&mut self, key: &PathKey, b: &SyncedState) {
+        self.w.remove(key);
+        self.books.push(Action::ForgetState {
+            path: b.path.clone(),
+        });
+    }
+
+    /// Whether the state subtree at `from` can move to `to` without colliding.
+    fn w_can_rebase(&self, idx: usize, from: &RelPath, to: &RelPath) -> bool {
+        if to.is_inside(from) {
+            return false;
+        }
+        let fk = from.key();
+        let tk = to.key();
+        if fk == tk {
+            return true;
+        }
+        if let Some((i, _)) = self.w.get(&tk) {
+            if *i != idx {
+                return false;
+            }
+        }
+        prefix_range(&self.w, &fk).iter().all(|k| {
+            let st = &self.w[k].1;
+            let nk = st.path.rebase(from, to).expect("in subtree").key();
+            !self.w.contains_key(&nk) || prefix_range(&self.w, &fk).contains(&nk)
+        })
+    }
+
+    fn rebase_w(&mut self, from: &RelPath, to: &RelPath) {
+        let keys = prefix_range(&self.w, &from.key());
+        let moved: Vec<(usize, SyncedState)> = keys
+            .iter()
+            .map(|k| self.w.remove(k).expect("present"))
+            .collect();
+        for (i, mut st) in moved {
+            st.path = st.path.rebase(from, to).expect("in subtree");
+            self.w.insert(st.path.key(), (i, st));
+        }
+    }
+
+    fn rebase_vd(&mut self, from: &RelPath, to: &RelPath) {
+        let keys = prefix_range(&self.vd, &from.key());
+        let moved: Vec<DriveItem> = keys
+            .iter()
+            .map(|k| self.vd.remove(k).expect("present"))
+            .collect();
+        let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
+        for (mut d, was_planned) in moved.into_iter().zip(moved_planned) {
+            d.path = d.path.rebase(from, to).expect("in subtree");
+            let k = d.path.key();
+            if was_planned {
+                self.planned.insert(k.clone());
+            }
+            self.drive_by_node.insert(d.node_id.clone(), k.clone());
+            self.vd.insert(k, d);
+        }
+    }
+
+    fn rebase_vs(&mut self, from: &RelPath, to: &RelPath) {
+        let keys = prefix_range(&self.vs, &from.key());
+        let moved: Vec<SmbItem> = keys
+            .iter()
+            .map(|k| self.vs.remove(k).expect("present"))
+            .collect();
+        let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
+        for (mut s, was_planned) in moved.into_iter().zip(moved_planned) {
+            s.path = s.path.rebase(from, to).expect("in subtree");
+            let k = s.path.key();
+            if was_planned {
+                self.planned.insert(k.clone());
+            }
+            if s.file_id != 0 && self.smb_by_id.get(&s.file_id).is_some() {
+                self.smb_by_id.insert(s.file_id, k.clone());
+            }
+            self.vs.insert(k, s);
+        }
+    }
+
+    /// The state of a moved entity at `to`: the base, with the SMB change time refreshed when
+    /// the SMB item is otherwise unchanged (a rename touches the change time).
+    fn moved_record(&self, b: &SyncedState, to: &RelPath) -> SyncedState {
+        let mut rec = b.clone();
+        rec.path = to.clone();
+        if let Some(s) = self.vs.get(&to.key()) {
+            if s.file_id == b.smb.file_id
+                && s.size == b.smb.size
+                && s.last_write == b.smb.last_write
+            {
+                rec.smb.change_time = s.change_time;
+            }
+        }
+        rec
+    }
+
+    fn rebase_state_only(&mut self, idx: usize, key: &PathKey, b: &SyncedState, to: &RelPath) {
+        if !self.w_can_rebase(idx, &b.path, to) {
+            return;
+        }
+        let rec = self.moved_record(b, to);
+        self.rebase_w(&b.path, to);
+        self.w.insert(to.key(), (idx, rec.clone()));
+        let _ = key;
+        self.structure.push(Action::RebaseState {
+            from: b.path.clone(),
+            to: to.clone(),
+            record: rec,
+        });
+    }
+
+    /// Makes sure folder `dir` exists on ScaiDrive by then (creating missing ones that SMB has).
+    fn ensure_drive_dir(&mut self, dir: &RelPath) -> bool {
+        let k = dir.key();
+        if let Some(d) = self.vd.get(&k) {
+            return d.kind == ItemKind::Dir && d.path == *dir;
+        }
+        let Some(s) = self.vs.get(&k).cloned() else {
+            return false;
+        };
+        if s.kind != ItemKind::Dir || s.path != *dir {
+            return false;
+        }
+        if let Some(parent) = dir.parent() {
+            if !self.ensure_drive_dir(&parent) {
+                return false;
+            }
+        }
+        self.structure.push(Action::CreateDriveFolder {
+            path: dir.clone(),
+            smb: SmbSide::of(&s, None),
+        });
+        self.vd.insert(
+            k.clone(),
+            DriveItem {
+                path: dir.clone(),
+                kind: ItemKind::Dir,
+                node_id: NodeId(String::new()),
+                version_id: None,
+                size: 0,
+                modified_at: s.last_write,
+                sha256: None,
+            },
+        );
+        self.planned.insert(k);
+        true
+    }
+
+    /// Makes sure folder `dir` exists on SMB by then (creating missing ones ScaiDrive has).
+    fn ensure_smb_dir(&mut self, dir: &RelPath) -> bool {
+        let k = dir.key();
+        if let Some(s) = self.vs.get(&k) {
+            return s.kind == ItemKind::Dir;
+        }
+        let Some(d) = self.vd.get(&k).cloned() else {
+            return false;
+        };
+        if d.kind != ItemKind::Dir || self.planned.contains(&k) {
+            return false;
+        }
+        if let Some(parent) = dir.parent() {
+            if !self.ensure_smb_dir(&parent) {
+                return false;
+            }
+        }
+        self.structure.push(Action::MkdirSmb {
+            path: d.path.clone(),
+            drive: DriveSide::of(&d),
+        });
+        self.vs.insert(
+            k.clone(),
+            SmbItem {
+                path: d.path.clone(),
+                kind: ItemKind::Dir,
+                size: 0,
+                last_write: d.modified_at,
+                change_time: d.modified_at,
+                file_id: 0,
+                hidden: false,
+                system: false,
+                reparse: false,
+            },
+        );
+        self.planned.insert(k);
+        true
+    }
+
+    fn try_move_drive(
+        &mut self,
+        idx: usize,
+        key: &PathKey,
+        b: &SyncedState,
+        from: &RelPath,
+        to: &RelPath,
+    ) -> bool {
+        let _ = key;
+        let tk = to.key();
+        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) {
+            return false;
+        }
+        if let Some(occ) = self.vd.get(&tk) {
+            if occ.node_id != b.drive.node_id {
+                return false;
+            }
+        }
+        if self.planned.contains(&tk) {
+            return false;
+        }
+        if let Some(parent) = to.parent() {
+            if !self.ensure_drive_dir(&parent) {
+                return false;
+            }
+        }
+        let cur_version = self.vd.get(&from.key()).and_then(|d| d.version_id.clone());
+        let rec = self.moved_record(b, to);
+        self.structure.push(Action::MoveOnDrive {
+            node_id: b.drive.node_id.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            base_version_id: cur_version,
+            state_from: Some(b.path.clone()),
+            record: Some(rec.clone()),
+        });
+        self.rebase_vd(from, to);
+        self.rebase_w(&b.path, to);
+        self.w.insert(tk, (idx, rec));
+        true
+    }
+
+    fn try_rename_smb(
+        &mut self,
+        idx: usize,
+        key: &PathKey,
+        b: &SyncedState,
+        from: &RelPath,
+        to: &RelPath,
+    ) -> bool {
+        let _ = key;
+        let tk = to.key();
+        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) {
+            return false;
+        }
+        if let Some(occ) = self.vs.get(&tk) {
+            if occ.file_id != b.smb.file_id || tk != from.key() {
+                return false;
+            }
+        }
+        if self.planned.contains(&tk) {
+            return false;
+        }
+        if let Some(parent) = to.parent() {
+            if !self.ensure_smb_dir(&parent) {
+                return false;
+            }
+        }
+        let mut rec = b.clone();
+        rec.path = to.clone();
+        self.structure.push(Action::RenameOnSmb {
+            from: from.clone(),
+            to: to.clone(),
+            expected_file_id: b.smb.file_id,
+            state_from: Some(b.path.clone()),
+            record: Some(rec.clone()),
+        });
+        self.rebase_vs(from, to);
+        self.rebase_w(&b.path, to);
+        self.w.insert(tk, (idx, rec));
+        true
+    }
+
+    /// Items present on both sides under the same key but spelled with different case: align
+    /// the names (ScaiDrive follows SMB, except when ScaiDrive is authoritative).
+    fn align_case(&mut self) {
+        loop {
+            let mismatch = self
+                .vs
+                .iter()
+                .filter(|(k, _)| !self.planned.contains(*k))
+                .find_map(|(k, s)| {
+                    self.vd
+                        .get(k)
+                        .filter(|d| d.path != s.path)
+                        .map(|d| (s.path.clone(), d.path.clone()))
+                });
+            let Some((sp, dp)) = mismatch else { break };
+            if self.settings.direction == Direction::DriveToSmb {
+                let file_id = self.vs[&sp.key()].file_id;
+                self.structure.push(Action::RenameOnSmb {
+                    from: sp.clone(),
+                    to: dp.clone(),
+                    expected_file_id: file_id,
+                    state_from: None,
+                    record: None,
+                });
+                self.rebase_vs(&sp, &dp);
+            } else {
+                let d = &self.vd[&dp.key()];
+                self.structure.push(Action::MoveOnDrive {
+                    node_id: d.node_id.clone(),
+                    from: dp.clone(),
+                    to: sp.clone(),
+                    base_version_id: d.version_id.clone(),
+                    state_from: None,
+                    record: None,
+                });
+                self.rebase_vd(&dp, &sp);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Per-path three-way reconciliation, descendants before their folders.
+
+    fn reconcile(&mut self) {
+        let keys: BTreeSet<PathKey> = self
+            .vs
+            .keys()
+            .chain(self.vd.keys())
+            .chain(self.w.keys())
+            .cloned()
+            .collect();
+        for key in keys.into_iter().rev() {
+            if self.planned.contains(&key) {
+                self.survive_smb.insert(key.clone());
+                self.survive_drive.insert(key);
+                continue;
+            }
+            let s = self.vs.get(&key).cloned();
+            let d = self.vd.get(&key).cloned();
+            let mut b = self.w.get(&key).map(|(_, st)| st.clone());
+            // A base of another kind says nothing about what is there now.
+            let now_kind = s.as_ref().map(|s| s.kind).or(d.as_ref().map(|d| d.kind));
+            let mut dropped_base = None;
+            if let (Some(bk), Some(nk)) = (b.as_ref().map(|b| b.kind), now_kind) {
+                let other = [s.as_ref().map(|s| s.kind), d.as_ref().map(|d| d.kind)];
+                if bk != nk || other.iter().flatten().any(|k| *k != bk) {
+                    dropped_base = b.take();
+                }
+            }
+            if let (Some(s), Some(d)) = (&s, &d) {
+                if s.kind != d.kind {
+                    self.skip(
+                        &s.path,
+                        codes::KIND_MISMATCH,
+                        "a file on one side and a folder on the other",
+                    );
+                    self.survive_smb.insert(key.clone());
+                    self.survive_drive.insert(key);
+                    continue;
+                }
+            }
+            let final_path = s
+                .as_ref()
+                .map(|s| s.path.clone())
+                .or(d.as_ref().map(|d| d.path.clone()));
+            if let Some(old) = dropped_base.as_ref().or(b.as_ref()) {
+                if final_path.as_ref() != Some(&old.path) && (s.is_some() || d.is_some()) {
+                    // The state moves to the new spelling (recorded by the action below).
+                    self.books.push(Action::ForgetState {
+                        path: old.path.clone(),
+                    });
+                }
+            }
+            let kind = now_kind
+                .or(b.as_ref().map(|b| b.kind))
+                .or(dropped_base.as_ref().map(|b| b.kind));
+            match kind {
+                Some(ItemKind::Dir) => self.reconcile_dir(&key, s, d, b, dropped_base.is_some()),
+                Some(ItemKind::File) => self.reconcile_file(&key, s, d, b),
+                None => {}
+            }
+        }
+    }
+
+    fn record(&mut self, s: &SmbItem, d: &DriveItem, sha: Option<Sha256>) {
+        self.books.push(Action::RecordState {
+            state: SyncedState {
+                path: s.path.clone(),
+                kind: s.kind,
+                smb: SmbSide::of(s, sha),
+                drive: DriveSide::of(d),
+                last_synced_at: FileTime(0),
+            },
+        });
+    }
+
+    fn reconcile_dir(
+        &mut self,
+        key: &PathKey,
+        s: Option<SmbItem>,
+        d: Option<DriveItem>,
+        b: Option<SyncedState>,
+        base_dropped: bool,
+    ) {
+        let dir = self.settings.direction;
+        match (s, d) {
+            (Some(s), Some(d)) => {
+                let stale = match &b {
+                    None => true,
+                    Some(b) => {
+                        b.path != s.path
+                            || b.drive.node_id != d.node_id
+                            || (s.file_id != 0 && b.smb.file_id != 0 && s.file_id != b.smb.file_id)
+                    }
+                };
+                if stale {
+                    self.record(&s, &d, None);
+                }
+                self.survive_smb.insert(key.clone());
+                self.survive_drive.insert(key.clone());
+            }
+            (Some(s), None) => {
+                let drive_deleted = b.is_some();
+                let keep = match dir {
+                    Direction::SmbToDrive => true,
+                    Direction::DriveToSmb => has_strict_descendant(&self.survive_smb, key),
+                    Direction::Bidirectional => {
+                        !drive_deleted || has_strict_descendant(&self.survive_smb, key)
+                    }
+                };
+                if keep {
+                    self.creates.push(Action::CreateDriveFolder {
+                        path: s.path.clone(),
+                        smb: SmbSide::of(&s, None),
+                    });
+                    self.survive_smb.insert(key.clone());
+                    self.survive_drive.insert(key.clone());
+                } else {
+                    self.destroys.push(Action::DeleteOnSmb {
+                        path: s.path.clone(),
+                        kind: ItemKind::Dir,
+                        expected: None,
+                        preserve: false,
+                    });
+                }
+            }
+            (None, Some(d)) => {
+                let smb_deleted = b.is_some();
+                let keep = match dir {
+                    Direction::SmbToDrive => false,
+                    Direction::DriveToSmb => true,
+                    Direction::Bidirectional => {
+                        !smb_deleted || has_strict_descendant(&self.survive_drive, key)
+                    }
+                };
+                if keep {
+                    self.creates.push(Action::MkdirSmb {
+                        path: d.path.clone(),
+                        drive: DriveSide::of(&d),
+                    });
+                    self.survive_smb.insert(key.clone());
+                    self.survive_drive.insert(key.clone());
+                } else {
+                    self.destroys.push(Action::TrashOnDrive {
+                        path: d.path.clone(),
+                        kind: ItemKind::Dir,
+                        node_id: d.node_id.clone(),
+                        base_version_id: None,
+                    });
+                }
+            }
+            (None, None) => {
+                if let Some(b) = b {
+                    self.books.push(Action::ForgetState { path: b.path });
+                } else if base_dropped {
+                    // (handled by the caller's ForgetState)
+                }
+            }
+        }
+    }
+
+    fn upload(&mut self, key: &PathKey, s: &SmbItem, base_version_id: Option<VersionId>) {
+        self.transfers.push(Action::UploadToDrive {
+            path: s.path.clone(),
+            base_version_id,
+            smb_expected: SmbExpect::of(s),
+        });
+        self.both_survive(key);
+    }
+
+    fn download(&mut self, key: &PathKey, d: &DriveItem, s: Option<&SmbItem>, preserve_smb: bool) {
+        self.transfers.push(Action::DownloadToSmb {
+            path: d.path.clone(),
+            drive: DriveSide::of(d),
+            smb_expected: s.map(SmbExpect::of),
+            preserve_smb,
+        });
+        self.both_survive(key);
+    }
+
+    fn both_survive(&mut self, key: &PathKey) {
+        self.survive_smb.insert(key.clone());
+        self.survive_drive.insert(key.clone());
+    }
+
+    fn trash_drive(&mut self, d: &DriveItem) {
+        self.would_delete += 1;
+        self.destroys.push(Action::TrashOnDrive {
+            path: d.path.clone(),
+            kind: d.kind,
+            node_id: d.node_id.clone(),
+            base_version_id: d.version_id.clone(),
+        });
+    }
+
+    fn delete_smb(&mut self, s: &SmbItem, preserve: bool) {
+        self.would_delete += 1;
+        self.destroys.push(Action::DeleteOnSmb {
+            path: s.path.clone(),
+            kind: s.kind,
+            expected: Some(SmbExpect::of(s)),
+            preserve,
+        });
+    }
+
+    /// SMB has the file, ScaiDrive deleted it: restore the trashed node where possible, then
+    /// upload if SMB changed; otherwise upload a new file.
+    fn restore_or_upload(&mut self, key: &PathKey, s: &SmbItem, b: &SyncedState, smb_same: bool) {
+        if let Some(t) = self.trashed.get(&b.drive.node_id) {
+            if t.restorable && t.item.path == s.path && t.item.kind == ItemKind::File {
+                let same_version = t.item.version_id == b.drive.version_id;
+                self.restores.push(Action::RestoreOnDrive {
+                    path: s.path.clone(),
+                    node_id: b.drive.node_id.clone(),
+                    record: None,
+                });
+                if !(smb_same && same_version) {
+                    self.transfers.push(Action::UploadToDrive {
+                        path: s.path.clone(),
+                        base_version_id: t.item.version_id.clone(),
+                        smb_expected: SmbExpect::of(s),
+                    });
+                }
+                self.both_survive(key);
+                return;
+            }
+        }
+        self.upload(key, s, None);
+    }
+
+    fn conflict(&mut self, key: &PathKey, s: &SmbItem, d: &DriveItem) {
+        let resolution = match self.settings.conflict {
+            ConflictStrategy::SmbWins => Resolution::SmbWins,
+            ConflictStrategy::DriveWins => Resolution::DriveWins,
+            // Tie: SMB wins (its content is then uploaded on top, so ScaiDrive's stays a
+            // previous version without an extra step).
+            ConflictStrategy::LastWriterWins => {
+                if d.modified_at > s.last_write {
+                    Resolution::DriveWins
+                } else {
+                    Resolution::SmbWins
+                }
+            }
+            ConflictStrategy::KeepBoth => {
+                let mut n = 1;
+                let cp = loop {
+                    let cand = conflict_name(&s.path, n);
+                    let ck = cand.key();
+                    if !self.vs.contains_key(&ck)
+                        && !self.vd.contains_key(&ck)
+                        && !self.w.contains_key(&ck)
+                        && !self.taken.contains(&ck)
+                        && !self.in_oos(&ck)
+                    {
+                        break cand;
+                    }
+                    n += 1;
+                };
+                self.taken.insert(cp.key());
+                self.survive_smb.insert(cp.key());
+                self.survive_drive.insert(cp.key());
+                Resolution::KeepBoth { conflict_path: cp }
+            }
+        };
+        self.transfers.push(Action::Conflict {
+            path: s.path.clone(),
+            resolution,
+            smb_expected: SmbExpect::of(s),
+            drive: DriveSide::of(d),
+        });
+        self.both_survive(key);
+    }
+
+    fn reconcile_file(
+        &mut self,
+        key: &PathKey,
+        s: Option<SmbItem>,
+        d: Option<DriveItem>,
+        b: Option<SyncedState>,
+    ) {
+        use St::*;
+        let ss = smb_state(s.as_ref(), b.as_ref());
+        let ds = drive_state(d.as_ref(), b.as_ref());
+        match self.settings.direction {
+            Direction::SmbToDrive => match (&s, &d) {
+                (Some(s), Some(d)) => {
+                    if !(ss == Same && ds == Same) {
+                        self.upload(key, s, d.version_id.clone());
+                    } else {
+                        self.both_survive(key);
+                    }
+                }
+                (Some(s), None) => match &b {
+                    Some(b) => self.restore_or_upload(key, s, b, ss == Same),
+                    None => self.upload(key, s, None),
+                },
+                (None, Some(d)) => self.trash_drive(d),
+                (None, None) => self.forget(b),
+            },
+            Direction::DriveToSmb => match (&s, &d) {
+                (Some(s), Some(d)) => {
+                    if !(ss == Same && ds == Same) {
+                        self.download(key, d, Some(s), ss != Same);
+                    } else {
+                        self.both_survive(key);
+                    }
+                }
+                (None, Some(d)) => self.download(key, d, None, false),
+                (Some(s), None) => self.delete_smb(s, ss != Same),
+                (None, None) => self.forget(b),
+            },
+            Direction::Bidirectional => match (ss, ds, &s, &d) {
+                (Same, Same, _, _) => self.both_survive(key),
+                (Changed, Same, Some(s), Some(d)) => self.upload(key, s, d.version_id.clone()),
+                (Same, Changed, Some(s), Some(d)) => self.download(key, d, Some(s), false),
+                (Changed | Created, Changed | Created, Some(s), Some(d)) => {
+                    self.conflict(key, s, d)
+                }
+                (Created, Absent, Some(s), None) => self.upload(key, s, None),
+                (Absent, Created, None, Some(d)) => self.download(key, d, None, false),
+                (Deleted, Same, None, Some(d)) => self.trash_drive(d),
+                (Same, Deleted, Some(s), None) => self.delete_smb(s, false),
+                (Deleted, Changed, None, Some(d)) => self.download(key, d, None, false),
+                (Changed, Deleted, Some(s), None) => {
+                    let b = b.clone().expect("deleted implies a base");
+                    self.restore_or_upload(key, s, &b, false)
+                }
+                (Deleted, Deleted, None, None) => self.forget(b),
+                (ss, ds, _, _) => unreachable!("impossible combination {ss:?}/{ds:?}"),
+            },
+        }
+    }
+
+    fn forget(&mut self, b: Option<SyncedState>) {
+        if let Some(b) = b {
+            self.books.push(Action::ForgetState { path: b.path });
+        }
+    }
+
+    fn finish(mut self) -> Plan {
+        let by_path = |a: &Action, b: &Action| a.path().cmp(b.path());
+        self.creates
+            .sort_by(|a, b| (a.path().depth(), a.path()).cmp(&(b.path().depth(), b.path())));
+        self.restores.sort_by(by_path);
+        self.transfers.sort_by(by_path);
+        self.destroys.sort_by(|a, b| {
+            (std::cmp::Reverse(a.path().depth()), a.path())
+                .cmp(&(std::cmp::Reverse(b.path().depth()), b.path()))
+        });
+        self.books.sort_by(by_path);
+        self.books.dedup();
+        self.skips.sort_by(by_path);
+        let tracked = self
+            .w
+            .values()
+            .filter(|(_, st)| st.kind == ItemKind::File)
+            .count();
+        let blocked = if self.would_delete > 0 && self.settings.max_delete_percent < 100 {
+            let pct = if tracked == 0 {
+                100
+            } else {
+                (self.would_delete * 100).div_ceil(tracked).min(100)
+            };
+            (self.would_delete * 100 > self.settings.max_delete_percent as usize * tracked)
+                .then_some(DeleteGuard {
+                    would_delete: self.would_delete,
+                    tracked,
+                    percent: pct as u8,
+                })
+        } else {
+            None
+        };
+        let mut actions = self.structure;
+        actions.extend(self.creates);
+        actions.extend(self.restores);
+        actions.extend(self.transfers);
+        actions.extend(self.destroys);
+        actions.extend(self.books);
+        actions.extend(self.skips);
+        Plan { actions, blocked }
+    }
 }
