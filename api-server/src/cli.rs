@@ -42,6 +42,25 @@ pub enum Command {
     /// Shares and their members.
     #[command(subcommand)]
     Shares(ShareCmd),
+    /// The key sealing connector credentials.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCmd {
+    /// Writes a new random key (64 hex digits) to a file created with mode 0600.
+    GenerateKey {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Re-encrypts every stored secret under the key in `--new-key-file`, in one transaction,
+    /// then installs it as the key file (or tells you to update SCAIDRIVE_SECRET_KEY). Stop
+    /// the api-server replicas first; start them again with the new key.
+    RotateKey {
+        #[arg(long)]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,11 +175,14 @@ fn user_json(u: &accounts::User) -> serde_json::Value {
 /// Runs an administration subcommand against the configured database.
 pub async fn run_admin(config: Config, cmd: Command) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).ok();
+    if let Command::Secrets(cmd) = cmd {
+        return run_secrets(config, cmd).await;
+    }
     let state = AppState::open(config).await?;
     let db = &state.db;
     let e = |e: crate::error::ApiError| anyhow::anyhow!("{}: {}{}", e.code, e.message, e.field.map(|f| format!(" (field {f})")).unwrap_or_default());
     match cmd {
-        Command::Serve => unreachable!("serve is not an admin command"),
+        Command::Serve | Command::Secrets(_) => unreachable!("handled elsewhere"),
         Command::Tenants(TenantCmd::Create { name }) => {
             let t = accounts::create_tenant(db, &name).await.map_err(e)?;
             out(json!({"id": t.id.as_str(), "name": t.name}));
@@ -255,6 +277,46 @@ pub async fn run_admin(config: Config, cmd: Command) -> anyhow::Result<()> {
             let m = shares::set_member(db, &s, ptype, &pid, role).await.map_err(e)?;
             out(json!({"share_id": s.id.as_str(), "principal_type": m.principal_type, "principal_id": m.principal_id,
                        "role": m.role.as_str()}));
+        }
+    }
+    Ok(())
+}
+
+/// Key management. Works on the database directly (not through [`AppState::open`], which
+/// refuses a key that does not match the stored secrets).
+async fn run_secrets(config: Config, cmd: SecretsCmd) -> anyhow::Result<()> {
+    use crate::secrets::{KeySource, SecretBox};
+    match cmd {
+        SecretsCmd::GenerateKey { out: path } => {
+            if path.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite a key", path.display());
+            }
+            let key = SecretBox::generate_key_text();
+            write_secret_file(&path, &format!("{key}\n")).with_context(|| format!("writing {}", path.display()))?;
+            out(json!({"key_file": path.display().to_string(), "key_id": SecretBox::parse_key(&key)?.key_id()}));
+        }
+        SecretsCmd::RotateKey { new_key_file } => {
+            let new_text = std::fs::read_to_string(&new_key_file)
+                .with_context(|| format!("reading {}", new_key_file.display()))?;
+            let new = SecretBox::parse_key(&new_text).with_context(|| format!("the key in {}", new_key_file.display()))?;
+            let db = crate::db::Db::connect(&config.database_url()).await?;
+            let (old, source) = SecretBox::load(&config)?;
+            let n = crate::store::connectors::rotate_key(&db, &old, &new).await?;
+            let installed = match &source {
+                KeySource::File(path) => {
+                    crate::secrets::replace_key_file(path, &new_text)?;
+                    Some(path.display().to_string())
+                }
+                KeySource::Env => {
+                    eprintln!(
+                        "Secrets re-encrypted. Now set SCAIDRIVE_SECRET_KEY to the key in {} on every replica and \
+                         restart them: servers with the old key refuse to start.",
+                        new_key_file.display()
+                    );
+                    None
+                }
+            };
+            out(json!({"reencrypted": n, "old_key_id": old.key_id(), "new_key_id": new.key_id(), "key_file": installed}));
         }
     }
     Ok(())

@@ -397,11 +397,16 @@ async fn ensure_target(s: &AppState, caller: &Caller, share: &ShareId, segs: &[S
     nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), share.as_str(), segs)
         .await
         .map(|_| ())
-        .map_err(|e| if e.field.as_deref() == Some("path") { e.with_field("target_path") } else { e })
+        .map_err(|e| match e.code {
+            // A file is in the way: the value is unusable, like any other invalid path.
+            "NOT_A_FOLDER" => ApiError::validation("target_path", e.message).with_code("NOT_A_FOLDER"),
+            _ if e.field.as_deref() == Some("path") => e.with_field("target_path"),
+            _ => e,
+        })
 }
 
 /// The connector, if it is the caller's tenant's and the caller may manage it.
-async fn managed(s: &AppState, caller: &Caller, id: &str) -> ApiResult<Connector> {
+pub(crate) async fn managed(s: &AppState, caller: &Caller, id: &str) -> ApiResult<Connector> {
     let c = connectors::get(&s.db, &caller.tenant_id, id).await?;
     acl::require(&s.db, caller, &share_resource(c.target_share_id.as_str()), perm::MANAGE_PERMISSIONS).await?;
     Ok(c)
