@@ -1,0 +1,373 @@
+//! `ControlPlane`: health, leases and the job lifecycle for the worker fleet.
+
+
+
+
+use proto::v1;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::{fence_of, from_api, from_ts, invalid, refusal, scope, status, ts};
+use crate::store::file_states::{self, FileState};
+use crate::store::jobs::{self, ClaimRefusal, Counts};
+use crate::store::{connectors, leases};
+use crate::AppState;
+
+pub struct Control {
+    state: AppState,
+}
+
+impl Control {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+fn duration_ms(d: Option<&prost_types::Duration>) -> Option<i64> {
+    d.map(|d| d.seconds * 1000 + (d.nanos as i64) / 1_000_000)
+}
+
+fn counts(c: Option<&v1::JobCounts>) -> Counts {
+    let c = c.cloned().unwrap_or_default();
+    Counts {
+        files_scanned: c.files_scanned as i64,
+        files_synced: c.files_synced as i64,
+        files_failed: c.files_failed as i64,
+        files_skipped: c.files_skipped as i64,
+        files_deleted: c.files_deleted as i64,
+        conflicts: c.conflicts as i64,
+        bytes_transferred: c.bytes_transferred as i64,
+    }
+}
+
+fn phase_name(p: i32) -> &'static str {
+    match v1::JobPhase::try_from(p).unwrap_or(v1::JobPhase::Unspecified) {
+        v1::JobPhase::Connecting => "connecting",
+        v1::JobPhase::Scanning => "scanning",
+        v1::JobPhase::Planning => "planning",
+        v1::JobPhase::Transferring => "transferring",
+        v1::JobPhase::Finalizing => "finalizing",
+        v1::JobPhase::Unspecified => "running",
+    }
+}
+
+fn filter_msg(f: Option<&connectors::Filter>) -> Option<v1::PathFilter> {
+    f.map(|f| v1::PathFilter {
+        extensions: f.extensions.clone(),
+        patterns: f.patterns.clone(),
+    })
+}
+
+fn state_status(s: &str) -> v1::FileSyncStatus {
+    match s {
+        "synced" => v1::FileSyncStatus::Synced,
+        "conflict_resolved" => v1::FileSyncStatus::ConflictResolved,
+        "error" => v1::FileSyncStatus::Error,
+        "excluded" => v1::FileSyncStatus::Skipped,
+        _ => v1::FileSyncStatus::Unspecified,
+    }
+}
+
+pub fn state_msg(s: &FileState) -> v1::FileState {
+    v1::FileState {
+        path: s.path.clone(),
+        kind: if s.kind == "folder" { v1::NodeKind::Folder } else { v1::NodeKind::File } as i32,
+        status: state_status(&s.status) as i32,
+        smb: s.smb_size.map(|size| v1::SmbItemState {
+            size: size as u64,
+            modified_at: s.smb_modified_at.map(ts),
+            changed_at: s.smb_changed_at.map(ts),
+            created_at: s.smb_created_at.map(ts),
+            file_id: s.smb_file_id.as_deref().and_then(|f| f.parse().ok()).unwrap_or(0),
+            sha256: s.smb_sha256.clone().unwrap_or_default(),
+        }),
+        scaidrive: s.drive_node_id.as_ref().map(|node| v1::ScaiDriveItemState {
+            node_id: node.clone(),
+            version_id: s.drive_version_id.clone().unwrap_or_default(),
+            size: s.drive_size.unwrap_or(0) as u64,
+            modified_at: s.drive_modified_at.map(ts),
+            sha256: s.drive_sha256.clone().unwrap_or_default(),
+        }),
+        error: s.error_code.as_ref().map(|c| v1::ErrorDetail {
+            code: c.clone(),
+            message: s.error_message.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        synced_at: s.last_synced_at.map(ts),
+    }
+}
+
+fn state_from_msg(m: &v1::FileState) -> Result<FileState, Status> {
+    let status = match v1::FileSyncStatus::try_from(m.status).unwrap_or(v1::FileSyncStatus::Unspecified) {
+        v1::FileSyncStatus::Synced => "synced",
+        v1::FileSyncStatus::ConflictResolved => "conflict_resolved",
+        v1::FileSyncStatus::Error => "error",
+        v1::FileSyncStatus::Skipped => "excluded",
+        v1::FileSyncStatus::Removed => "removed",
+        v1::FileSyncStatus::Unspecified => return Err(invalid("states.status", "a status is required")),
+    };
+    if m.path.is_empty() || m.path.starts_with('/') || m.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(invalid("states.path", "a relative path without empty, '.' or '..' parts is required"));
+    }
+    Ok(FileState {
+        path: m.path.clone(),
+        kind: if m.kind == v1::NodeKind::Folder as i32 { "folder" } else { "file" }.to_string(),
+        status: status.to_string(),
+        smb_size: m.smb.as_ref().map(|s| s.size as i64),
+        smb_modified_at: m.smb.as_ref().and_then(|s| s.modified_at.as_ref()).map(from_ts),
+        smb_changed_at: m.smb.as_ref().and_then(|s| s.changed_at.as_ref()).map(from_ts),
+        smb_created_at: m.smb.as_ref().and_then(|s| s.created_at.as_ref()).map(from_ts),
+        smb_file_id: m.smb.as_ref().filter(|s| s.file_id != 0).map(|s| s.file_id.to_string()),
+        smb_sha256: m.smb.as_ref().map(|s| s.sha256.clone()).filter(|s| !s.is_empty()),
+        drive_node_id: m.scaidrive.as_ref().map(|d| d.node_id.clone()).filter(|s| !s.is_empty()),
+        drive_version_id: m.scaidrive.as_ref().map(|d| d.version_id.clone()).filter(|s| !s.is_empty()),
+        drive_size: m.scaidrive.as_ref().map(|d| d.size as i64),
+        drive_modified_at: m.scaidrive.as_ref().and_then(|d| d.modified_at.as_ref()).map(from_ts),
+        drive_sha256: m.scaidrive.as_ref().map(|d| d.sha256.clone()).filter(|s| !s.is_empty()),
+        last_synced_at: m.synced_at.as_ref().map(from_ts),
+        error_code: m.error.as_ref().map(|e| e.code.clone()),
+        error_message: m.error.as_ref().map(|e| e.message.clone()),
+        updated_at: 0,
+    })
+}
+
+#[tonic::async_trait]
+impl v1::control_plane_server::ControlPlane for Control {
+    async fn ping(&self, _req: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        Ok(Response::new(v1::PingResponse {
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            contract_version: proto::CONTRACT_VERSION.to_string(),
+            server_time: Some(ts(crate::time::now_ms())),
+        }))
+    }
+
+    async fn acquire_lease(&self, req: Request<v1::AcquireLeaseRequest>) -> Result<Response<v1::AcquireLeaseResponse>, Status> {
+        let r = req.into_inner();
+        if r.worker_id.is_empty() {
+            return Err(invalid("worker_id", "a worker id is required"));
+        }
+        let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM connectors WHERE id = $1")
+            .bind(&r.connector_id)
+            .fetch_optional(&self.state.db.pool)
+            .await
+            .map_err(|e| from_api(e.into()))?;
+        if exists.is_none() {
+            return Err(status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, "no such connector"));
+        }
+        let ttl = duration_ms(r.ttl.as_ref()).unwrap_or(30_000);
+        let lease = leases::acquire(&self.state.db, &r.connector_id, &r.worker_id, ttl)
+            .await
+            .map_err(from_api)?
+            .map_err(refusal)?;
+        tracing::info!(connector.id = %r.connector_id, worker.id = %r.worker_id, lease.token = lease.fencing_token, "lease acquired");
+        Ok(Response::new(v1::AcquireLeaseResponse {
+            lease_id: lease.lease_id,
+            fencing_token: lease.fencing_token as u64,
+            expires_at: Some(ts(lease.expires_at)),
+        }))
+    }
+
+    async fn renew_lease(&self, req: Request<v1::RenewLeaseRequest>) -> Result<Response<v1::RenewLeaseResponse>, Status> {
+        let r = req.into_inner();
+        let fence = leases::Fence {
+            lease_id: r.lease_id,
+            token: r.fencing_token as i64,
+        };
+        let lease = leases::renew(&self.state.db, &fence, duration_ms(r.ttl.as_ref())).await.map_err(from_api)?.map_err(refusal)?;
+        Ok(Response::new(v1::RenewLeaseResponse {
+            expires_at: Some(ts(lease.expires_at)),
+        }))
+    }
+
+    async fn release_lease(&self, req: Request<v1::ReleaseLeaseRequest>) -> Result<Response<v1::ReleaseLeaseResponse>, Status> {
+        let r = req.into_inner();
+        let fence = leases::Fence {
+            lease_id: r.lease_id,
+            token: r.fencing_token as i64,
+        };
+        let released = leases::release(&self.state.db, &fence).await.map_err(from_api)?;
+        Ok(Response::new(v1::ReleaseLeaseResponse { released }))
+    }
+
+    async fn claim_job(&self, req: Request<v1::ClaimJobRequest>) -> Result<Response<v1::ClaimJobResponse>, Status> {
+        let r = req.into_inner();
+        let fence = fence_of(r.lease.as_ref())?;
+        let job = match jobs::claim(&self.state.db, &r.job_id, &fence, None).await.map_err(from_api)? {
+            Ok(j) => j,
+            Err(ClaimRefusal::NotFound) => return Err(status(Code::NotFound, proto::codes::JOB_NOT_FOUND, "no such job")),
+            Err(ClaimRefusal::Finished(outcome)) => {
+                let mut metadata = std::collections::HashMap::new();
+                metadata.insert("outcome".to_string(), outcome.clone());
+                return Err(proto::error_status(Code::FailedPrecondition, &v1::ErrorDetail {
+                    code: proto::codes::JOB_FINISHED.into(),
+                    message: format!("the job already ended as {outcome}"),
+                    field: String::new(),
+                    metadata,
+                }));
+            }
+            Err(ClaimRefusal::WrongConnector) => {
+                return Err(status(Code::FailedPrecondition, proto::codes::JOB_LEASE_MISMATCH, "the job belongs to another connector"))
+            }
+            Err(ClaimRefusal::Lease(r)) => return Err(refusal(r)),
+        };
+        let tenant = crate::ids::TenantId::from_db(job.tenant_id.clone());
+        let c = connectors::get(&self.state.db, &tenant, &job.connector_id).await.map_err(from_api)?;
+        let creds = connectors::decrypted_credentials(&self.state.db, &self.state.secrets, &c.id).await.map_err(from_api)?;
+        let cursor = jobs::cursor(&self.state.db, &job.connector_id).await.map_err(from_api)?;
+        let st = &c.settings;
+        let spec = v1::JobSpec {
+            job_id: job.id.clone(),
+            connector_id: job.connector_id.clone(),
+            tenant_id: job.tenant_id.clone(),
+            attempt: job.attempt as u32,
+            trigger: if job.trigger == "scheduled" { v1::JobTrigger::Scheduled } else { v1::JobTrigger::Manual } as i32,
+            requested_at: Some(ts(job.requested_at)),
+            connector: Some(v1::ConnectorConfig {
+                connector_id: c.id.to_string(),
+                name: st.name.clone(),
+                smb: Some(v1::SmbEndpoint {
+                    server_host: st.server_host.clone(),
+                    server_port: st.server_port as u32,
+                    share_name: st.share_name.clone(),
+                    base_path: st.base_path.clone().unwrap_or_default(),
+                }),
+                credentials: Some(v1::SmbCredentials {
+                    domain: creds.domain.clone().unwrap_or_default(),
+                    username: creds.username.clone(),
+                    password: creds.password.expose().to_string(),
+                }),
+                target_share_id: c.target_share_id.to_string(),
+                target_path: st.target_path.clone(),
+                direction: match st.sync_direction {
+                    connectors::SyncDirection::Bidirectional => v1::SyncDirection::Bidirectional,
+                    connectors::SyncDirection::SmbToScaidrive => v1::SyncDirection::SmbToScaidrive,
+                    connectors::SyncDirection::ScaidriveToSmb => v1::SyncDirection::ScaidriveToSmb,
+                } as i32,
+                conflict_resolution: match st.conflict_resolution {
+                    connectors::ConflictResolution::LastWriterWins => v1::ConflictResolution::LastWriterWins,
+                    connectors::ConflictResolution::KeepBoth => v1::ConflictResolution::KeepBoth,
+                    connectors::ConflictResolution::ScaidriveWins => v1::ConflictResolution::ScaidriveWins,
+                    connectors::ConflictResolution::SmbWins => v1::ConflictResolution::SmbWins,
+                } as i32,
+                include: filter_msg(st.include_patterns.as_ref()),
+                exclude: filter_msg(st.exclude_patterns.as_ref()),
+                sync_hidden_files: st.sync_hidden_files,
+                sync_system_files: st.sync_system_files,
+                sync_permissions: st.sync_permissions,
+            }),
+            scaidrive_cursor: cursor.unwrap_or_default(),
+        };
+        tracing::info!(job.id = %job.id, connector.id = %job.connector_id, job.attempt = job.attempt, "job claimed");
+        Ok(Response::new(v1::ClaimJobResponse { job: Some(spec) }))
+    }
+
+    async fn report_progress(&self, req: Request<Streaming<v1::ProgressUpdate>>) -> Result<Response<v1::ReportProgressResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut accepted = 0u64;
+        while let Some(u) = stream.message().await? {
+            let fence = fence_of(u.lease.as_ref())?;
+            let (cancel, _) = jobs::report_progress(&self.state.db, &u.job_id, &fence, jobs::Progress {
+                phase: phase_name(u.phase),
+                current_path: &u.current_path,
+                files_total: u.files_total as i64,
+                bytes_total: u.bytes_total as i64,
+                bytes_per_second: u.bytes_per_second as i64,
+                counts: counts(u.counts.as_ref()),
+            })
+            .await
+            .map_err(from_api)?;
+            accepted += 1;
+            if cancel {
+                return Ok(Response::new(v1::ReportProgressResponse { accepted, cancel_requested: true }));
+            }
+        }
+        Ok(Response::new(v1::ReportProgressResponse { accepted, cancel_requested: false }))
+    }
+
+    async fn report_file_states(&self, req: Request<v1::ReportFileStatesRequest>) -> Result<Response<v1::ReportFileStatesResponse>, Status> {
+        let r = req.into_inner();
+        if r.states.len() > 1000 {
+            return Err(invalid("states", "at most 1000 states per call"));
+        }
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        let fence = fence_of(r.lease.as_ref())?;
+        let states = r.states.iter().map(state_from_msg).collect::<Result<Vec<_>, _>>()?;
+        let accepted = file_states::report(&self.state.db, &sc.connector_id, &r.job_id, &fence, &states).await.map_err(from_api)?;
+        Ok(Response::new(v1::ReportFileStatesResponse { accepted }))
+    }
+
+    async fn complete_job(&self, req: Request<v1::CompleteJobRequest>) -> Result<Response<v1::CompleteJobResponse>, Status> {
+        let r = req.into_inner();
+        let fence = fence_of(r.lease.as_ref())?;
+        let outcome = match v1::JobOutcome::try_from(r.outcome).unwrap_or(v1::JobOutcome::Unspecified) {
+            v1::JobOutcome::Completed => "completed",
+            v1::JobOutcome::Failed => "failed",
+            v1::JobOutcome::Cancelled => "cancelled",
+            v1::JobOutcome::Interrupted => "interrupted",
+            v1::JobOutcome::Unspecified => return Err(invalid("outcome", "an outcome is required")),
+        };
+        let already = jobs::complete(&self.state.db, &r.job_id, &fence, jobs::Outcome {
+            status: outcome,
+            counts: counts(r.counts.as_ref()),
+            error_code: r.error.as_ref().map(|e| e.code.as_str()),
+            error_message: r.error.as_ref().map(|e| e.message.as_str()),
+            cursor: Some(r.scaidrive_cursor.as_str()),
+        })
+        .await
+        .map_err(from_api)?;
+        tracing::info!(job.id = %r.job_id, job.outcome = outcome, "job completed");
+        Ok(Response::new(v1::CompleteJobResponse { already_recorded: already }))
+    }
+
+    async fn check_cancel(&self, req: Request<v1::CheckCancelRequest>) -> Result<Response<v1::CheckCancelResponse>, Status> {
+        let r = req.into_inner();
+        let _ = scope(&self.state, r.lease.as_ref(), None).await?;
+        let (cancel, reason) = jobs::cancel_state(&self.state.db, &r.job_id).await.map_err(from_api)?;
+        Ok(Response::new(v1::CheckCancelResponse {
+            cancel_requested: cancel,
+            reason: reason.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_file_states(&self, req: Request<v1::ListFileStatesRequest>) -> Result<Response<v1::ListFileStatesResponse>, Status> {
+        let r = req.into_inner();
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        let limit = match r.page_size {
+            0 => 1000,
+            n @ 1..=5000 => n as i64,
+            _ => return Err(invalid("page_size", "must be between 1 and 5000")),
+        };
+        let page = file_states::list(&self.state.db, &sc.connector_id, None, None, Some(&r.page_token), limit).await.map_err(from_api)?;
+        let next = if page.len() as i64 == limit { page.last().map(|s| s.path.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(v1::ListFileStatesResponse {
+            states: page.iter().map(state_msg).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn fetch_connection_test(
+        &self,
+        req: Request<v1::FetchConnectionTestRequest>,
+    ) -> Result<Response<v1::FetchConnectionTestResponse>, Status> {
+        let r = req.into_inner();
+        let t = crate::store::conn_tests::fetch(&self.state.db, &self.state.secrets, &r.test_id)
+            .await
+            .map_err(from_api)?
+            .ok_or_else(|| status(Code::NotFound, "TEST_NOT_FOUND", "no such pending test (answered, or its caller gave up)"))?;
+        tracing::info!(test.id = %t.id, worker.id = %r.worker_id, "connection test fetched");
+        Ok(Response::new(v1::FetchConnectionTestResponse {
+            test_id: t.id,
+            smb: Some(v1::SmbEndpoint {
+                server_host: t.server_host,
+                server_port: t.server_port as u32,
+                share_name: t.share_name,
+                base_path: t.base_path.unwrap_or_default(),
+            }),
+            credentials: Some(v1::SmbCredentials {
+                domain: t.domain.unwrap_or_default(),
+                username: t.username,
+                password: t.password.expose().to_string(),
+            }),
+            check_write: t.check_write,
+        }))
+    }
+}
