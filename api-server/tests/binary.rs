@@ -187,3 +187,104 @@ fn a_2_gib_file_round_trips_byte_identical_in_flat_memory() {
     eprintln!("api-server peak RSS after a {} MiB round trip: {peak_mib} MiB", size >> 20);
     assert!(peak_mib < 200, "server peak RSS {peak_mib} MiB");
 }
+
+/// `secrets rotate-key`: every stored credential is re-sealed under the new key in one
+/// transaction, the key file is replaced, and a server still holding the old key refuses to
+/// start. The database files never contain the password.
+#[test]
+fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
+    const PASSWORD: &str = "Rot4te-me-9d2e71";
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(dir.path());
+    let http = reqwest::blocking::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", srv.url)).bearer_auth(&srv.token).json(&body).send().unwrap()
+    };
+    let share: serde_json::Value = post("/api/v1/shares", serde_json::json!({"name": "S"})).json().unwrap();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let resp = post("/api/v1/smb-connectors", serde_json::json!({"name": name, "server_host": "fs01",
+            "share_name": "D", "username": "svc", "password": PASSWORD, "target_share_id": share["id"]}));
+        assert_eq!(resp.status(), 201);
+        let c: serde_json::Value = resp.json().unwrap();
+        ids.push(c["id"].as_str().unwrap().to_string());
+    }
+    let token = srv.token.clone();
+    drop(srv);
+
+    let no_plaintext = || {
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(!bytes.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()), "{}", p.display());
+            }
+        }
+    };
+    no_plaintext();
+    let key_file = dir.path().join("secret.key");
+    let old_key = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let cli = |args: &[&str]| {
+        Command::new(BIN).arg("--data-dir").arg(dir.path()).args(args).env_remove("SCAIDRIVE_SECRET_KEY").output().unwrap()
+    };
+    let new_file = dir.path().join("new.key");
+    let out = cli(&["secrets", "generate-key", "--out", new_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&new_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let new_key = std::fs::read_to_string(&new_file).unwrap().trim().to_string();
+    assert_ne!(new_key, old_key);
+
+    let out = cli(&["secrets", "rotate-key", "--new-key-file", new_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reencrypted"], 2);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), new_key, "the key file now holds the new key");
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    no_plaintext();
+    // Running it again is harmless: nothing left to re-seal.
+    let out = cli(&["secrets", "rotate-key", "--new-key-file", new_file.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["reencrypted"], 0);
+
+    // The credentials open with the new key only, and only for their own connector.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let db = api_server::db::Db::connect(&format!("sqlite://{}", dir.path().join("scaidrive.db").display()))
+            .await
+            .unwrap();
+        let new = api_server::secrets::SecretBox::parse_key(&new_key).unwrap();
+        let old = api_server::secrets::SecretBox::parse_key(&old_key).unwrap();
+        for id in &ids {
+            let cid = api_server::ids::ConnectorId::parse(id).unwrap();
+            let creds = api_server::store::connectors::decrypted_credentials(&db, &new, &cid).await.unwrap();
+            assert_eq!(creds.password.expose(), PASSWORD);
+            assert!(api_server::store::connectors::decrypted_credentials(&db, &old, &cid).await.is_err());
+            let (sealed,): (String,) = sqlx::query_as("SELECT password_sealed FROM connectors WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            let other = ids.iter().find(|x| *x != id).unwrap();
+            assert!(new.open(other, &sealed).is_err());
+        }
+    });
+
+    // A server given the old key refuses to start and says why.
+    let out = Command::new(BIN)
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("SCAIDRIVE_SECRET_KEY", &old_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret key"), "{}", String::from_utf8_lossy(&out.stderr));
+    // With the installed new key it serves the connectors as before.
+    let srv = start(dir.path());
+    assert_eq!(srv.token, token);
+    let resp = http
+        .get(format!("{}/api/v1/smb-connectors/{}", srv.url, ids[0]))
+        .bearer_auth(&srv.token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
