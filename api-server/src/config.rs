@@ -38,6 +38,29 @@ pub struct Config {
     /// (created with mode 0600 on first start).
     #[arg(long, env = "SCAIDRIVE_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+
+    /// Address of the gRPC service the sync workers talk to.
+    #[arg(long, env = "SCAIDRIVE_GRPC_LISTEN", default_value = "127.0.0.1:8081")]
+    pub grpc_listen: SocketAddr,
+
+    /// The token every sync worker presents; default: `<data-dir>/worker-token`, created
+    /// (mode 0600) on first start.
+    #[arg(long, env = "SCAIDRIVE_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+
+    /// RabbitMQ (`amqp://user:password@host:5672/vhost`); default: an in-process queue
+    /// (standalone mode).
+    #[arg(long, env = "SCAIDRIVE_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// Sync workers run inside this process (default: 2 with the in-process queue, 0 with
+    /// RabbitMQ, where `sync-worker` processes do the work).
+    #[arg(long, env = "SCAIDRIVE_EMBEDDED_WORKERS")]
+    pub embedded_workers: Option<usize>,
+
+    /// How often due scheduled runs are looked for, in milliseconds.
+    #[arg(long, env = "SCAIDRIVE_SCHEDULER_TICK_MS", default_value = "5000")]
+    pub scheduler_tick_ms: u64,
 }
 
 impl Config {
@@ -49,6 +72,11 @@ impl Config {
             content_dir: None,
             listen: "127.0.0.1:0".parse().expect("valid address"),
             max_file_size: None,
+            grpc_listen: "127.0.0.1:0".parse().expect("valid address"),
+            worker_token: None,
+            amqp_url: None,
+            embedded_workers: None,
+            scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,
         }
@@ -71,6 +99,16 @@ impl Config {
 
     pub fn secret_key_file(&self) -> PathBuf {
         self.secret_key_file.clone().unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    pub fn worker_token_file(&self) -> PathBuf {
+        self.data_dir.join("worker-token")
+    }
+
+    /// Embedded workers to run: as configured, else 2 with the in-process queue and 0 with
+    /// RabbitMQ.
+    pub fn embedded_workers(&self) -> usize {
+        self.embedded_workers.unwrap_or(if self.amqp_url.is_some() { 0 } else { 2 })
     }
 
     pub fn admin_token_file(&self) -> PathBuf {

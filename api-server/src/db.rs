@@ -18,6 +18,7 @@ use sqlx::{AnyPool, Executor};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../migrations/0001_foundation.sql")),
     (2, "connectors", include_str!("../../migrations/0002_connectors.sql")),
+    (3, "fleet", include_str!("../../migrations/0003_fleet.sql")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

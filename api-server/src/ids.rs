@@ -56,6 +56,7 @@ id_type!(ChangeId, "chg");
 id_type!(UploadId, "upl");
 id_type!(ConnectorId, "cnn");
 id_type!(MappingId, "map");
+id_type!(JobId, "job");
 
 /// The kind an id's prefix names, for endpoints that take "any resource".
 pub fn prefix_of(id: &str) -> Option<&str> {

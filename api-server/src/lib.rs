@@ -15,6 +15,8 @@ pub mod config;
 pub mod content;
 pub mod db;
 pub mod error;
+pub mod fleet;
+pub mod grpc;
 pub mod http;
 pub mod ids;
 pub mod paths;
@@ -38,6 +40,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Seals and opens connector credentials.
     pub secrets: Arc<secrets::SecretBox>,
+    /// The job queue (RabbitMQ, or in-process in standalone mode).
+    pub queue: Arc<dyn jobqueue::JobQueue>,
+    /// The token sync workers present on gRPC.
+    pub worker_token: Arc<String>,
 }
 
 impl AppState {
@@ -47,6 +53,22 @@ impl AppState {
         let db = db::Db::connect(&config.database_url()).await?;
         let (secrets, _) = secrets::SecretBox::load(&config)?;
         store::connectors::check_key(&db, &secrets).await?;
+        let queue = fleet::open_queue(&config).await?;
+        let worker_token = match &config.worker_token {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let path = config.worker_token_file();
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    _ => {
+                        let t = format!("swt_{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
+                        cli::write_secret_file(&path, &format!("{t}\n"))
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        t
+                    }
+                }
+            }
+        };
         let content_dir = config.content_dir();
         let content = content::LocalDirStore::open(&content_dir)
             .with_context(|| format!("opening the content store at {}", content_dir.display()))?;
@@ -55,45 +77,79 @@ impl AppState {
             content: Arc::new(content),
             config: Arc::new(config),
             secrets: Arc::new(secrets),
+            queue,
+            worker_token: Arc::new(worker_token),
         })
     }
 }
 
-/// A running server: its address, and a handle to stop it.
+/// A running server: its addresses, and a handle to stop it.
 pub struct Running {
+    /// The REST API.
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The workers' gRPC service.
+    pub grpc_addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish, and waits.
-    pub async fn stop(mut self) -> std::io::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+    /// Stops accepting, lets requests in flight finish, stops the background tasks, waits.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
         }
-        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.http.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// A token that is cancelled when the server stops (for tasks started beside it).
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
     }
 }
 
-/// Serves the API on `addr` (port 0 picks a free one) until [`Running::stop`].
+/// Serves the REST API on `addr` and the workers' gRPC service on the configured address
+/// (port 0 picks a free one), and runs the scheduler, until [`Running::stop`].
 pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = http::router(state);
-    let task = tokio::spawn(async move {
+    let grpc_listener = tokio::net::TcpListener::bind(state.config.grpc_listen)
+        .await
+        .with_context(|| format!("binding {} (gRPC)", state.config.grpc_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    let app = http::router(state.clone());
+    let s1 = stop.clone();
+    let http = tokio::spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
+            .with_graceful_shutdown(async move { s1.cancelled().await })
             .await
     });
+
+    let routes = grpc::router(state.clone(), state.worker_token.to_string());
+    let s2 = stop.clone();
+    let grpc_task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let r = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move { s2.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    let mut tasks = fleet::spawn_background(state, stop.clone());
+    tasks.push(grpc_task);
     Ok(Running {
         addr,
-        shutdown: Some(tx),
-        task,
+        grpc_addr,
+        stop,
+        tasks,
+        http,
     })
 }

@@ -28,8 +28,11 @@ async fn serve(config: api_server::Config) -> anyhow::Result<()> {
         );
     }
     let running = api_server::start(state, listen).await?;
-    tracing::info!(addr = %running.addr, standalone, "ScaiDrive API listening");
-    eprintln!("ScaiDrive API on http://{}  (OpenAPI: /api/v1/openapi.json)", running.addr);
+    tracing::info!(addr = %running.addr, grpc = %running.grpc_addr, standalone, "ScaiDrive API listening");
+    eprintln!(
+        "ScaiDrive API on http://{}  (OpenAPI: /api/v1/openapi.json); workers' gRPC on {}",
+        running.addr, running.grpc_addr
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await?;

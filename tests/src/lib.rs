@@ -85,6 +85,8 @@ impl Drop for PgDatabase {
 /// A running api-server with its own database and content store.
 pub struct TestServer {
     pub url: String,
+    /// The workers' gRPC endpoint (`http://127.0.0.1:port`).
+    pub grpc_url: String,
     pub admin_token: String,
     pub state: AppState,
     pub data_dir: PathBuf,
@@ -111,6 +113,7 @@ impl TestServer {
             .expect("start server");
         TestServer {
             url: format!("http://{}", running.addr),
+            grpc_url: format!("http://{}", running.grpc_addr),
             admin_token,
             state,
             data_dir: dir.path().to_path_buf(),
@@ -144,6 +147,11 @@ impl TestServer {
             .await;
         assert_eq!(st, StatusCode::CREATED, "{t}");
         (id, self.client(Some(t["token"].as_str().unwrap())))
+    }
+
+    /// The fleet's worker token.
+    pub fn worker_token(&self) -> String {
+        self.state.worker_token.to_string()
     }
 
     pub async fn stop(mut self) {

@@ -23,7 +23,7 @@ use crate::ids::UploadId;
 use crate::paths;
 use crate::perm;
 use crate::store::acl::{self, node_resource, share_resource};
-use crate::store::nodes::{self, Kind, Node, Target, Version};
+use crate::store::nodes::{self, Expect, Kind, Node, Target, Version};
 use crate::store::{get_i64, get_opt_i64, get_opt_str, get_str, shares};
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
 use crate::AppState;
@@ -404,7 +404,7 @@ pub async fn upload_by_path(
         &share_id,
         Target::Named { parent_id: &parent_id, name: &name },
         &content,
-        base.as_deref(),
+        Expect::from_base(base.as_deref()),
         mtime,
     )
     .await?;
@@ -443,7 +443,7 @@ pub async fn upload_version(
         &n.share_id,
         Target::Existing { file_id: &n.id },
         &content,
-        base.as_deref(),
+        Expect::from_base(base.as_deref()),
         mtime,
     )
     .await?;
@@ -973,7 +973,7 @@ pub async fn complete_upload(
         &u.share_id,
         Target::Named { parent_id: &u.parent_id, name: &u.name },
         &content,
-        u.base_version_id.as_deref(),
+        Expect::from_base(u.base_version_id.as_deref()),
         u.modified_at,
     )
     .await?;

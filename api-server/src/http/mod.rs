@@ -7,6 +7,7 @@ pub mod changes;
 pub mod connectors;
 pub mod extract;
 pub mod files;
+pub mod jobs;
 pub mod permissions;
 pub mod shares;
 
@@ -40,6 +41,8 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
         permissions::get_acl, permissions::add_entry, permissions::replace_acl, permissions::clear_acl,
         permissions::remove_entry, permissions::effective, permissions::check,
         changes::list_changes,
+        jobs::trigger_sync, jobs::list_jobs, jobs::get_job, jobs::cancel_job, jobs::list_file_states,
+        jobs::test_connector, jobs::test_unsaved,
         connectors::create_connector, connectors::list_connectors, connectors::get_connector,
         connectors::update_connector, connectors::delete_connector, connectors::create_mapping,
         connectors::list_mappings, connectors::delete_mapping, connectors::import_mappings,
@@ -136,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/permissions/check", post(permissions::check))
         .route("/api/v1/sync/changes", get(changes::list_changes))
         .merge(connectors::routes())
+        .merge(jobs::routes())
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
 
     Router::new()

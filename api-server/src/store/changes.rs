@@ -15,15 +15,33 @@ use crate::time::now_ms;
 pub struct Actor {
     pub kind: &'static str,
     pub id: String,
+    /// For a worker writing on a connector's behalf: the lease it holds. Every write checks
+    /// it inside its own transaction, so a worker whose lease was taken over commits nothing.
+    pub fence: Option<super::leases::Fence>,
 }
 
 impl Actor {
     pub fn user(id: &str) -> Self {
-        Actor { kind: "user", id: id.to_string() }
+        Actor { kind: "user", id: id.to_string(), fence: None }
     }
     pub fn connector(id: &str) -> Self {
-        Actor { kind: "connector", id: id.to_string() }
+        Actor { kind: "connector", id: id.to_string(), fence: None }
     }
+    /// A connector's worker, writing under its lease.
+    pub fn fenced_connector(id: &str, fence: super::leases::Fence) -> Self {
+        Actor { kind: "connector", id: id.to_string(), fence: Some(fence) }
+    }
+}
+
+/// Opens a write transaction: takes the tenant's next change position first (see
+/// [`next_position`]), then checks the actor's lease, if any.
+pub async fn begin_write<'a>(db: &'a Db, tenant: &TenantId, actor: &Actor) -> ApiResult<(Tx<'a>, i64)> {
+    let mut tx = db.pool.begin().await?;
+    let pos = next_position(&mut tx, tenant).await?;
+    if let Some(f) = &actor.fence {
+        super::leases::check(&mut tx, f).await?;
+    }
+    Ok((tx, pos))
 }
 
 /// `created`, `updated`, `deleted`, `moved`, `renamed`.

@@ -51,6 +51,8 @@ pub struct Node {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
+    /// The change-log position of the node's last change: its etag.
+    pub last_change: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +84,7 @@ fn node_from(r: &AnyRow) -> Node {
         created_at: get_i64(r, "created_at"),
         updated_at: get_i64(r, "updated_at"),
         deleted_at: get_opt_i64(r, "deleted_at"),
+        last_change: get_i64(r, "last_change"),
     }
 }
 
@@ -245,13 +248,12 @@ fn name_taken(name: &str) -> ApiError {
 
 /// Creates a folder. `name` must already be validated (NFC).
 pub async fn create_folder(db: &Db, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str) -> ApiResult<Node> {
-    let mut tx = db.pool.begin().await?;
-    let pos = changes::next_position(&mut tx, tenant).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let parent_path = live_parent(&mut tx, tenant, share_id, parent_id).await?;
     if child_tx(&mut tx, parent_id, name).await?.is_some() {
         return Err(name_taken(name));
     }
-    let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name).await?;
+    let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name, pos).await?;
     let path = child_path(&parent_path, name);
     changes::record(&mut tx, tenant, pos, actor, NewChange {
         share_id,
@@ -272,7 +274,7 @@ pub async fn create_folder(db: &Db, tenant: &TenantId, actor: &Actor, share_id: 
     Ok(node)
 }
 
-async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str) -> ApiResult<Node> {
+async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str, pos: i64) -> ApiResult<Node> {
     let now = now_ms();
     let node = Node {
         id: FolderId::generate().to_string(),
@@ -289,10 +291,11 @@ async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_
         created_at: now,
         updated_at: now,
         deleted_at: None,
+        last_change: pos,
     };
     sqlx::query(
-        "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'folder', 0, $6, $7, $7, $7)",
+        "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at, last_change)
+         VALUES ($1, $2, $3, $4, $5, 'folder', 0, $6, $7, $7, $7, $8)",
     )
     .bind(&node.id)
     .bind(tenant.as_str())
@@ -301,6 +304,7 @@ async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_
     .bind(name)
     .bind(&node.owner_id)
     .bind(now)
+    .bind(pos)
     .execute(&mut **tx)
     .await
     .map_err(|e| match ApiError::from(e) {
@@ -346,10 +350,25 @@ pub struct Committed {
     pub created: bool,
 }
 
+/// What a content write expects to find.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect<'a> {
+    /// Create the file or add a version, whatever is there.
+    Any,
+    /// Create a new file: a file of that name must not exist (409 `NAME_TAKEN`).
+    Absent,
+    /// Add a version to the file whose current version is this (409 `VERSION_CONFLICT`).
+    Version(&'a str),
+}
+
+impl<'a> Expect<'a> {
+    pub fn from_base(base: Option<&'a str>) -> Self {
+        base.map(Expect::Version).unwrap_or(Expect::Any)
+    }
+}
+
 /// Makes stored content a file's new version (or a new file), in one transaction:
 /// the chunks were completely stored before this is called.
-/// `base_version_id`, when given, must be the file's current version (else 409
-/// `VERSION_CONFLICT`); for a new file it must be absent.
 #[allow(clippy::too_many_arguments)]
 pub async fn commit_content(
     db: &Db,
@@ -358,11 +377,10 @@ pub async fn commit_content(
     share_id: &str,
     target: Target<'_>,
     content: &Ingested,
-    base_version_id: Option<&str>,
+    expect: Expect<'_>,
     modified_at: Option<i64>,
 ) -> ApiResult<Committed> {
-    let mut tx = db.pool.begin().await?;
-    let pos = changes::next_position(&mut tx, tenant).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let now = now_ms();
     let mtime = modified_at.unwrap_or(now);
     let (existing, parent_id, name) = match target {
@@ -387,7 +405,10 @@ pub async fn commit_content(
         if ex.kind == Kind::Folder {
             return Err(ApiError::conflict("NAME_TAKEN", format!("'{name}' is a folder")).with_field("name"));
         }
-        if let Some(base) = base_version_id {
+        if matches!(expect, Expect::Absent) {
+            return Err(name_taken(&name));
+        }
+        if let Expect::Version(base) = expect {
             if ex.current_version_id.as_deref() != Some(base) {
                 return Err(ApiError::conflict(
                     "VERSION_CONFLICT",
@@ -397,7 +418,7 @@ pub async fn commit_content(
                 .with_details(serde_json::json!({ "current_version_id": ex.current_version_id })));
             }
         }
-    } else if base_version_id.is_some() {
+    } else if matches!(expect, Expect::Version(_)) {
         return Err(ApiError::conflict("VERSION_CONFLICT", "the file this write is based on no longer exists")
             .with_field("base_version_id"));
     }
@@ -418,8 +439,8 @@ pub async fn commit_content(
     };
     if created {
         sqlx::query(
-            "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'file', 0, $6, $7, $8, $8)",
+            "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at, last_change)
+             VALUES ($1, $2, $3, $4, $5, 'file', 0, $6, $7, $8, $8, $9)",
         )
         .bind(&file_id)
         .bind(tenant.as_str())
@@ -429,6 +450,7 @@ pub async fn commit_content(
         .bind(&actor.id)
         .bind(mtime)
         .bind(now)
+        .bind(pos)
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -453,7 +475,8 @@ pub async fn commit_content(
     };
     insert_version(&mut tx, &version, &content.chunks).await?;
     sqlx::query(
-        "UPDATE nodes SET size = $1, sha256 = $2, current_version_id = $3, modified_at = $4, updated_at = $5 WHERE id = $6",
+        "UPDATE nodes SET size = $1, sha256 = $2, current_version_id = $3, modified_at = $4, updated_at = $5, last_change = $7
+         WHERE id = $6",
     )
     .bind(version.size)
     .bind(&version.sha256)
@@ -461,6 +484,7 @@ pub async fn commit_content(
     .bind(mtime)
     .bind(now)
     .bind(&file_id)
+    .bind(pos)
     .execute(&mut *tx)
     .await?;
     let path = locate_tx(&mut tx, &file_id).await?.path;
@@ -550,7 +574,7 @@ pub async fn restore_version(db: &Db, tenant: &TenantId, actor: &Actor, file: &N
         sha256: old.sha256.clone(),
         chunks,
     };
-    commit_content(db, tenant, actor, &file.share_id, Target::Existing { file_id: &file.id }, &content, None, Some(old.modified_at)).await
+    commit_content(db, tenant, actor, &file.share_id, Target::Existing { file_id: &file.id }, &content, Expect::Any, Some(old.modified_at)).await
 }
 
 /// Renames and/or moves an item. `new_parent_id` may be the share id (the root).
@@ -563,8 +587,7 @@ pub async fn rename_move(
     new_parent_id: Option<&str>,
     base_version_id: Option<&str>,
 ) -> ApiResult<Node> {
-    let mut tx = db.pool.begin().await?;
-    let pos = changes::next_position(&mut tx, tenant).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     let old_loc = locate_tx(&mut tx, &cur.id).await?;
     if old_loc.in_trash {
@@ -595,11 +618,12 @@ pub async fn rename_move(
         }
     }
     let now = now_ms();
-    sqlx::query("UPDATE nodes SET name = $1, parent_id = $2, updated_at = $3 WHERE id = $4")
+    sqlx::query("UPDATE nodes SET name = $1, parent_id = $2, updated_at = $3, last_change = $5 WHERE id = $4")
         .bind(&name)
         .bind(&parent)
         .bind(now)
         .bind(&cur.id)
+        .bind(pos)
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -630,8 +654,7 @@ pub async fn rename_move(
 
 /// Moves an item (and with it everything inside) to trash.
 pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base_version_id: Option<&str>) -> ApiResult<Node> {
-    let mut tx = db.pool.begin().await?;
-    let pos = changes::next_position(&mut tx, tenant).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     let loc = locate_tx(&mut tx, &cur.id).await?;
     if loc.in_trash {
@@ -644,10 +667,11 @@ pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base
         }
     }
     let now = now_ms();
-    sqlx::query("UPDATE nodes SET deleted_at = $1, deleted_by = $2, updated_at = $1 WHERE id = $3")
+    sqlx::query("UPDATE nodes SET deleted_at = $1, deleted_by = $2, updated_at = $1, last_change = $4 WHERE id = $3")
         .bind(now)
         .bind(&actor.id)
         .bind(&cur.id)
+        .bind(pos)
         .execute(&mut *tx)
         .await?;
     changes::record(&mut tx, tenant, pos, actor, NewChange {
@@ -673,8 +697,7 @@ pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base
 /// Brings an item back from trash to where it was. Its parent must not be in trash and its
 /// name must be free there (else 409, nothing changes).
 pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> ApiResult<Node> {
-    let mut tx = db.pool.begin().await?;
-    let pos = changes::next_position(&mut tx, tenant).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     if cur.deleted_at.is_none() {
         return Err(ApiError::conflict("NOT_IN_TRASH", "the item is not in trash"));
@@ -686,9 +709,10 @@ pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> 
         return Err(name_taken(&cur.name));
     }
     let now = now_ms();
-    sqlx::query("UPDATE nodes SET deleted_at = NULL, deleted_by = NULL, updated_at = $1 WHERE id = $2")
+    sqlx::query("UPDATE nodes SET deleted_at = NULL, deleted_by = NULL, updated_at = $1, last_change = $3 WHERE id = $2")
         .bind(now)
         .bind(&cur.id)
+        .bind(pos)
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -714,4 +738,59 @@ pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> 
     let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(out)
+}
+
+/// Sets a node's stored modification time (mirroring SMB) without making a new version.
+pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, modified_at: i64) -> ApiResult<Node> {
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
+    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
+    if cur.modified_at == modified_at {
+        tx.rollback().await?;
+        return Ok(cur);
+    }
+    sqlx::query("UPDATE nodes SET modified_at = $1, updated_at = $2, last_change = $3 WHERE id = $4")
+        .bind(modified_at)
+        .bind(now_ms())
+        .bind(pos)
+        .bind(&cur.id)
+        .execute(&mut *tx)
+        .await?;
+    let loc = locate_tx(&mut tx, &cur.id).await?;
+    changes::record(&mut tx, tenant, pos, actor, NewChange {
+        share_id: &cur.share_id,
+        node_id: &cur.id,
+        node_type: cur.kind.as_str(),
+        change_type: ChangeType::Updated,
+        name: &cur.name,
+        parent_id: &cur.parent_id,
+        path: &loc.path,
+        old_parent_id: None,
+        old_path: None,
+        version_id: cur.current_version_id.as_deref(),
+        size: Some(cur.size),
+        sha256: cur.sha256.as_deref(),
+    })
+    .await?;
+    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// The subtree under `parent_id` (the share id for the whole share), parents before
+/// children, ordered by path (byte order), after `after_path`; paths are relative to the
+/// parent and start with "/".
+pub async fn subtree(db: &Db, parent_id: &str, after_path: &str, include_deleted: bool, limit: i64) -> ApiResult<Vec<(Node, String)>> {
+    let live = if include_deleted { "" } else { " AND deleted_at IS NULL" };
+    let live_n = if include_deleted { "" } else { " AND n.deleted_at IS NULL" };
+    let collate = if db.backend == crate::db::Backend::Postgres { " COLLATE \"C\"" } else { "" };
+    let sql = format!(
+        "WITH RECURSIVE sub(id, path) AS (
+            SELECT id, '/' || name FROM nodes WHERE parent_id = $1{live}
+            UNION ALL
+            SELECT n.id, sub.path || '/' || n.name FROM nodes n JOIN sub ON n.parent_id = sub.id WHERE 1 = 1{live_n}
+         ) SELECT nodes.*, sub.path AS sub_path FROM sub JOIN nodes ON nodes.id = sub.id
+         WHERE sub.path{collate} > $2 ORDER BY sub.path{collate} LIMIT $3"
+    );
+    let rows = sqlx::query(&sql).bind(parent_id).bind(after_path).bind(limit).fetch_all(&db.pool).await?;
+    Ok(rows.iter().map(|r| (node_from(r), get_str(r, "sub_path"))).collect())
 }
