@@ -458,3 +458,33 @@ async fn scheduled_runs_happen_once_and_skip_when_busy(backend: Backend) {
     assert_eq!(jobs["jobs"][1]["status"], "queued");
     srv.stop().await;
 }
+
+on_both_backends!(deleting_a_connector_cancels_its_job_and_fences_its_worker);
+
+async fn deleting_a_connector_cancels_its_job_and_fences_its_worker(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let (share, cnn) = connector(&api, 0).await;
+    let (_, job) = api.post(&format!("/api/v1/smb-connectors/{cnn}/sync"), json!({})).await;
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let (mut cp, mut fs) = clients(&srv, &srv.worker_token()).await;
+    let l = lease(&mut cp, &cnn, "w").await.unwrap();
+    cp.claim_job(v1::ClaimJobRequest { job_id: job_id.clone(), lease: Some(l.clone()) }).await.unwrap();
+    let up = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "kept.txt", b"kept", ""))).await.unwrap().into_inner();
+
+    let (st, _) = api.delete(&format!("/api/v1/smb-connectors/{cnn}")).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let status: (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1").bind(&job_id).fetch_one(&srv.state.db.pool).await.unwrap();
+    assert_eq!(status.0, "cancelled");
+    // The worker can no longer write anything.
+    let e = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "after.txt", b"x", ""))).await.unwrap_err();
+    assert!(["LEASE_STALE", "CONNECTOR_NOT_FOUND"].contains(&code_of(&e).as_str()), "{e:?}");
+    let e = cp
+        .complete_job(v1::CompleteJobRequest { job_id, lease: Some(l), outcome: v1::JobOutcome::Completed as i32, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), "LEASE_STALE");
+    // What was synced stays in ScaiDrive.
+    assert_eq!(api.download(&up.node.unwrap().id).await.1, b"kept");
+    srv.stop().await;
+}

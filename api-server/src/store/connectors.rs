@@ -354,9 +354,27 @@ pub async fn update(
 /// Deletes a connector and its identity mappings. ScaiDrive content it synced stays; the SMB
 /// side is never touched.
 pub async fn delete(db: &Db, c: &Connector) -> ApiResult<()> {
-    // Cancel a running job first: once jobs and leases exist (the worker-fleet issue), the
-    // connector's live job is cancelled and its lease revoked here, before the rows go.
+    // Its live job is cancelled and its lease revoked first, in the same transaction: the
+    // worker's next write is refused (stale token), so it stops between files and nothing
+    // more is committed for a connector that no longer exists.
+    let now = crate::time::now_ms();
     let mut tx = db.pool.begin().await?;
+    sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, cancel_reason = 'connector deleted',
+            finished_at = $1, updated_at = $1 WHERE connector_id = $2 AND status IN ('queued', 'running')",
+    )
+    .bind(now)
+    .bind(c.id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE lease_counters SET last_token = last_token + 1 WHERE connector_id = $1")
+        .bind(c.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE leases SET released = 1 WHERE connector_id = $1").bind(c.id.as_str()).execute(&mut *tx).await?;
+    for table in ["file_states", "connector_cursors"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE connector_id = $1")).bind(c.id.as_str()).execute(&mut *tx).await?;
+    }
     sqlx::query("DELETE FROM identity_mappings WHERE connector_id = $1")
         .bind(c.id.as_str())
         .execute(&mut *tx)
