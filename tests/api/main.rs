@@ -133,7 +133,8 @@ async fn change_log_pages_by_cursor(backend: Backend) {
 async fn openapi_and_probes_answer(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let anon = srv.client(None);
-    let (st, doc) = anon.get("/api/v1/openapi.json").await;
+    assert_eq!(anon.get("/api/v1/openapi.json").await.0, StatusCode::UNAUTHORIZED);
+    let (st, doc) = srv.admin().get("/api/v1/openapi.json").await;
     assert_eq!(st, StatusCode::OK);
     assert!(doc["paths"]["/api/v1/shares"].is_object());
     assert!(doc["paths"]["/api/v1/permissions/acl/{resource_type}/{resource_id}"].is_object());

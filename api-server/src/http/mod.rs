@@ -66,7 +66,8 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi() -> impl IntoResponse {
+/// The OpenAPI document (like every `/api/v1` path, for authenticated callers).
+async fn openapi(_caller: crate::auth::Caller) -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }
 
