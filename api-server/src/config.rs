@@ -75,7 +75,7 @@ impl Config {
             grpc_listen: "127.0.0.1:0".parse().expect("valid address"),
             worker_token: None,
             amqp_url: None,
-            embedded_workers: None,
+            embedded_workers: Some(0),
             scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,

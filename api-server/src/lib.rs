@@ -143,8 +143,23 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
+    let workers = state.config.embedded_workers();
+    let queue = state.queue.clone();
+    let token = state.worker_token.to_string();
     let mut tasks = fleet::spawn_background(state, stop.clone());
     tasks.push(grpc_task);
+    // Standalone mode: the workers run here, on the same queue, talking gRPC over loopback,
+    // exactly as separate sync-worker processes would.
+    for i in 0..workers {
+        let mut wc = sync_worker::WorkerConfig::new(format!("http://{grpc_addr}"), token.clone());
+        wc.worker_id = format!("embedded-{}-{i}", std::process::id());
+        let (q, s) = (queue.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = sync_worker::run(wc, q, s).await {
+                tracing::error!(error = %e, "embedded sync worker stopped");
+            }
+        }));
+    }
     Ok(Running {
         addr,
         grpc_addr,
