@@ -97,7 +97,7 @@ pub async fn execute(
     }
     let by_phase = |ph: Phase| plan.actions.iter().filter(move |a| a.phase() == ph);
 
-    for a in by_phase(Phase::Structure) {
+    for a in by_phase(Phase::Forget).chain(by_phase(Phase::Structure)) {
         if ex.cancelled() {
             break;
         }
@@ -385,7 +385,10 @@ impl Executor<'_> {
                 preserve,
             } => {
                 let mut m = Moved::default();
-                if *preserve {
+                if *preserve && *kind == ItemKind::Dir {
+                    let d = self.drive.create_folder(path, FileTime(0)).await?;
+                    self.drive.trash(&d.node_id, None).await?;
+                } else if *preserve {
                     let e = expected
                         .as_ref()
                         .ok_or_else(|| changed(path, "no expectation"))?;

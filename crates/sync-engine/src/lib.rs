@@ -13,6 +13,8 @@ pub mod exec;
 pub mod model;
 pub mod plan;
 pub mod replica;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use exec::{execute, ExecOptions, ExecReport};
 pub use model::*;

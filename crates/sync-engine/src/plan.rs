@@ -143,7 +143,8 @@ pub enum Action {
         kind: ItemKind,
         /// What the file must still be (files).
         expected: Option<SmbExpect>,
-        /// The content is not in ScaiDrive yet: upload it and trash it there first.
+        /// The content is not in ScaiDrive yet: upload it and trash it there first. For a
+        /// folder: files below were so kept; trash the ScaiDrive folder they went into.
         preserve: bool,
     },
     /// Bookkeeping only: both sides already agree.
@@ -170,13 +171,16 @@ pub enum Action {
 /// Execution phases, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
+    /// Forget states of paths that are gone or out of scope (first, so that no later record
+    /// at the same path is undone).
+    Forget,
     /// Folder creations, moves, restores: sequential, in plan order.
     Structure,
     /// Uploads, downloads, conflicts: concurrent.
     Transfer,
     /// Trash and deletions, deepest first: sequential.
     Destroy,
-    /// Record/forget states and skips.
+    /// Record states and report skips.
     Bookkeeping,
 }
 
@@ -194,9 +198,8 @@ impl Action {
             | Action::DownloadToSmb { .. }
             | Action::Conflict { .. } => Phase::Transfer,
             Action::TrashOnDrive { .. } | Action::DeleteOnSmb { .. } => Phase::Destroy,
-            Action::RecordState { .. } | Action::ForgetState { .. } | Action::Skip { .. } => {
-                Phase::Bookkeeping
-            }
+            Action::ForgetState { .. } => Phase::Forget,
+            Action::RecordState { .. } | Action::Skip { .. } => Phase::Bookkeeping,
         }
     }
 
@@ -388,6 +391,8 @@ struct Planner<'a> {
     drive_by_node: HashMap<NodeId, PathKey>,
     /// Conflict names handed out in this plan.
     taken: BTreeSet<PathKey>,
+    /// SMB items deleted after being kept in ScaiDrive's trash.
+    preserved: BTreeSet<PathKey>,
     structure: Vec<Action>,
     creates: Vec<Action>,
     restores: Vec<Action>,
@@ -418,6 +423,7 @@ impl<'a> Planner<'a> {
             smb_by_id: HashMap::new(),
             drive_by_node: HashMap::new(),
             taken: BTreeSet::new(),
+            preserved: BTreeSet::new(),
             structure: Vec::new(),
             creates: Vec::new(),
             restores: Vec::new(),
@@ -434,6 +440,9 @@ impl<'a> Planner<'a> {
         smb_items.sort_by(|a, b| (a.path.depth(), &a.path).cmp(&(b.path.depth(), &b.path)));
         for item in smb_items {
             let key = item.path.key();
+            if item.path.name().starts_with(crate::replica::TEMP_PREFIX) {
+                continue;
+            }
             if p.in_oos(&key) {
                 p.survive_smb.insert(key);
                 continue;
@@ -508,6 +517,34 @@ impl<'a> Planner<'a> {
                 continue;
             }
             p.vd.insert(key, item.clone());
+        }
+
+        // A file on one side and a folder on the other: neither overwrites the other; the
+        // path and everything below it is reported and left alone.
+        let clashes: Vec<PathKey> =
+            p.vs.iter()
+                .filter(|(k, s)| p.vd.get(*k).is_some_and(|d| d.kind != s.kind))
+                .map(|(k, _)| k.clone())
+                .collect();
+        for k in clashes {
+            if p.in_oos(&k) {
+                continue;
+            }
+            let path = p.vs[&k].path.clone();
+            p.skip(
+                &path,
+                codes::KIND_MISMATCH,
+                "a file on one side and a folder on the other",
+            );
+            for sk in prefix_range(&p.vs, &k) {
+                p.vs.remove(&sk);
+                p.survive_smb.insert(sk);
+            }
+            for dk in prefix_range(&p.vd, &k) {
+                p.vd.remove(&dk);
+                p.survive_drive.insert(dk);
+            }
+            p.oos.insert(k);
         }
 
         for (i, st) in base.entries.values().enumerate() {
@@ -1054,11 +1091,17 @@ impl<'a> Planner<'a> {
                     self.survive_smb.insert(key.clone());
                     self.survive_drive.insert(key.clone());
                 } else {
+                    // Files below kept in ScaiDrive's trash were uploaded into a folder of this
+                    // name; it goes to the trash too.
+                    let preserve = has_strict_descendant(&self.preserved, key);
+                    if preserve {
+                        self.preserved.insert(key.clone());
+                    }
                     self.destroys.push(Action::DeleteOnSmb {
                         path: s.path.clone(),
                         kind: ItemKind::Dir,
                         expected: None,
-                        preserve: false,
+                        preserve,
                     });
                 }
             }
@@ -1133,6 +1176,9 @@ impl<'a> Planner<'a> {
 
     fn delete_smb(&mut self, s: &SmbItem, preserve: bool) {
         self.would_delete += 1;
+        if preserve {
+            self.preserved.insert(s.path.key());
+        }
         self.destroys.push(Action::DeleteOnSmb {
             path: s.path.clone(),
             kind: s.kind,
@@ -1285,8 +1331,14 @@ impl<'a> Planner<'a> {
             (std::cmp::Reverse(a.path().depth()), a.path())
                 .cmp(&(std::cmp::Reverse(b.path().depth()), b.path()))
         });
-        self.books.sort_by(by_path);
-        self.books.dedup();
+        let (mut forgets, mut books): (Vec<Action>, Vec<Action>) = self
+            .books
+            .into_iter()
+            .partition(|a| matches!(a, Action::ForgetState { .. }));
+        forgets.sort_by(by_path);
+        forgets.dedup();
+        books.sort_by(by_path);
+        books.dedup();
         self.skips.sort_by(by_path);
         let tracked = self
             .w
@@ -1308,12 +1360,13 @@ impl<'a> Planner<'a> {
         } else {
             None
         };
-        let mut actions = self.structure;
+        let mut actions = forgets;
+        actions.extend(self.structure);
         actions.extend(self.creates);
         actions.extend(self.restores);
         actions.extend(self.transfers);
         actions.extend(self.destroys);
-        actions.extend(self.books);
+        actions.extend(books);
         actions.extend(self.skips);
         Plan { actions, blocked }
     }

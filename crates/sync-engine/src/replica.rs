@@ -90,6 +90,10 @@ impl SmbExpect {
     }
 }
 
+/// Name prefix of the executor's temporary files on SMB. The planner ignores such items, and
+/// [`SmbReplica::delete`] of a folder removes leftovers of a crashed run first.
+pub const TEMP_PREFIX: &str = ".~scaidrive-sync-";
+
 /// A temporary file written next to its target, not yet visible under the target name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TempFile {
@@ -106,7 +110,8 @@ pub trait SmbReplica: Send + Sync {
     /// Streams a file's content.
     async fn read(&self, path: &RelPath) -> Result<ByteStream, ReplicaError>;
 
-    /// Writes `data` to a fresh temporary name in the folder of `target` (which must exist).
+    /// Writes `data` to a fresh temporary name starting with [`TEMP_PREFIX`] in the folder of
+    /// `target` (which must exist).
     async fn write_temp(
         &self,
         target: &RelPath,
@@ -140,7 +145,8 @@ pub trait SmbReplica: Send + Sync {
         expected_file_id: u64,
     ) -> Result<SmbItem, ReplicaError>;
 
-    /// Deletes a file (if it still matches `expected`) or an empty folder.
+    /// Deletes a file (if it still matches `expected`) or a folder that is empty apart from
+    /// leftover temporary files ([`TEMP_PREFIX`]), which go with it.
     async fn delete(
         &self,
         path: &RelPath,
