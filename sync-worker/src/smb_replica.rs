@@ -1,0 +1,321 @@
+//! [`SmbShare`]: the engine's [`SmbReplica`] over `smb_layer::SmbClient`, scoped to the
+//! connector's `base_path`.
+//!
+//! Writes are safe: content goes to a temporary name in the target's folder, is checked, and
+//! is renamed over the target only after the target was stat'ed again and found as the plan
+//! expected; destructive steps re-stat first and refuse if the item changed. Reads stream; a
+//! file that changes while it is read fails its stream with `SMB_CHANGED_DURING_READ`, so
+//! nothing built from it is committed. Must never hold a whole file in memory.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use smb_layer::{SetTimes, SmbClient, SmbError};
+use sync_engine::{
+    codes, ByteStream, FileTime, ItemKind, RelPath, ReplicaError, SmbExpect, SmbItem, SmbReplica,
+    TempFile,
+};
+
+use crate::convert::{smb_item, SmbRoot};
+
+/// Code of a file that changed (size, times or id) while its content was being read.
+pub const SMB_CHANGED_DURING_READ: &str = "SMB_CHANGED_DURING_READ";
+
+/// The SMB side of a sync, rooted at `base_path`.
+#[derive(Clone, Debug)]
+pub struct SmbShare {
+    client: SmbClient,
+    root: SmbRoot,
+}
+
+/// A replica error of an SMB error (its message carries the NT status when there was one).
+pub fn replica_error(e: &SmbError) -> ReplicaError {
+    let code = match e {
+        SmbError::PathNotFound { .. } => codes::NOT_FOUND,
+        SmbError::AlreadyExists { .. } => codes::NAME_CONFLICT,
+        SmbError::NotADirectory { .. } => codes::KIND_MISMATCH,
+        other => other.code(),
+    };
+    ReplicaError::new(code, e.to_string())
+}
+
+fn same(a: &SmbItem, b: &SmbItem) -> bool {
+    a.file_id == b.file_id
+        && a.size == b.size
+        && a.last_write == b.last_write
+        && a.change_time == b.change_time
+}
+
+impl SmbShare {
+    /// A replica over `client` rooted at `base_path` (share-relative).
+    pub fn new(client: SmbClient, base_path: &str) -> Self {
+        SmbShare {
+            client,
+            root: SmbRoot::new(base_path),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &SmbClient {
+        &self.client
+    }
+
+    /// The root.
+    pub fn root(&self) -> &SmbRoot {
+        &self.root
+    }
+
+    async fn stat_abs(&self, rel: &RelPath) -> Result<Option<SmbItem>, ReplicaError> {
+        match self.client.stat(&self.root.abs(rel)).await {
+            Ok(e) => Ok(Some(smb_item(rel.clone(), &e))),
+            Err(SmbError::PathNotFound { .. }) => Ok(None),
+            Err(e) => Err(replica_error(&e)),
+        }
+    }
+
+    async fn must_stat(&self, rel: &RelPath) -> Result<SmbItem, ReplicaError> {
+        self.stat_abs(rel).await?.ok_or_else(|| {
+            ReplicaError::new(codes::NOT_FOUND, format!("{rel} is not on the SMB share"))
+        })
+    }
+
+    fn changed(rel: &RelPath, what: &str) -> ReplicaError {
+        ReplicaError::new(
+            codes::SMB_CHANGED,
+            format!("{rel} changed on SMB since it was planned ({what}); retried next run"),
+        )
+    }
+}
+
+#[async_trait]
+impl SmbReplica for SmbShare {
+    async fn stat(&self, path: &RelPath) -> Result<Option<SmbItem>, ReplicaError> {
+        self.stat_abs(path).await
+    }
+
+    async fn read(&self, path: &RelPath) -> Result<ByteStream, ReplicaError> {
+        let before = self.must_stat(path).await?;
+        if before.reparse {
+            return Err(ReplicaError::new(
+                codes::REPARSE_POINT,
+                format!("{path} is a symbolic link or reparse point; not followed"),
+            ));
+        }
+        if before.kind != ItemKind::File {
+            return Err(ReplicaError::new(
+                codes::KIND_MISMATCH,
+                format!("{path} is a folder"),
+            ));
+        }
+        let abs = self.root.abs(path);
+        let inner = self
+            .client
+            .read_stream(&abs)
+            .await
+            .map_err(|e| replica_error(&e))?;
+        let this = self.clone();
+        let rel = path.clone();
+        // Content first, then one last check: the file as stat'ed after the last byte must be
+        // the file stat'ed before the first; otherwise the stream ends with an error.
+        let body = inner.map(|r| r.map_err(|e| replica_error(&e)));
+        let rel2 = rel;
+        let check = futures::stream::once(async move {
+            match this.stat_abs(&rel2).await {
+                Ok(Some(after)) if same(&before, &after) => Ok(Bytes::new()),
+                Ok(_) => Err(ReplicaError::new(
+                    SMB_CHANGED_DURING_READ,
+                    format!("{rel2} changed on SMB while it was being read; retried next run"),
+                )),
+                Err(e) => Err(e),
+            }
+        });
+        let stream = body
+            .chain(check)
+            .scan(false, |done, r| {
+                // Stop after the first error.
+                if *done {
+                    return futures::future::ready(None);
+                }
+                *done = r.is_err();
+                futures::future::ready(Some(r))
+            })
+            .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())));
+        Ok(stream.boxed())
+    }
+
+    async fn write_temp(
+        &self,
+        target: &RelPath,
+        data: ByteStream,
+    ) -> Result<TempFile, ReplicaError> {
+        let name = format!(
+            ".~scaidrive-{}.tmp",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let temp = RelPath::child_of(target.parent().as_ref(), &name)
+            .map_err(|e| ReplicaError::new("INVALID_PATH", e.to_string()))?;
+        let abs = self.root.abs(&temp);
+        let failure: std::sync::Arc<std::sync::Mutex<Option<ReplicaError>>> = Default::default();
+        let f2 = failure.clone();
+        let src = data.map(move |r| {
+            r.map_err(|e| {
+                let msg = e.to_string();
+                *f2.lock().unwrap() = Some(e);
+                msg
+            })
+        });
+        let written = match self.client.write_stream(&abs, src).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.client.delete_file(&abs).await;
+                return Err(failure
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .unwrap_or_else(|| replica_error(&e)));
+            }
+        };
+        // Verify what landed before anyone may rename it into place.
+        match self.client.stat(&abs).await {
+            Ok(st) if st.size == written && !st.is_dir => Ok(TempFile { path: temp }),
+            Ok(st) => {
+                let _ = self.client.delete_file(&abs).await;
+                Err(ReplicaError::new(
+                    codes::CHECKSUM_MISMATCH,
+                    format!(
+                        "temporary file for {target} has {} bytes, {written} were written",
+                        st.size
+                    ),
+                ))
+            }
+            Err(e) => {
+                let _ = self.client.delete_file(&abs).await;
+                Err(replica_error(&e))
+            }
+        }
+    }
+
+    async fn commit_temp(
+        &self,
+        temp: &TempFile,
+        target: &RelPath,
+        expected: Option<&SmbExpect>,
+        last_write: FileTime,
+    ) -> Result<SmbItem, ReplicaError> {
+        let now = self.stat_abs(target).await?;
+        match (expected, &now) {
+            (None, Some(_)) => return Err(Self::changed(target, "an item appeared at its path")),
+            (Some(_), None) => return Err(Self::changed(target, "it is gone")),
+            (Some(e), Some(item)) if !e.matches(item) || item.kind != ItemKind::File => {
+                return Err(Self::changed(target, "size, time or file id differ"))
+            }
+            _ => {}
+        }
+        self.client
+            .rename(
+                &self.root.abs(&temp.path),
+                &self.root.abs(target),
+                expected.is_some(),
+            )
+            .await
+            .map_err(|e| replica_error(&e))?;
+        if last_write.0 != 0 {
+            self.client
+                .set_times(
+                    &self.root.abs(target),
+                    SetTimes {
+                        last_write: Some(smb_layer::FileTime(last_write.0)),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| replica_error(&e))?;
+        }
+        self.must_stat(target).await
+    }
+
+    async fn discard_temp(&self, temp: &TempFile) -> Result<(), ReplicaError> {
+        match self.client.delete_file(&self.root.abs(&temp.path)).await {
+            Ok(()) | Err(SmbError::PathNotFound { .. }) => Ok(()),
+            Err(e) => Err(replica_error(&e)),
+        }
+    }
+
+    async fn mkdir(&self, path: &RelPath) -> Result<SmbItem, ReplicaError> {
+        match self.client.mkdir(&self.root.abs(path)).await {
+            Ok(()) | Err(SmbError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(replica_error(&e)),
+        }
+        let item = self.must_stat(path).await?;
+        if item.kind != ItemKind::Dir {
+            return Err(ReplicaError::new(
+                codes::KIND_MISMATCH,
+                format!("{path} is a file on SMB"),
+            ));
+        }
+        Ok(item)
+    }
+
+    async fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        expected_file_id: u64,
+    ) -> Result<SmbItem, ReplicaError> {
+        let src = self.must_stat(from).await?;
+        if expected_file_id != 0 && src.file_id != expected_file_id {
+            return Err(Self::changed(from, "another file is at its path"));
+        }
+        self.client
+            .rename(&self.root.abs(from), &self.root.abs(to), false)
+            .await
+            .map_err(|e| replica_error(&e))?;
+        self.must_stat(to).await
+    }
+
+    async fn delete(
+        &self,
+        path: &RelPath,
+        kind: ItemKind,
+        expected: Option<&SmbExpect>,
+    ) -> Result<(), ReplicaError> {
+        let Some(now) = self.stat_abs(path).await? else {
+            return Ok(());
+        };
+        if now.kind != kind {
+            return Err(Self::changed(path, "it is now a different kind of item"));
+        }
+        if let Some(e) = expected {
+            if !e.matches(&now) {
+                return Err(Self::changed(path, "size, time or file id differ"));
+            }
+        }
+        let abs = self.root.abs(path);
+        let r = match kind {
+            ItemKind::File => self.client.delete_file(&abs).await,
+            ItemKind::Dir => self.client.delete_dir(&abs).await,
+        };
+        match r {
+            Ok(()) | Err(SmbError::PathNotFound { .. }) => Ok(()),
+            Err(e) => Err(replica_error(&e)),
+        }
+    }
+
+    async fn set_times(
+        &self,
+        path: &RelPath,
+        last_write: FileTime,
+    ) -> Result<SmbItem, ReplicaError> {
+        self.client
+            .set_times(
+                &self.root.abs(path),
+                SetTimes {
+                    last_write: Some(smb_layer::FileTime(last_write.0)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| replica_error(&e))?;
+        self.must_stat(path).await
+    }
+}

@@ -1,0 +1,249 @@
+//! [`StateReporter`]: the engine's [`StateSink`] over `ControlPlane.ReportFileStates`.
+//!
+//! States are batched (at most 1000 per call), sent in order (later entries for a path win),
+//! flushed when a batch is full, by the job's periodic flush and at the end. It keeps the
+//! known states in memory so that a replayed folder move can re-path the states below it and
+//! an error keeps the item's last synced sides. It also keeps the counters the progress
+//! stream reports. A lease refusal cancels the run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex as StdMutex;
+
+use async_trait::async_trait;
+use proto::v1;
+use sync_engine::{
+    BaseState, FileIssue, ItemKind, Progress, RelPath, ReplicaError, StateSink, SyncedState,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::{drive_state, file_state, nt_status_in, proto_kind, smb_state};
+use crate::rpc::{call_retrying, ControlPlane, RpcError};
+
+/// Most states per `ReportFileStates` call (the contract's limit).
+pub const MAX_BATCH: usize = 1000;
+
+/// Counters for the progress stream and the job's final counts.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// The engine's last progress sample.
+    pub progress: Progress,
+    /// Failed items.
+    pub failed: u64,
+    /// Skipped items.
+    pub skipped: u64,
+    /// The item last reported.
+    pub current_path: String,
+}
+
+/// Where a job's file states go.
+pub struct StateReporter {
+    rpc: ControlPlane,
+    job_id: String,
+    lease: v1::LeaseToken,
+    lease_lost: CancellationToken,
+    pending: StdMutex<Vec<v1::FileState>>,
+    known: StdMutex<BTreeMap<RelPath, SyncedState>>,
+    tally: StdMutex<Tally>,
+    /// Serialises flushes so batches reach the server in order.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl StateReporter {
+    /// A reporter for `job_id` under `lease`, knowing the states of `base`.
+    pub fn new(
+        rpc: ControlPlane,
+        job_id: &str,
+        lease: v1::LeaseToken,
+        base: &BaseState,
+        lease_lost: CancellationToken,
+    ) -> Self {
+        StateReporter {
+            rpc,
+            job_id: job_id.to_string(),
+            lease,
+            lease_lost,
+            pending: StdMutex::new(Vec::new()),
+            known: StdMutex::new(base.entries.clone()),
+            tally: StdMutex::new(Tally::default()),
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The counters now.
+    pub fn tally(&self) -> Tally {
+        self.tally.lock().unwrap().clone()
+    }
+
+    /// States waiting to be sent.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+
+    fn push(&self, states: impl IntoIterator<Item = v1::FileState>) -> bool {
+        let mut p = self.pending.lock().unwrap();
+        p.extend(states);
+        p.len() >= MAX_BATCH
+    }
+
+    /// Sends everything pending, in batches of at most [`MAX_BATCH`]. On failure the unsent
+    /// states stay pending (in order) for the next flush.
+    pub async fn flush(&self) -> Result<(), RpcError> {
+        let _order = self.flushing.lock().await;
+        loop {
+            let batch: Vec<v1::FileState> = {
+                let mut p = self.pending.lock().unwrap();
+                let n = p.len().min(MAX_BATCH);
+                p.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let req = v1::ReportFileStatesRequest {
+                job_id: self.job_id.clone(),
+                lease: Some(self.lease.clone()),
+                states: batch,
+            };
+            let cp = self.rpc.cp.clone();
+            if let Err(e) = call_retrying(&self.lease_lost, self.rpc.timeout, 5, || {
+                let (mut c, r) = (cp.clone(), req.clone());
+                async move { c.report_file_states(r).await }
+            })
+            .await
+            {
+                if e.is_lease_lost() {
+                    self.lease_lost.cancel();
+                } else {
+                    let mut p = self.pending.lock().unwrap();
+                    let rest = std::mem::take(&mut *p);
+                    *p = req.states;
+                    p.extend(rest);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    async fn maybe_flush(&self, full: bool) -> Result<(), ReplicaError> {
+        if full {
+            self.flush()
+                .await
+                .map_err(|e| ReplicaError::new(e.code(), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The state an issue is recorded with: the last synced sides (if tracked) and the error.
+    fn issue_state(&self, issue: &FileIssue) -> v1::FileState {
+        let known = self.known.lock().unwrap().get(&issue.path).cloned();
+        let mut metadata = HashMap::new();
+        if let Some(nt) = nt_status_in(&issue.message) {
+            metadata.insert("nt_status".to_string(), nt);
+        }
+        let status = if issue.is_error {
+            v1::FileSyncStatus::Error
+        } else {
+            v1::FileSyncStatus::Skipped
+        };
+        v1::FileState {
+            path: issue.path.as_str().to_string(),
+            kind: proto_kind(known.as_ref().map(|k| k.kind).unwrap_or(ItemKind::File)) as i32,
+            status: status as i32,
+            smb: known.as_ref().map(|k| smb_state(&k.smb)),
+            scaidrive: known.as_ref().map(|k| drive_state(&k.drive)),
+            error: Some(v1::ErrorDetail {
+                code: issue.code.clone(),
+                message: issue.message.clone(),
+                field: String::new(),
+                metadata,
+            }),
+            synced_at: Some(crate::rpc::now_ts()),
+        }
+    }
+}
+
+fn removed(path: &RelPath, kind: ItemKind) -> v1::FileState {
+    v1::FileState {
+        path: path.as_str().to_string(),
+        kind: proto_kind(kind) as i32,
+        status: v1::FileSyncStatus::Removed as i32,
+        synced_at: Some(crate::rpc::now_ts()),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl StateSink for StateReporter {
+    async fn put(&self, state: SyncedState) -> Result<(), ReplicaError> {
+        let fs = file_state(&state, v1::FileSyncStatus::Synced);
+        self.tally.lock().unwrap().current_path = state.path.as_str().to_string();
+        self.known.lock().unwrap().insert(state.path.clone(), state);
+        let full = self.push([fs]);
+        self.maybe_flush(full).await
+    }
+
+    async fn forget(&self, path: &RelPath) -> Result<(), ReplicaError> {
+        let kind = self
+            .known
+            .lock()
+            .unwrap()
+            .remove(path)
+            .map(|s| s.kind)
+            .unwrap_or(ItemKind::File);
+        let full = self.push([removed(path, kind)]);
+        self.maybe_flush(full).await
+    }
+
+    async fn rebase(&self, from: &RelPath, to: &RelPath) -> Result<(), ReplicaError> {
+        let mut out = Vec::new();
+        {
+            let mut known = self.known.lock().unwrap();
+            let moving: Vec<RelPath> = known
+                .range(from.clone()..)
+                .map(|(p, _)| p)
+                .take_while(|p| p.as_str().starts_with(from.as_str()))
+                .filter(|p| p.is_at_or_inside(from))
+                .cloned()
+                .collect();
+            for old in moving {
+                let Some(mut s) = known.remove(&old) else {
+                    continue;
+                };
+                let Some(new) = old.rebase(from, to) else {
+                    continue;
+                };
+                out.push(removed(&old, s.kind));
+                s.path = new.clone();
+                out.push(file_state(&s, v1::FileSyncStatus::Synced));
+                known.insert(new, s);
+            }
+        }
+        let full = self.push(out);
+        self.maybe_flush(full).await
+    }
+
+    async fn report_issue(&self, issue: &FileIssue) {
+        let state = self.issue_state(issue);
+        {
+            let mut t = self.tally.lock().unwrap();
+            if issue.is_error {
+                t.failed += 1;
+            } else {
+                t.skipped += 1;
+            }
+            t.current_path = issue.path.as_str().to_string();
+        }
+        if issue.is_error {
+            tracing::warn!(file.path = %issue.path, error.code = %issue.code, error = %issue.message, "file not synced");
+        } else {
+            tracing::debug!(file.path = %issue.path, code = %issue.code, "file skipped");
+        }
+        let full = self.push([state]);
+        if let Err(e) = self.maybe_flush(full).await {
+            tracing::warn!(error = %e, "could not send file states; kept for the next flush");
+        }
+    }
+
+    async fn progress(&self, progress: &Progress) {
+        self.tally.lock().unwrap().progress = progress.clone();
+    }
+}
