@@ -86,6 +86,7 @@ CREATE TABLE file_states (
     -- synced, pending, error, excluded, conflict_resolved
     status            TEXT NOT NULL,
     smb_size          BIGINT,
+    -- SMB times in unix nanoseconds (SMB has 100 ns ticks; ms would lose them)
     smb_modified_at   BIGINT,
     smb_changed_at    BIGINT,
     smb_created_at    BIGINT,

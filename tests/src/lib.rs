@@ -93,16 +93,78 @@ pub struct TestServer {
     running: Option<api_server::Running>,
     _dir: tempfile::TempDir,
     _pg: Option<PgDatabase>,
+    vhost: Option<jobqueue::testing::TestVhost>,
+}
+
+/// A `sync-worker` process; killed when dropped.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (`libc`-free: through `kill(1)`).
+    pub fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace, next to the test executable's directory (`cargo test
+/// --workspace` builds every package's binaries before running tests).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    dir.join(name)
+}
+
+/// How a test server runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Sync workers inside the server (standalone mode); 0 for none.
+    pub embedded_workers: usize,
+    /// Use RabbitMQ (a fresh virtual host) instead of the in-process queue.
+    pub rabbitmq: bool,
+    /// Seconds between scheduler passes (default 1).
+    pub scheduler_tick_ms: Option<u64>,
 }
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, opts: Options) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgDatabase::create().await),
         };
-        let config = Config::for_dir(dir.path().to_path_buf(), pg.as_ref().map(|p| p.url.clone()));
+        let vhost = if opts.rabbitmq {
+            Some(jobqueue::testing::TestVhost::create().await.expect("RabbitMQ must run for the tests"))
+        } else {
+            None
+        };
+        let mut config = Config::for_dir(dir.path().to_path_buf(), pg.as_ref().map(|p| p.url.clone()));
+        config.embedded_workers = Some(opts.embedded_workers);
+        config.amqp_url = vhost.as_ref().map(|v| v.url().to_string());
+        if let Some(t) = opts.scheduler_tick_ms {
+            config.scheduler_tick_ms = t;
+        }
         let state = AppState::open(config).await.expect("open state");
         let admin_token = api_server::cli::bootstrap(&state)
             .await
@@ -120,7 +182,29 @@ impl TestServer {
             running: Some(running),
             _dir: dir,
             _pg: pg,
+            vhost,
         }
+    }
+
+    /// Starts a `sync-worker` process against this server (needs RabbitMQ: `Options::rabbitmq`).
+    pub fn spawn_worker(&self, worker_id: &str) -> WorkerProcess {
+        let amqp = self.vhost.as_ref().expect("worker processes need the RabbitMQ option").url().to_string();
+        let bin = bin_path("sync-worker");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = self.data_dir.join(format!("{worker_id}.log"));
+        let child = std::process::Command::new(&bin)
+            .env("SCAIDRIVE_CONTROL_PLANE_URL", &self.grpc_url)
+            .env("SCAIDRIVE_WORKER_TOKEN", self.worker_token())
+            .env("SCAIDRIVE_AMQP_URL", amqp)
+            .env("SCAIDRIVE_WORKER_ID", worker_id)
+            .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
+            .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} (build it with cargo build -p sync-worker): {e}", bin.display()));
+        WorkerProcess { child, log }
     }
 
     /// A client authenticated as the bootstrap admin.

@@ -6,7 +6,7 @@
 use proto::v1;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{fence_of, from_api, from_ts, invalid, refusal, scope, status, ts};
+use super::{fence_of, from_api, from_ts, from_ts_ns, invalid, refusal, scope, status, ts, ts_ns};
 use crate::store::file_states::{self, FileState};
 use crate::store::jobs::{self, ClaimRefusal, Counts};
 use crate::store::{connectors, leases};
@@ -74,9 +74,9 @@ pub fn state_msg(s: &FileState) -> v1::FileState {
         status: state_status(&s.status) as i32,
         smb: s.smb_size.map(|size| v1::SmbItemState {
             size: size as u64,
-            modified_at: s.smb_modified_at.map(ts),
-            changed_at: s.smb_changed_at.map(ts),
-            created_at: s.smb_created_at.map(ts),
+            modified_at: s.smb_modified_at.map(ts_ns),
+            changed_at: s.smb_changed_at.map(ts_ns),
+            created_at: s.smb_created_at.map(ts_ns),
             file_id: s.smb_file_id.as_deref().and_then(|f| f.parse().ok()).unwrap_or(0),
             sha256: s.smb_sha256.clone().unwrap_or_default(),
         }),
@@ -113,9 +113,9 @@ fn state_from_msg(m: &v1::FileState) -> Result<FileState, Status> {
         kind: if m.kind == v1::NodeKind::Folder as i32 { "folder" } else { "file" }.to_string(),
         status: status.to_string(),
         smb_size: m.smb.as_ref().map(|s| s.size as i64),
-        smb_modified_at: m.smb.as_ref().and_then(|s| s.modified_at.as_ref()).map(from_ts),
-        smb_changed_at: m.smb.as_ref().and_then(|s| s.changed_at.as_ref()).map(from_ts),
-        smb_created_at: m.smb.as_ref().and_then(|s| s.created_at.as_ref()).map(from_ts),
+        smb_modified_at: m.smb.as_ref().and_then(|s| s.modified_at.as_ref()).map(from_ts_ns),
+        smb_changed_at: m.smb.as_ref().and_then(|s| s.changed_at.as_ref()).map(from_ts_ns),
+        smb_created_at: m.smb.as_ref().and_then(|s| s.created_at.as_ref()).map(from_ts_ns),
         smb_file_id: m.smb.as_ref().filter(|s| s.file_id != 0).map(|s| s.file_id.to_string()),
         smb_sha256: m.smb.as_ref().map(|s| s.sha256.clone()).filter(|s| !s.is_empty()),
         drive_node_id: m.scaidrive.as_ref().map(|d| d.node_id.clone()).filter(|s| !s.is_empty()),

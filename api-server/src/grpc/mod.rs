@@ -82,6 +82,19 @@ pub fn from_ts(t: &prost_types::Timestamp) -> i64 {
     t.seconds * 1000 + (t.nanos as i64) / 1_000_000
 }
 
+/// Full precision (unix nanoseconds) for SMB times, which have 100 ns ticks: a state read
+/// back must compare equal to what the worker sees on SMB, or every run would re-sync.
+pub fn ts_ns(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
+pub fn from_ts_ns(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000_000).saturating_add(t.nanos as i64)
+}
+
 /// The connector behind a live lease, and what a call under it may touch.
 pub struct Scope {
     pub lease: Lease,

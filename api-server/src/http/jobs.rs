@@ -306,8 +306,8 @@ impl From<FileState> for FileStateResponse {
         FileStateResponse {
             smb: SmbSideResponse {
                 size: f.smb_size,
-                last_write_time: f.smb_modified_at.map(rfc3339),
-                change_time: f.smb_changed_at.map(rfc3339),
+                last_write_time: f.smb_modified_at.map(rfc3339_ns),
+                change_time: f.smb_changed_at.map(rfc3339_ns),
                 file_id: f.smb_file_id,
                 checksum: f.smb_sha256,
             },
@@ -395,6 +395,13 @@ async fn run_test(s: &AppState, tenant: &crate::ids::TenantId, connector_id: Opt
             }),
         }),
     ))
+}
+
+/// SMB times keep their 100 ns ticks when shown.
+fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 fn test_id() -> String {
