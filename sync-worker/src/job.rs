@@ -53,8 +53,9 @@ pub struct JobContext {
     pub rpc: ControlPlane,
 }
 
-/// How a run ended.
+/// How a run ended (one per job; its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum End {
     /// An outcome to record.
     Outcome {
