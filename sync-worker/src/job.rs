@@ -825,6 +825,7 @@ pub fn settings_of(c: &v1::ConnectorConfig) -> Result<Settings, String> {
         filters,
         sync_hidden: c.sync_hidden_files,
         sync_system: c.sync_system_files,
+        max_delete_percent: c.max_delete_percent.map_or(Settings::default().max_delete_percent, |p| p.min(100) as u8),
         ..Settings::default()
     })
 }

@@ -253,6 +253,7 @@ impl v1::control_plane_server::ControlPlane for Control {
                 sync_hidden_files: st.sync_hidden_files,
                 sync_system_files: st.sync_system_files,
                 sync_permissions: st.sync_permissions,
+                max_delete_percent: Some(st.max_delete_percent.clamp(0, 100) as u32),
             }),
             scaidrive_cursor: cursor.unwrap_or_default(),
         };
