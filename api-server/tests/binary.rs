@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 fn start(dir: &std::path::Path) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", "127.0.0.1:0"])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -272,7 +272,7 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
 
     // A server given the old key refuses to start and says why.
     let out = Command::new(BIN)
-        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port()), "--grpc-listen", "127.0.0.1:0"])
         .env("SCAIDRIVE_SECRET_KEY", &old_key)
         .output()
         .unwrap();
