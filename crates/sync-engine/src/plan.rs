@@ -391,6 +391,10 @@ struct Planner<'a> {
     drive_by_node: HashMap<NodeId, PathKey>,
     /// Conflict names handed out in this plan.
     taken: BTreeSet<PathKey>,
+    /// Each base entry's path in the state store (before any rebase), by entity index.
+    orig: Vec<RelPath>,
+    /// The origin of the entry being reconciled.
+    cur_orig: Option<RelPath>,
     /// SMB items deleted after being kept in ScaiDrive's trash.
     preserved: BTreeSet<PathKey>,
     structure: Vec<Action>,
@@ -424,6 +428,8 @@ impl<'a> Planner<'a> {
             drive_by_node: HashMap::new(),
             taken: BTreeSet::new(),
             preserved: BTreeSet::new(),
+            orig: base.entries.keys().cloned().collect(),
+            cur_orig: None,
             structure: Vec::new(),
             creates: Vec::new(),
             restores: Vec::new(),
@@ -519,34 +525,6 @@ impl<'a> Planner<'a> {
             p.vd.insert(key, item.clone());
         }
 
-        // A file on one side and a folder on the other: neither overwrites the other; the
-        // path and everything below it is reported and left alone.
-        let clashes: Vec<PathKey> =
-            p.vs.iter()
-                .filter(|(k, s)| p.vd.get(*k).is_some_and(|d| d.kind != s.kind))
-                .map(|(k, _)| k.clone())
-                .collect();
-        for k in clashes {
-            if p.in_oos(&k) {
-                continue;
-            }
-            let path = p.vs[&k].path.clone();
-            p.skip(
-                &path,
-                codes::KIND_MISMATCH,
-                "a file on one side and a folder on the other",
-            );
-            for sk in prefix_range(&p.vs, &k) {
-                p.vs.remove(&sk);
-                p.survive_smb.insert(sk);
-            }
-            for dk in prefix_range(&p.vd, &k) {
-                p.vd.remove(&dk);
-                p.survive_drive.insert(dk);
-            }
-            p.oos.insert(k);
-        }
-
         for (i, st) in base.entries.values().enumerate() {
             let key = st.path.key();
             if p.in_oos(&key) || p.w.contains_key(&key) {
@@ -573,6 +551,50 @@ impl<'a> Planner<'a> {
         p
     }
 
+    /// A file on one side and a folder on the other (after the moves): neither overwrites
+    /// the other; the path and everything below it is reported and left alone, and their
+    /// synced states are forgotten (they no longer describe both sides).
+    fn set_aside_kind_clashes(&mut self) {
+        let clashes: Vec<PathKey> = self
+            .vs
+            .iter()
+            .filter(|(k, s)| self.vd.get(*k).is_some_and(|d| d.kind != s.kind))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in clashes {
+            if self.in_oos(&k) || self.planned.contains(&k) {
+                continue;
+            }
+            let path = self.vs[&k].path.clone();
+            self.skip(
+                &path,
+                codes::KIND_MISMATCH,
+                "a file on one side and a folder on the other",
+            );
+            for sk in prefix_range(&self.vs, &k) {
+                self.vs.remove(&sk);
+                self.survive_smb.insert(sk);
+            }
+            for dk in prefix_range(&self.vd, &k) {
+                self.vd.remove(&dk);
+                self.survive_drive.insert(dk);
+            }
+            // Their synced states no longer describe both sides.
+            for wk in prefix_range(&self.w, &k) {
+                if let Some((i, _)) = self.w.remove(&wk) {
+                    let path = self.orig[i].clone();
+                    self.books.push(Action::ForgetState { path });
+                }
+            }
+            self.oos.insert(k);
+        }
+    }
+
+    fn planned_within(&self, dir: &RelPath) -> bool {
+        let k = dir.key();
+        self.planned.contains(&k) || has_strict_descendant(&self.planned, &k)
+    }
+
     fn in_oos(&self, key: &PathKey) -> bool {
         !self.oos.is_empty()
             && (self.oos.contains(key) || key_ancestors(key).any(|a| self.oos.contains(&a)))
@@ -589,6 +611,7 @@ impl<'a> Planner<'a> {
     fn run(mut self) -> Plan {
         self.replay_moves();
         self.align_case();
+        self.set_aside_kind_clashes();
         self.reconcile();
         self.finish()
     }
@@ -665,10 +688,11 @@ impl<'a> Planner<'a> {
     }
 
     fn forget_entity(&mut self, key: &PathKey, b: &SyncedState) {
-        self.w.remove(key);
-        self.books.push(Action::ForgetState {
-            path: b.path.clone(),
-        });
+        let _ = b;
+        if let Some((i, _)) = self.w.remove(key) {
+            let path = self.orig[i].clone();
+            self.books.push(Action::ForgetState { path });
+        }
     }
 
     /// Whether the state subtree at `from` can move to `to` without colliding.
@@ -868,7 +892,8 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        if self.planned.contains(&tk) {
+        // A folder planned to mirror something in the moving subtree would be left behind.
+        if self.planned.contains(&tk) || self.planned_within(from) {
             return false;
         }
         if let Some(parent) = to.parent() {
@@ -910,7 +935,8 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        if self.planned.contains(&tk) {
+        // A folder planned to mirror something in the moving subtree would be left behind.
+        if self.planned.contains(&tk) || self.planned_within(from) {
             return false;
         }
         if let Some(parent) = to.parent() {
@@ -1018,12 +1044,12 @@ impl<'a> Planner<'a> {
                 .as_ref()
                 .map(|s| s.path.clone())
                 .or(d.as_ref().map(|d| d.path.clone()));
+            self.cur_orig = self.w.get(&key).map(|(i, _)| self.orig[*i].clone());
             if let Some(old) = dropped_base.as_ref().or(b.as_ref()) {
                 if final_path.as_ref() != Some(&old.path) && (s.is_some() || d.is_some()) {
                     // The state moves to the new spelling (recorded by the action below).
-                    self.books.push(Action::ForgetState {
-                        path: old.path.clone(),
-                    });
+                    let path = self.cur_orig.clone().expect("base has an origin");
+                    self.books.push(Action::ForgetState { path });
                 }
             }
             let kind = now_kind
@@ -1131,11 +1157,8 @@ impl<'a> Planner<'a> {
                 }
             }
             (None, None) => {
-                if let Some(b) = b {
-                    self.books.push(Action::ForgetState { path: b.path });
-                } else if base_dropped {
-                    // (handled by the caller's ForgetState)
-                }
+                let _ = base_dropped;
+                self.forget(b);
             }
         }
     }
@@ -1315,9 +1338,12 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Forgets the current path's base. ForgetState runs before everything else, so it
+    /// names the state where the store has it now: its original path.
     fn forget(&mut self, b: Option<SyncedState>) {
-        if let Some(b) = b {
-            self.books.push(Action::ForgetState { path: b.path });
+        if b.is_some() {
+            let path = self.cur_orig.clone().expect("base has an origin");
+            self.books.push(Action::ForgetState { path });
         }
     }
 
