@@ -133,6 +133,7 @@ impl SmbEntry {
 pub struct MemSmb {
     fs: Mutex<(BTreeMap<PathKey, SmbEntry>, u64)>,
     faults: Arc<Faults>,
+    on_read: Mutex<Option<(PathKey, Bytes)>>,
 }
 
 impl MemSmb {
@@ -141,6 +142,7 @@ impl MemSmb {
         MemSmb {
             fs: Mutex::new((BTreeMap::new(), 0)),
             faults,
+            on_read: Mutex::new(None),
         }
     }
 
@@ -243,6 +245,11 @@ impl MemSmb {
         }
     }
 
+    /// Simulates a user writing `data` to `path` right after the next read of it started.
+    pub fn change_on_next_read(&self, path: &str, data: &[u8]) {
+        *self.on_read.lock().unwrap() = Some((p(path).key(), Bytes::copy_from_slice(data)));
+    }
+
     /// User action: creates folders.
     pub fn user_mkdir(&self, path: &str) -> bool {
         let mut fs = self.fs.lock().unwrap();
@@ -341,11 +348,22 @@ impl SmbReplica for MemSmb {
 
     async fn read(&self, path: &RelPath) -> Result<ByteStream, ReplicaError> {
         self.faults.check()?;
-        let fs = self.fs.lock().unwrap();
-        match fs.0.get(&path.key()) {
-            Some(e) if e.kind == ItemKind::File => Ok(chunked(e.data.clone())),
-            _ => Err(err(codes::NOT_FOUND, format!("{path}"))),
+        let stream = {
+            let fs = self.fs.lock().unwrap();
+            match fs.0.get(&path.key()) {
+                Some(e) if e.kind == ItemKind::File => chunked(e.data.clone()),
+                _ => return Err(err(codes::NOT_FOUND, format!("{path}"))),
+            }
+        };
+        let hook = self
+            .on_read
+            .lock()
+            .unwrap()
+            .take_if(|(k, _)| *k == path.key());
+        if let Some((_, data)) = hook {
+            self.user_write(path.as_str(), &data);
         }
+        Ok(stream)
     }
 
     async fn write_temp(
