@@ -30,6 +30,7 @@ pub const TARGET: &str = "/Mirror";
 
 /// One test's world.
 pub struct Env {
+    #[allow(dead_code)]
     pub setup: Setup,
     pub srv: TestServer,
     pub api: Api,
