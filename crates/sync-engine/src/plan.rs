@@ -358,6 +358,16 @@ fn prefix_range<'m, V>(m: &'m BTreeMap<PathKey, V>, root: &PathKey) -> Vec<PathK
     out
 }
 
+/// `path` (at or below `from` in the case-insensitive namespace) moved to below `to`.
+fn rebase_ci(path: &RelPath, from: &RelPath, to: &RelPath) -> RelPath {
+    let rest: Vec<&str> = path.as_str().split('/').skip(from.depth()).collect();
+    if rest.is_empty() {
+        to.clone()
+    } else {
+        to.join(&rest.join("/")).expect("valid components")
+    }
+}
+
 fn has_strict_descendant(set: &BTreeSet<PathKey>, root: &PathKey) -> bool {
     let start = format!("{}/", root.as_str());
     set.range(PathKey::from_raw(start.clone())..)
@@ -395,6 +405,8 @@ struct Planner<'a> {
     orig: Vec<RelPath>,
     /// The origin of the entry being reconciled.
     cur_orig: Option<RelPath>,
+    /// Exact paths of ScaiDrive case twins left alone (their names are taken on ScaiDrive).
+    drive_twins: BTreeSet<RelPath>,
     /// SMB items deleted after being kept in ScaiDrive's trash.
     preserved: BTreeSet<PathKey>,
     structure: Vec<Action>,
@@ -428,6 +440,7 @@ impl<'a> Planner<'a> {
             drive_by_node: HashMap::new(),
             taken: BTreeSet::new(),
             preserved: BTreeSet::new(),
+            drive_twins: BTreeSet::new(),
             orig: base.entries.keys().cloned().collect(),
             cur_orig: None,
             structure: Vec::new(),
@@ -519,6 +532,7 @@ impl<'a> Planner<'a> {
                     "another ScaiDrive item has the same name except for case; only that one syncs",
                 );
                 twin_roots.push(item.path.clone());
+                p.drive_twins.insert(item.path.clone());
                 p.survive_drive.insert(key);
                 continue;
             }
@@ -571,22 +585,7 @@ impl<'a> Planner<'a> {
                 codes::KIND_MISMATCH,
                 "a file on one side and a folder on the other",
             );
-            for sk in prefix_range(&self.vs, &k) {
-                self.vs.remove(&sk);
-                self.survive_smb.insert(sk);
-            }
-            for dk in prefix_range(&self.vd, &k) {
-                self.vd.remove(&dk);
-                self.survive_drive.insert(dk);
-            }
-            // Their synced states no longer describe both sides.
-            for wk in prefix_range(&self.w, &k) {
-                if let Some((i, _)) = self.w.remove(&wk) {
-                    let path = self.orig[i].clone();
-                    self.books.push(Action::ForgetState { path });
-                }
-            }
-            self.oos.insert(k);
+            self.set_aside(&k);
         }
     }
 
@@ -610,8 +609,8 @@ impl<'a> Planner<'a> {
 
     fn run(mut self) -> Plan {
         self.replay_moves();
-        self.align_case();
         self.set_aside_kind_clashes();
+        self.align_case();
         self.reconcile();
         self.finish()
     }
@@ -712,7 +711,7 @@ impl<'a> Planner<'a> {
         }
         prefix_range(&self.w, &fk).iter().all(|k| {
             let st = &self.w[k].1;
-            let nk = st.path.rebase(from, to).expect("in subtree").key();
+            let nk = rebase_ci(&st.path, from, to).key();
             !self.w.contains_key(&nk) || prefix_range(&self.w, &fk).contains(&nk)
         })
     }
@@ -724,7 +723,7 @@ impl<'a> Planner<'a> {
             .map(|k| self.w.remove(k).expect("present"))
             .collect();
         for (i, mut st) in moved {
-            st.path = st.path.rebase(from, to).expect("in subtree");
+            st.path = rebase_ci(&st.path, from, to);
             self.w.insert(st.path.key(), (i, st));
         }
     }
@@ -737,7 +736,7 @@ impl<'a> Planner<'a> {
             .collect();
         let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
         for (mut d, was_planned) in moved.into_iter().zip(moved_planned) {
-            d.path = d.path.rebase(from, to).expect("in subtree");
+            d.path = rebase_ci(&d.path, from, to);
             let k = d.path.key();
             if was_planned {
                 self.planned.insert(k.clone());
@@ -755,7 +754,7 @@ impl<'a> Planner<'a> {
             .collect();
         let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
         for (mut s, was_planned) in moved.into_iter().zip(moved_planned) {
-            s.path = s.path.rebase(from, to).expect("in subtree");
+            s.path = rebase_ci(&s.path, from, to);
             let k = s.path.key();
             if was_planned {
                 self.planned.insert(k.clone());
@@ -892,6 +891,9 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
+        if self.drive_twins.iter().any(|t| t.is_at_or_inside(to)) {
+            return false;
+        }
         // A folder planned to mirror something in the moving subtree would be left behind.
         if self.planned.contains(&tk) || self.planned_within(from) {
             return false;
@@ -962,20 +964,24 @@ impl<'a> Planner<'a> {
     /// Items present on both sides under the same key but spelled with different case: align
     /// the names (ScaiDrive follows SMB, except when ScaiDrive is authoritative).
     fn align_case(&mut self) {
-        loop {
-            let mismatch = self
-                .vs
-                .iter()
-                .filter(|(k, _)| !self.planned.contains(*k))
-                .find_map(|(k, s)| {
-                    self.vd
-                        .get(k)
-                        .filter(|d| d.path != s.path)
-                        .map(|d| (s.path.clone(), d.path.clone()))
-                });
-            let Some((sp, dp)) = mismatch else { break };
+        let mismatches: Vec<PathKey> = self
+            .vs
+            .iter()
+            .filter(|(k, s)| {
+                !self.planned.contains(*k) && self.vd.get(*k).is_some_and(|d| d.path != s.path)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in mismatches {
+            let (Some(s), Some(d)) = (self.vs.get(&k), self.vd.get(&k)) else {
+                continue;
+            };
+            if s.path == d.path {
+                continue; // aligned with a parent
+            }
+            let (sp, dp) = (s.path.clone(), d.path.clone());
             if self.settings.direction == Direction::DriveToSmb {
-                let file_id = self.vs[&sp.key()].file_id;
+                let file_id = s.file_id;
                 self.structure.push(Action::RenameOnSmb {
                     from: sp.clone(),
                     to: dp.clone(),
@@ -984,8 +990,16 @@ impl<'a> Planner<'a> {
                     record: None,
                 });
                 self.rebase_vs(&sp, &dp);
+            } else if self.drive_twins.iter().any(|t| t.is_at_or_inside(&sp)) {
+                // The SMB spelling is taken on ScaiDrive by a case twin: leave both alone.
+                self.skip(
+                    &sp,
+                    codes::CASE_CONFLICT,
+                    "the SMB name is taken on ScaiDrive by a name differing only in case",
+                );
+                self.set_aside(&k);
             } else {
-                let d = &self.vd[&dp.key()];
+                let d = &self.vd[&k];
                 self.structure.push(Action::MoveOnDrive {
                     node_id: d.node_id.clone(),
                     from: dp.clone(),
@@ -997,6 +1011,25 @@ impl<'a> Planner<'a> {
                 self.rebase_vd(&dp, &sp);
             }
         }
+    }
+
+    /// Leaves `k` and its subtree alone this run, forgetting their states.
+    fn set_aside(&mut self, k: &PathKey) {
+        for sk in prefix_range(&self.vs, k) {
+            self.vs.remove(&sk);
+            self.survive_smb.insert(sk);
+        }
+        for dk in prefix_range(&self.vd, k) {
+            self.vd.remove(&dk);
+            self.survive_drive.insert(dk);
+        }
+        for wk in prefix_range(&self.w, k) {
+            if let Some((i, _)) = self.w.remove(&wk) {
+                let path = self.orig[i].clone();
+                self.books.push(Action::ForgetState { path });
+            }
+        }
+        self.oos.insert(k.clone());
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1182,6 +1215,25 @@ impl<'a> Planner<'a> {
         self.both_survive(key);
     }
 
+    /// Unchanged on both sides; if only the spelling of its path changed (a case alignment),
+    /// the state is recorded under the new spelling.
+    fn unchanged(&mut self, key: &PathKey, s: &SmbItem, d: &DriveItem, b: Option<&SyncedState>) {
+        if let Some(b) = b {
+            if b.path != s.path {
+                self.books.push(Action::RecordState {
+                    state: SyncedState {
+                        path: s.path.clone(),
+                        kind: s.kind,
+                        smb: SmbSide::of(s, b.smb.sha256),
+                        drive: DriveSide::of(d),
+                        last_synced_at: FileTime(0),
+                    },
+                });
+            }
+        }
+        self.both_survive(key);
+    }
+
     fn both_survive(&mut self, key: &PathKey) {
         self.survive_smb.insert(key.clone());
         self.survive_drive.insert(key.clone());
@@ -1294,7 +1346,7 @@ impl<'a> Planner<'a> {
                     if !(ss == Same && ds == Same) {
                         self.upload(key, s, d.version_id.clone());
                     } else {
-                        self.both_survive(key);
+                        self.unchanged(key, s, d, b.as_ref());
                     }
                 }
                 (Some(s), None) => match &b {
@@ -1309,7 +1361,7 @@ impl<'a> Planner<'a> {
                     if !(ss == Same && ds == Same) {
                         self.download(key, d, Some(s), ss != Same);
                     } else {
-                        self.both_survive(key);
+                        self.unchanged(key, s, d, b.as_ref());
                     }
                 }
                 (None, Some(d)) => self.download(key, d, None, false),
@@ -1317,7 +1369,7 @@ impl<'a> Planner<'a> {
                 (None, None) => self.forget(b),
             },
             Direction::Bidirectional => match (ss, ds, &s, &d) {
-                (Same, Same, _, _) => self.both_survive(key),
+                (Same, Same, Some(s), Some(d)) => self.unchanged(key, s, d, b.as_ref()),
                 (Changed, Same, Some(s), Some(d)) => self.upload(key, s, d.version_id.clone()),
                 (Same, Changed, Some(s), Some(d)) => self.download(key, d, Some(s), false),
                 (Changed | Created, Changed | Created, Some(s), Some(d)) => {

@@ -186,10 +186,11 @@ impl MemSmb {
             None => {
                 fs.1 += 1;
                 let t = self.faults.tick();
+                let path = canon(&fs.0, dir);
                 fs.0.insert(
                     dir.key(),
                     SmbEntry {
-                        path: dir.clone(),
+                        path,
                         kind: ItemKind::Dir,
                         data: Bytes::new(),
                         file_id: fs.1,
@@ -216,6 +217,7 @@ impl MemSmb {
         }
         let t = self.faults.tick();
         let next_id = fs.1 + 1;
+        let path = canon(&fs.0, &path);
         match fs.0.get_mut(&path.key()) {
             Some(e) if e.kind == ItemKind::Dir => false,
             Some(e) => {
@@ -303,6 +305,7 @@ impl MemSmb {
         if to.key_inside(from) {
             return Err(err(codes::NAME_CONFLICT, "into itself"));
         }
+        let to = &canon(m, to);
         if let Some(parent) = to.parent() {
             if m.get(&parent.key()).map(|e| e.kind) != Some(ItemKind::Dir) {
                 return Err(err(codes::NOT_FOUND, format!("parent of {to}")));
@@ -326,6 +329,15 @@ impl MemSmb {
             m.insert(e.path.key(), e);
         }
         Ok(out.expect("root moved"))
+    }
+}
+
+/// `path` spelled the way the share spells its parent folder (SMB preserves the case an item
+/// was created with; a child created through another spelling lands in the same folder).
+fn canon(m: &BTreeMap<PathKey, SmbEntry>, path: &RelPath) -> RelPath {
+    match path.parent().and_then(|pp| m.get(&pp.key())) {
+        Some(parent) => parent.path.join(path.name()).expect("valid"),
+        None => path.clone(),
     }
 }
 
@@ -384,6 +396,7 @@ impl SmbReplica for MemSmb {
         let id = fs.1;
         let temp =
             RelPath::child_of(target.parent().as_ref(), &format!("{TEMP_PREFIX}{id}")).unwrap();
+        let temp = canon(&fs.0, &temp);
         let t = self.faults.tick();
         fs.0.insert(
             temp.key(),
@@ -427,7 +440,7 @@ impl SmbReplica for MemSmb {
             fs.0.remove(&temp.path.key())
                 .ok_or_else(|| err(codes::NOT_FOUND, "temp"))?;
         fs.0.remove(&target.key());
-        e.path = target.clone();
+        e.path = canon(&fs.0, target);
         e.last_write = last_write;
         e.change_time = self.faults.tick();
         let item = e.item();

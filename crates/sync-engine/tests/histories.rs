@@ -25,6 +25,9 @@ const PATHS: &[&str] = &[
     "d2/a.txt",
     "d1/d3",
     "d1/d3/c.txt",
+    // Case variants: one name on SMB, two on ScaiDrive.
+    "A.TXT",
+    "D1/B.txt",
 ];
 
 #[derive(Debug, Clone)]
@@ -59,7 +62,46 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// ScaiDrive is case-sensitive: the case variants are used on SMB only (where they name the
+/// same items); case twins on ScaiDrive are covered by the planner tests.
+fn drive_path(i: usize) -> usize {
+    match PATHS[i] {
+        "A.TXT" => 0,
+        "D1/B.txt" => 4,
+        _ => i,
+    }
+}
+
 fn apply(w: &World, op: &Op, round: usize) {
+    let op = &match *op {
+        Op::Write {
+            drive: true,
+            path,
+            content,
+        } => Op::Write {
+            drive: true,
+            path: drive_path(path),
+            content,
+        },
+        Op::Delete { drive: true, path } => Op::Delete {
+            drive: true,
+            path: drive_path(path),
+        },
+        Op::Rename {
+            drive: true,
+            from,
+            to,
+        } => Op::Rename {
+            drive: true,
+            from: drive_path(from),
+            to: drive_path(to),
+        },
+        Op::Mkdir { drive: true, path } => Op::Mkdir {
+            drive: true,
+            path: drive_path(path),
+        },
+        ref other => other.clone(),
+    };
     match *op {
         Op::Write {
             drive,
@@ -114,8 +156,11 @@ fn without_skipped(
 ) -> BTreeMap<String, Option<Bytes>> {
     t.into_iter()
         .filter(|(p, _)| {
+            // Skips name one spelling; SMB names are case-insensitive.
+            let p = p.to_lowercase();
             !skipped
                 .iter()
+                .map(|s| s.to_lowercase())
                 .any(|s| p == s || p.starts_with(&format!("{s}/")))
         })
         .collect()
@@ -184,7 +229,24 @@ fn check_history(
             round,
             plan
         );
-        let again = w.plan(&s);
+        let mut again = w.plan(&s);
+        let twins = |p: &Plan| {
+            p.actions
+                .iter()
+                .any(|a| matches!(a, Action::Skip { code, .. } if code == codes::CASE_CONFLICT))
+        };
+        if !again.is_noop() && twins(&plan) {
+            // Known limitation: when the ScaiDrive case twin that synced goes away in a run,
+            // the other one syncs in the next run.
+            let (p2, rep2) = rt.block_on(w.run(&s));
+            prop_assert!(
+                rep2.errors.is_empty(),
+                "errors: {:#?}\nplan: {:#?}",
+                rep2.errors,
+                p2
+            );
+            again = w.plan(&s);
+        }
         prop_assert!(
             again.is_noop(),
             "second plan not empty: {:#?}\nfirst plan: {:#?}",
