@@ -301,8 +301,10 @@ impl Executor<'_> {
                 self.drive
                     .move_node(node_id, to, base_version_id.as_ref())
                     .await?;
-                if let (Some(from), Some(rec)) = (state_from, record) {
+                if let Some(from) = state_from {
                     self.state.rebase(from, to).await?;
+                }
+                if let Some(rec) = record {
                     self.put(rec.clone()).await?;
                 }
             }
@@ -314,7 +316,11 @@ impl Executor<'_> {
                 record,
             } => {
                 let s = self.smb.rename(from, to, *expected_file_id).await?;
-                if let (Some(sf), Some(rec)) = (state_from, record) {
+                if let Some(sf) = state_from {
+                    self.state.rebase(sf, to).await?;
+                }
+                if let Some(rec) = record {
+                    // A rename touches the SMB change time: record the new one.
                     let mut rec = rec.clone();
                     if s.file_id == rec.smb.file_id
                         && s.size == rec.smb.size
@@ -322,7 +328,6 @@ impl Executor<'_> {
                     {
                         rec.smb.change_time = s.change_time;
                     }
-                    self.state.rebase(sf, to).await?;
                     self.put(rec).await?;
                 }
             }

@@ -589,6 +589,14 @@ impl<'a> Planner<'a> {
         }
     }
 
+    fn under_twin(&self, key: &PathKey) -> bool {
+        !self.drive_twins.is_empty()
+            && self.drive_twins.iter().any(|t| {
+                let tk = t.key();
+                tk == *key || key.as_str().starts_with(&format!("{}/", tk.as_str()))
+            })
+    }
+
     fn planned_within(&self, dir: &RelPath) -> bool {
         let k = dir.key();
         self.planned.contains(&k) || has_strict_descendant(&self.planned, &k)
@@ -980,14 +988,33 @@ impl<'a> Planner<'a> {
                 continue; // aligned with a parent
             }
             let (sp, dp) = (s.path.clone(), d.path.clone());
+            let new_path = if self.settings.direction == Direction::DriveToSmb {
+                &dp
+            } else {
+                &sp
+            };
+            // The states below follow the new spelling.
+            let state_from = prefix_range(&self.w, &k)
+                .first()
+                .map(|wk| {
+                    let p = &self.w[wk].1.path;
+                    let parts: Vec<&str> = p.as_str().split('/').take(new_path.depth()).collect();
+                    RelPath::new(&parts.join("/")).expect("valid")
+                })
+                .filter(|p| p != new_path);
+            let has_own_state = self.w.contains_key(&k);
             if self.settings.direction == Direction::DriveToSmb {
                 let file_id = s.file_id;
+                if let Some(f) = &state_from {
+                    self.rebase_w(f, &dp);
+                }
+                let record = (has_own_state && state_from.is_some()).then(|| self.w[&k].1.clone());
                 self.structure.push(Action::RenameOnSmb {
                     from: sp.clone(),
                     to: dp.clone(),
                     expected_file_id: file_id,
-                    state_from: None,
-                    record: None,
+                    state_from,
+                    record,
                 });
                 self.rebase_vs(&sp, &dp);
             } else if self.drive_twins.iter().any(|t| t.is_at_or_inside(&sp)) {
@@ -999,13 +1026,16 @@ impl<'a> Planner<'a> {
                 );
                 self.set_aside(&k);
             } else {
+                if let Some(f) = &state_from {
+                    self.rebase_w(f, &sp);
+                }
                 let d = &self.vd[&k];
                 self.structure.push(Action::MoveOnDrive {
                     node_id: d.node_id.clone(),
                     from: dp.clone(),
                     to: sp.clone(),
                     base_version_id: d.version_id.clone(),
-                    state_from: None,
+                    state_from,
                     record: None,
                 });
                 self.rebase_vd(&dp, &sp);
@@ -1051,6 +1081,20 @@ impl<'a> Planner<'a> {
             }
             let s = self.vs.get(&key).cloned();
             let d = self.vd.get(&key).cloned();
+            if d.is_none() && self.under_twin(&key) {
+                // A ScaiDrive case twin holds this name: nothing may be created over it.
+                if let Some(s) = &s {
+                    if self.drive_twins.iter().any(|t| t.key() == key) {
+                        self.skip(
+                            &s.path,
+                            codes::CASE_CONFLICT,
+                            "the name is taken on ScaiDrive by a name differing only in case",
+                        );
+                    }
+                }
+                self.both_survive(&key);
+                continue;
+            }
             let mut b = self.w.get(&key).map(|(_, st)| st.clone());
             // A base of another kind says nothing about what is there now.
             let now_kind = s.as_ref().map(|s| s.kind).or(d.as_ref().map(|d| d.kind));

@@ -166,6 +166,21 @@ fn without_skipped(
         .collect()
 }
 
+/// ScaiDrive case twins that SMB does not have (reported skips, possibly moved along with
+/// their folder since) are left out of the comparison.
+fn without_twins(
+    t: BTreeMap<String, Option<Bytes>>,
+    smb: &BTreeMap<String, Option<Bytes>>,
+) -> BTreeMap<String, Option<Bytes>> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for k in t.keys() {
+        *count.entry(k.to_lowercase()).or_default() += 1;
+    }
+    t.into_iter()
+        .filter(|(k, _)| count[&k.to_lowercase()] == 1 || smb.contains_key(k))
+        .collect()
+}
+
 fn settings(direction: Direction, conflict: ConflictStrategy) -> Settings {
     Settings {
         direction,
@@ -221,7 +236,7 @@ fn check_history(
             .map(|i| i.path.as_str().to_string())
             .collect();
         let st = without_skipped(w.smb.tree(), &skipped);
-        let dt = without_skipped(w.drive.tree(), &skipped);
+        let dt = without_twins(without_skipped(w.drive.tree(), &skipped), &st);
         prop_assert_eq!(
             &st,
             &dt,
