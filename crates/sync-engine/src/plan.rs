@@ -936,6 +936,12 @@ impl<'a> Planner<'a> {
         to: &RelPath,
     ) -> bool {
         let _ = key;
+        // SMB keeps the spelling of an existing parent folder.
+        let canon = match to.parent().and_then(|pp| self.vs.get(&pp.key())) {
+            Some(parent) => parent.path.join(to.name()).expect("valid"),
+            None => to.clone(),
+        };
+        let to = &canon;
         let tk = to.key();
         if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) {
             return false;
