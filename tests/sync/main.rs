@@ -30,3 +30,4 @@ mod filters;
 mod fleet;
 mod mirror;
 mod secrets;
+mod special;
