@@ -333,7 +333,9 @@ impl Executor<'_> {
             }
             Action::RebaseState { from, to, record } => {
                 self.state.rebase(from, to).await?;
-                self.put(record.clone()).await?;
+                if let Some(rec) = record {
+                    self.put(rec.clone()).await?;
+                }
             }
             Action::RestoreOnDrive {
                 path: _,

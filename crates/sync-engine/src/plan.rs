@@ -79,8 +79,8 @@ pub enum Action {
         from: RelPath,
         /// New path.
         to: RelPath,
-        /// The moved item's state afterwards.
-        record: SyncedState,
+        /// The moved item's state afterwards, if it has one of its own.
+        record: Option<SyncedState>,
     },
     /// Bring a trashed ScaiDrive file back (SMB still has it; an upload may follow).
     RestoreOnDrive {
@@ -801,7 +801,7 @@ impl<'a> Planner<'a> {
         self.structure.push(Action::RebaseState {
             from: b.path.clone(),
             to: to.clone(),
-            record: rec,
+            record: Some(rec),
         });
     }
 
@@ -987,34 +987,45 @@ impl<'a> Planner<'a> {
             .map(|(k, _)| k.clone())
             .collect();
         for k in mismatches {
-            let (Some(s), Some(d)) = (self.vs.get(&k), self.vd.get(&k)) else {
+            let (Some(s), Some(d)) = (self.vs.get(&k).cloned(), self.vd.get(&k).cloned()) else {
                 continue;
             };
             if s.path == d.path {
                 continue; // aligned with a parent
             }
             let (sp, dp) = (s.path.clone(), d.path.clone());
-            let new_path = if self.settings.direction == Direction::DriveToSmb {
-                &dp
+            let new_path = &if self.settings.direction == Direction::DriveToSmb {
+                dp.clone()
             } else {
-                &sp
+                sp.clone()
             };
             // The states below follow the new spelling.
-            let state_from = prefix_range(&self.w, &k)
-                .first()
+            // The states below follow the new spelling (there may be several old ones).
+            let spellings: BTreeSet<RelPath> = prefix_range(&self.w, &k)
+                .iter()
                 .map(|wk| {
                     let p = &self.w[wk].1.path;
                     let parts: Vec<&str> = p.as_str().split('/').take(new_path.depth()).collect();
                     RelPath::new(&parts.join("/")).expect("valid")
                 })
-                .filter(|p| p != new_path);
+                .filter(|p| p != new_path)
+                .collect();
+            let state_from: Option<RelPath> = None;
+            if !spellings.is_empty() && !self.drive_twins.iter().any(|t| t.is_at_or_inside(&sp)) {
+                let first = spellings.iter().next().expect("non-empty").clone();
+                self.rebase_w(&first, new_path);
+                for old in spellings {
+                    self.structure.push(Action::RebaseState {
+                        from: old,
+                        to: new_path.clone(),
+                        record: None,
+                    });
+                }
+            }
             let has_own_state = self.w.contains_key(&k);
             if self.settings.direction == Direction::DriveToSmb {
                 let file_id = s.file_id;
-                if let Some(f) = &state_from {
-                    self.rebase_w(f, &dp);
-                }
-                let record = (has_own_state && state_from.is_some()).then(|| self.w[&k].1.clone());
+                let record = has_own_state.then(|| self.w[&k].1.clone());
                 self.structure.push(Action::RenameOnSmb {
                     from: sp.clone(),
                     to: dp.clone(),
@@ -1032,9 +1043,6 @@ impl<'a> Planner<'a> {
                 );
                 self.set_aside(&k);
             } else {
-                if let Some(f) = &state_from {
-                    self.rebase_w(f, &sp);
-                }
                 let d = &self.vd[&k];
                 self.structure.push(Action::MoveOnDrive {
                     node_id: d.node_id.clone(),
