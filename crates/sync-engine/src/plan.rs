@@ -859,14 +859,19 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
+        // SMB keeps the spelling of the existing parent folder.
+        let spath = match dir.parent().and_then(|pp| self.vs.get(&pp.key())) {
+            Some(parent) => parent.path.join(dir.name()).expect("valid"),
+            None => d.path.clone(),
+        };
         self.structure.push(Action::MkdirSmb {
-            path: d.path.clone(),
+            path: spath.clone(),
             drive: DriveSide::of(&d),
         });
         self.vs.insert(
             k.clone(),
             SmbItem {
-                path: d.path.clone(),
+                path: spath,
                 kind: ItemKind::Dir,
                 size: 0,
                 last_write: d.modified_at,
