@@ -965,6 +965,12 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
+        // Spelled like the (possibly just planned) parent folder on SMB.
+        let canon = match to.parent().and_then(|pp| self.vs.get(&pp.key())) {
+            Some(parent) => parent.path.join(to.name()).expect("valid"),
+            None => to.clone(),
+        };
+        let to = &canon;
         let mut rec = b.clone();
         rec.path = to.clone();
         self.structure.push(Action::RenameOnSmb {
@@ -1094,6 +1100,13 @@ impl<'a> Planner<'a> {
             .collect();
         for key in keys.into_iter().rev() {
             if self.planned.contains(&key) {
+                // The creation records the new state; an older one under another spelling goes.
+                if let (Some((i, st)), Some(v)) = (self.w.get(&key), self.vs.get(&key)) {
+                    if st.path != v.path {
+                        let path = self.orig[*i].clone();
+                        self.books.push(Action::ForgetState { path });
+                    }
+                }
                 self.survive_smb.insert(key.clone());
                 self.survive_drive.insert(key);
                 continue;
