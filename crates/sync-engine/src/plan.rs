@@ -405,6 +405,8 @@ struct Planner<'a> {
     orig: Vec<RelPath>,
     /// The origin of the entry being reconciled.
     cur_orig: Option<RelPath>,
+    /// Entities already moved in this plan.
+    moved: BTreeSet<usize>,
     /// Exact paths of ScaiDrive case twins left alone (their names are taken on ScaiDrive).
     drive_twins: BTreeSet<RelPath>,
     /// SMB items deleted after being kept in ScaiDrive's trash.
@@ -441,6 +443,7 @@ impl<'a> Planner<'a> {
             taken: BTreeSet::new(),
             preserved: BTreeSet::new(),
             drive_twins: BTreeSet::new(),
+            moved: BTreeSet::new(),
             orig: base.entries.keys().cloned().collect(),
             cur_orig: None,
             structure: Vec::new(),
@@ -595,6 +598,14 @@ impl<'a> Planner<'a> {
                 let tk = t.key();
                 tk == *key || key.as_str().starts_with(&format!("{}/", tk.as_str()))
             })
+    }
+
+    /// Whether an entity below `dir` (in the synced state) was already moved in this plan: it
+    /// must not be dragged along again by a move of `dir`.
+    fn moved_below(&self, dir: &RelPath) -> bool {
+        prefix_range(&self.w, &dir.key())
+            .iter()
+            .any(|k| self.w[k].1.path != *dir && self.moved.contains(&self.w[k].0))
     }
 
     fn planned_within(&self, dir: &RelPath) -> bool {
@@ -896,7 +907,7 @@ impl<'a> Planner<'a> {
     ) -> bool {
         let _ = key;
         let tk = to.key();
-        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) {
+        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) || self.moved_below(&b.path) {
             return false;
         }
         if let Some(occ) = self.vd.get(&tk) {
@@ -929,6 +940,7 @@ impl<'a> Planner<'a> {
         self.rebase_vd(from, to);
         self.rebase_w(&b.path, to);
         self.w.insert(tk, (idx, rec));
+        self.moved.insert(idx);
         true
     }
 
@@ -948,7 +960,7 @@ impl<'a> Planner<'a> {
         };
         let to = &canon;
         let tk = to.key();
-        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) {
+        if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) || self.moved_below(&b.path) {
             return false;
         }
         if let Some(occ) = self.vs.get(&tk) {
@@ -983,6 +995,7 @@ impl<'a> Planner<'a> {
         self.rebase_vs(from, to);
         self.rebase_w(&b.path, to);
         self.w.insert(tk, (idx, rec));
+        self.moved.insert(idx);
         true
     }
 

@@ -6,7 +6,7 @@
 //! unreachable afterwards (crashed run included); after a clean run both sides agree (modulo
 //! reported skips); a second plan is a no-op.
 //!
-//! Case count: `PROPTEST_CASES` (default 64 per direction/strategy pair).
+//! Case count: `PROPTEST_CASES` (default 256 per direction/strategy pair).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -287,7 +287,7 @@ fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     ProptestConfig {
         cases,
         failure_persistence: None,
