@@ -343,7 +343,7 @@ fn conflict_name(path: &RelPath, n: u32) -> RelPath {
     RelPath::child_of(path.parent().as_ref(), &format!("{stem}{suffix}{ext}")).expect("valid name")
 }
 
-fn prefix_range<'m, V>(m: &'m BTreeMap<PathKey, V>, root: &PathKey) -> Vec<PathKey> {
+fn prefix_range<V>(m: &BTreeMap<PathKey, V>, root: &PathKey) -> Vec<PathKey> {
     let mut out: Vec<PathKey> = m
         .get_key_value(root)
         .map(|(k, _)| k.clone())
@@ -682,10 +682,9 @@ impl<'a> Planner<'a> {
                     self.try_rename_smb(idx, &key, &b, &sp, &dp);
                 }
                 (Direction::Bidirectional, Some(sp), Some(dp)) => {
-                    let drive_wins = (d_moved && !s_moved)
-                        || (s_moved
-                            && d_moved
-                            && self.settings.conflict == ConflictStrategy::DriveWins);
+                    // Only ScaiDrive moved, or both moved and ScaiDrive wins conflicts.
+                    let drive_wins = d_moved
+                        && (!s_moved || self.settings.conflict == ConflictStrategy::DriveWins);
                     if drive_wins {
                         self.try_rename_smb(idx, &key, &b, &sp, &dp);
                     } else {
@@ -778,7 +777,7 @@ impl<'a> Planner<'a> {
             if was_planned {
                 self.planned.insert(k.clone());
             }
-            if s.file_id != 0 && self.smb_by_id.get(&s.file_id).is_some() {
+            if s.file_id != 0 && self.smb_by_id.contains_key(&s.file_id) {
                 self.smb_by_id.insert(s.file_id, k.clone());
             }
             self.vs.insert(k, s);

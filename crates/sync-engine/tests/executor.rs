@@ -18,7 +18,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn tree(w: &World) -> (Vec<(String, Option<String>)>, Vec<(String, Option<String>)>) {
+type Listing = Vec<(String, Option<String>)>;
+
+fn tree(w: &World) -> (Listing, Listing) {
     let f = |t: std::collections::BTreeMap<String, Option<bytes::Bytes>>| {
         t.into_iter()
             .map(|(k, v)| (k, v.map(|b| String::from_utf8_lossy(&b).into_owned())))
