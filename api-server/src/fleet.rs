@@ -90,22 +90,22 @@ pub async fn schedule_once(state: &AppState) -> ApiResult<usize> {
     Ok(n)
 }
 
-/// Publishes jobs that have no message: never published (older than a few seconds, so the
-/// normal path had its chance), or, when `all_active`, every queued or running job whose
-/// lease lapsed (after a restart with the in-process queue, whose messages died with it).
-pub async fn sweep_once(state: &AppState, all_active: bool) -> ApiResult<usize> {
-    let stale = if all_active { 0 } else { i64::MAX / 4 };
+/// Publishes jobs that may have no live message (see [`jobs::needing_publish`]): never
+/// published, or running under a lapsed lease; with `all_queued` (a restart with the
+/// in-process queue) every queued job too.
+pub async fn sweep_once(state: &AppState, all_queued: bool) -> ApiResult<usize> {
+    let now = now_ms();
     let mut n = 0;
-    for job in jobs::needing_publish(&state.db, now_ms(), stale).await? {
-        let fresh = job.requested_at > now_ms() - 5_000;
-        if !all_active && fresh {
-            continue;
-        }
+    for job in jobs::needing_publish(&state.db, now, now - 5_000, all_queued, REPUBLISH_MS).await? {
+        tracing::info!(job.id = %job.id, job.status = %job.status, "publishing a job whose message may be missing");
         publish_job(state, &job).await?;
         n += 1;
     }
     Ok(n)
 }
+
+/// How often a running job whose lease lapsed is published again.
+const REPUBLISH_MS: i64 = 15_000;
 
 /// Records the reason of every dead-lettered job message on its job.
 async fn dead_letters(state: AppState, stop: CancellationToken) {

@@ -31,31 +31,63 @@ pub fn ts_of_ft(t: FileTime) -> Option<prost_types::Timestamp> {
 }
 
 /// The sync root inside the SMB share (`base_path`, share-relative, `/`-separated).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SmbRoot(String);
+///
+/// Paths the planner sees are NFC; names on the file server may be spelled otherwise (NFD,
+/// as macOS clients write them). The root remembers the server's own spelling of every
+/// listed path whose NFC form differs, so operations on SMB use the name the server knows.
+#[derive(Clone, Debug)]
+pub struct SmbRoot {
+    root: String,
+    spellings: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
+}
 
 impl SmbRoot {
     /// From `SmbEndpoint.base_path` (leading/trailing slashes and backslashes tolerated).
     pub fn new(base_path: &str) -> Self {
-        SmbRoot(smb_layer::path::normalize(&base_path.replace('\\', "/")))
+        SmbRoot {
+            root: smb_layer::path::normalize(&base_path.replace('\\', "/")),
+            spellings: Default::default(),
+        }
     }
     /// The root itself, share-relative (`""` for the share root).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.root
     }
-    /// The share-relative path of `rel`.
+    /// The share-relative path of `rel`, in the server's spelling where it differs.
     pub fn abs(&self, rel: &RelPath) -> String {
-        smb_layer::path::join(&self.0, rel.as_str())
+        let map = self.spellings.read().unwrap_or_else(|e| e.into_inner());
+        if !map.is_empty() {
+            // The deepest ancestor (or the path itself) with a recorded spelling.
+            let p = rel.as_str();
+            let mut cut = p.len();
+            loop {
+                if let Some(raw) = map.get(&p[..cut]) {
+                    return smb_layer::path::join(&self.root, &format!("{raw}{}", &p[cut..]));
+                }
+                match p[..cut].rfind('/') {
+                    Some(i) => cut = i,
+                    None => break,
+                }
+            }
+        }
+        smb_layer::path::join(&self.root, rel.as_str())
     }
     /// The sync-root-relative path of a share-relative path strictly below the root.
     pub fn rel(&self, share_path: &str) -> Option<RelPath> {
         let p = smb_layer::path::normalize(share_path);
-        let rest = if self.0.is_empty() {
+        let rest = if self.root.is_empty() {
             p.as_str()
         } else {
-            p.strip_prefix(self.0.as_str())?.strip_prefix('/')?
+            p.strip_prefix(self.root.as_str())?.strip_prefix('/')?
         };
-        RelPath::new(rest).ok()
+        let rel = RelPath::new(rest).ok()?;
+        if rel.as_str() != rest {
+            self.spellings
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rel.as_str().to_string(), rest.to_string());
+        }
+        Some(rel)
     }
 }
 
@@ -292,6 +324,21 @@ mod tests {
         assert_eq!(r.abs(&p("a")), "/a");
         assert_eq!(r.rel("/a/b"), Some(p("a/b")));
         assert_eq!(r.parent_abs(&p("a")), "/");
+    }
+
+    #[test]
+    fn smb_paths_keep_the_servers_spelling_of_names() {
+        let smb = SmbRoot::new("base");
+        let nfd = "Nai\u{308}ve/re\u{301}sume\u{301}.txt";
+        let rel = smb.rel(&format!("base/{nfd}")).unwrap();
+        assert_eq!(rel.as_str(), "Na\u{ef}ve/r\u{e9}sum\u{e9}.txt", "the planner sees NFC");
+        assert_eq!(smb.abs(&rel), format!("base/{nfd}"), "SMB gets the name it listed");
+        // A new file inside a folder listed in NFD lands in that folder.
+        smb.rel("base/Nai\u{308}ve");
+        assert_eq!(smb.abs(&p("Na\u{ef}ve/new.txt")), "base/Nai\u{308}ve/new.txt");
+        // Clones share what was learned (the scan's root and the replica's).
+        assert_eq!(smb.clone().abs(&rel), format!("base/{nfd}"));
+        assert_eq!(smb.abs(&p("plain/x")), "base/plain/x");
     }
 
     #[test]

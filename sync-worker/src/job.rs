@@ -610,7 +610,7 @@ impl Run {
                 }
             })
         };
-        let smb = SmbShare::new(client.clone(), smb_root.as_str());
+        let smb = SmbShare::with_root(client.clone(), smb_root.clone());
         let opts = ExecOptions {
             max_transfers: self.ctx.config.max_transfers.max(1),
             cancel: self.stop.clone(),

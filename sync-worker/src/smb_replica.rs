@@ -49,10 +49,13 @@ fn same(a: &SmbItem, b: &SmbItem) -> bool {
 impl SmbShare {
     /// A replica over `client` rooted at `base_path` (share-relative).
     pub fn new(client: SmbClient, base_path: &str) -> Self {
-        SmbShare {
-            client,
-            root: SmbRoot::new(base_path),
-        }
+        Self::with_root(client, SmbRoot::new(base_path))
+    }
+
+    /// A replica over `client` at `root`, sharing what the scan learned of the server's
+    /// spelling of names (see [`SmbRoot`]).
+    pub fn with_root(client: SmbClient, root: SmbRoot) -> Self {
+        SmbShare { client, root }
     }
 
     /// The client.

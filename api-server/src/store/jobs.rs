@@ -250,20 +250,28 @@ pub async fn mark_published(db: &Db, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Jobs that may have no queue message: queued ones never published (a crash or a queue
-/// outage between commit and publish) or published longer ago than `stale_ms`, and running
-/// ones whose lease has lapsed. Publishing them again is safe: claims are idempotent and the
+/// Jobs that may have no live queue message, to be published (again):
+/// - queued jobs never published (a crash or a queue outage between commit and publish)
+///   requested before `fresh_before` (so the normal path had its chance), or every queued
+///   job when `all_queued` (after a restart with the in-process queue, whose messages died);
+/// - running jobs whose lease has lapsed (their worker died or froze: a frozen worker's
+///   connection can keep its message unacknowledged for ever), at most once per
+///   `republish_ms`.
+/// Publishing again is safe: claims are idempotent, finished jobs refuse a claim, and the
 /// lease keeps runs apart.
-pub async fn needing_publish(db: &Db, now: i64, stale_ms: i64) -> ApiResult<Vec<Job>> {
+pub async fn needing_publish(db: &Db, now: i64, fresh_before: i64, all_queued: bool, republish_ms: i64) -> ApiResult<Vec<Job>> {
     let rows = sqlx::query(
-        "SELECT j.* FROM jobs j WHERE (j.status = 'queued' AND (j.published_at IS NULL OR j.published_at < $1))
+        "SELECT j.* FROM jobs j WHERE
+            (j.status = 'queued' AND ($1 = 1 OR (j.published_at IS NULL AND j.requested_at < $2)))
             OR (j.status = 'running' AND NOT EXISTS (
-                SELECT 1 FROM leases l WHERE l.id = j.lease_id AND l.released = 0 AND l.expires_at >= $2)
-                AND (j.published_at IS NULL OR j.published_at < $1))
+                    SELECT 1 FROM leases l WHERE l.id = j.lease_id AND l.released = 0 AND l.expires_at >= $3)
+                AND (j.published_at IS NULL OR j.published_at < $4))
          ORDER BY j.requested_at LIMIT 500",
     )
-    .bind(now - stale_ms)
+    .bind(all_queued as i64)
+    .bind(fresh_before)
     .bind(now)
+    .bind(now - republish_ms)
     .fetch_all(&db.pool)
     .await?;
     Ok(rows.iter().map(job_from).collect())
