@@ -234,3 +234,47 @@ async fn a_file_over_one_gib_is_synced_intact() {
     assert_eq!(got, want);
     env.finish().await;
 }
+
+on_both_setups!(a_new_file_on_a_reused_file_id_is_not_taken_for_a_rename);
+
+/// Samba's file ids are inode numbers, which the file system hands out again: a file deleted
+/// and another created in its place may carry the same id. That is a deletion and a
+/// creation, not a rename: the deleted file goes to trash under its name, the new one is new.
+async fn a_new_file_on_a_reused_file_id_is_not_taken_for_a_rename(setup: Setup) {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::start(setup).await;
+    env.write("keep.txt", b"keep");
+    env.write("old.txt", b"old content");
+    let c = env.connector(json!({})).await;
+    env.sync_ok(&c).await;
+    let old_id = env.must(&c, "old.txt").await["id"].as_str().unwrap().to_string();
+    let (_, cursor) = env.changes(&c, 0).await;
+
+    // Delete old.txt and create new.txt until the file system reuses the inode.
+    let ino = std::fs::metadata(env.disk().join("old.txt")).unwrap().ino();
+    std::fs::remove_file(env.disk().join("old.txt")).unwrap();
+    let mut reused = false;
+    for i in 0..20 {
+        env.write("new.txt", format!("a new file {i}").as_bytes());
+        if std::fs::metadata(env.disk().join("new.txt")).unwrap().ino() == ino {
+            reused = true;
+            break;
+        }
+        std::fs::remove_file(env.disk().join("new.txt")).unwrap();
+    }
+    assert!(reused, "the file system did not reuse the inode; the case cannot be set up here");
+    env.chown_all();
+    env.sync_ok(&c).await;
+
+    let (changes, _) = env.changes(&c, cursor).await;
+    let kinds: Vec<(String, String)> = changes
+        .iter()
+        .map(|ch| (ch["type"].as_str().unwrap().to_string(), ch["path"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(kinds.iter().all(|(t, _)| t != "renamed" && t != "moved"), "{kinds:?}");
+    let new = env.must(&c, "new.txt").await;
+    assert_ne!(new["id"].as_str().unwrap(), old_id, "a new file is a new ScaiDrive file");
+    assert!(env.trash(&c).await.iter().any(|t| t["id"].as_str() == Some(old_id.as_str())), "old.txt is in trash");
+    env.assert_mirrored(&c, "", no_skip).await;
+    env.finish().await;
+}

@@ -653,11 +653,18 @@ impl<'a> Planner<'a> {
             else {
                 continue;
             };
+            // A file found under its id elsewhere is the same file only if its last-write
+            // time is the one synced: file ids are inode numbers on Samba, and a file system
+            // hands them out again, so "deleted, and a new file created" can show the old id
+            // at a new path. A rename keeps the last-write time; a file renamed and edited
+            // between two runs becomes a deletion (to trash) and a creation, which loses no
+            // content, only the link between the two.
             let s_path = if b.smb.file_id != 0 {
                 self.smb_by_id
                     .get(&b.smb.file_id)
                     .map(|k| &self.vs[k])
                     .filter(|s| s.kind == b.kind)
+                    .filter(|s| s.kind == ItemKind::Dir || s.last_write == b.smb.last_write)
                     .map(|s| s.path.clone())
             } else {
                 None
