@@ -4,12 +4,7 @@
 use std::error::Error;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &[
-    "v1/common.proto",
-    "v1/control_plane.proto",
-    "v1/files.proto",
-    "v1/connectivity.proto",
-];
+const PROTOS: &[&str] = &["v1/common.proto", "v1/control_plane.proto", "v1/files.proto", "v1/connectivity.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     // prost-build runs the program named by PROTOC. Build scripts are single-threaded, and this
@@ -23,10 +18,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         // The password must never reach a log: lib.rs implements a redacting Debug instead.
         .skip_debug([".scaidrive.connector.v1.SmbCredentials"])
-        .compile_protos(
-            &PROTOS.iter().map(PathBuf::from).collect::<Vec<_>>(),
-            &[PathBuf::from("."), well_known],
-        )?;
+        .compile_protos(&PROTOS.iter().map(PathBuf::from).collect::<Vec<_>>(), &[PathBuf::from("."), well_known])?;
 
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");

@@ -52,9 +52,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer <token> header"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
+        let value = header.to_str().map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))

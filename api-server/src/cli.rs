@@ -180,7 +180,9 @@ pub async fn run_admin(config: Config, cmd: Command) -> anyhow::Result<()> {
     }
     let state = AppState::open(config).await?;
     let db = &state.db;
-    let e = |e: crate::error::ApiError| anyhow::anyhow!("{}: {}{}", e.code, e.message, e.field.map(|f| format!(" (field {f})")).unwrap_or_default());
+    let e = |e: crate::error::ApiError| {
+        anyhow::anyhow!("{}: {}{}", e.code, e.message, e.field.map(|f| format!(" (field {f})")).unwrap_or_default())
+    };
     match cmd {
         Command::Serve | Command::Secrets(_) => unreachable!("handled elsewhere"),
         Command::Tenants(TenantCmd::Create { name }) => {
@@ -194,12 +196,16 @@ pub async fn run_admin(config: Config, cmd: Command) -> anyhow::Result<()> {
         }
         Command::Users(UserCmd::Create { username, tenant, display_name, email, role }) => {
             let t = accounts::find_tenant(db, &tenant).await.map_err(e)?;
-            let u = accounts::create_user(db, &t.id, accounts::NewUser {
-                username: &username,
-                display_name: display_name.as_deref(),
-                email: email.as_deref(),
-                global_role: role.as_deref(),
-            })
+            let u = accounts::create_user(
+                db,
+                &t.id,
+                accounts::NewUser {
+                    username: &username,
+                    display_name: display_name.as_deref(),
+                    email: email.as_deref(),
+                    global_role: role.as_deref(),
+                },
+            )
             .await
             .map_err(e)?;
             out(user_json(&u));
@@ -298,7 +304,8 @@ async fn run_secrets(config: Config, cmd: SecretsCmd) -> anyhow::Result<()> {
         SecretsCmd::RotateKey { new_key_file } => {
             let new_text = std::fs::read_to_string(&new_key_file)
                 .with_context(|| format!("reading {}", new_key_file.display()))?;
-            let new = SecretBox::parse_key(&new_text).with_context(|| format!("the key in {}", new_key_file.display()))?;
+            let new =
+                SecretBox::parse_key(&new_text).with_context(|| format!("the key in {}", new_key_file.display()))?;
             let db = crate::db::Db::connect(&config.database_url()).await?;
             let (old, source) = SecretBox::load(&config)?;
             let n = crate::store::connectors::rotate_key(&db, &old, &new).await?;
@@ -316,7 +323,9 @@ async fn run_secrets(config: Config, cmd: SecretsCmd) -> anyhow::Result<()> {
                     None
                 }
             };
-            out(json!({"reencrypted": n, "old_key_id": old.key_id(), "new_key_id": new.key_id(), "key_file": installed}));
+            out(
+                json!({"reencrypted": n, "old_key_id": old.key_id(), "new_key_id": new.key_id(), "key_file": installed}),
+            );
         }
     }
     Ok(())
@@ -325,9 +334,8 @@ async fn run_secrets(config: Config, cmd: SecretsCmd) -> anyhow::Result<()> {
 /// First start: creates the default tenant and admin and keeps the admin token in a file
 /// readable only by its owner. Returns the token when it was just created.
 pub async fn bootstrap(state: &AppState) -> anyhow::Result<Option<String>> {
-    let Some((_admin, token)) = accounts::bootstrap(&state.db)
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap: {}", e.message))?
+    let Some((_admin, token)) =
+        accounts::bootstrap(&state.db).await.map_err(|e| anyhow::anyhow!("bootstrap: {}", e.message))?
     else {
         return Ok(None);
     };
@@ -342,12 +350,7 @@ pub fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Res
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }

@@ -52,9 +52,7 @@ impl LocalDirStore {
     pub fn open(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("chunks"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        Ok(Self { root: root.to_path_buf() })
     }
 
     fn path_of(&self, sha256: &str) -> PathBuf {
@@ -96,9 +94,7 @@ impl ContentStore for LocalDirStore {
         }
         match tokio::fs::read(self.path_of(sha256)).await {
             Ok(v) => Ok(Bytes::from(v)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(ContentError::Missing(sha256.to_string()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ContentError::Missing(sha256.to_string())),
             Err(e) => Err(e.into()),
         }
     }
@@ -126,11 +122,7 @@ pub struct Ingested {
 
 /// Reads a byte stream to its end, storing it chunk by chunk, and returns the chunk list and
 /// the whole content's SHA-256. Hashing runs off the async threads. `limit` bounds the total.
-pub async fn ingest<S, E>(
-    store: &dyn ContentStore,
-    mut body: S,
-    limit: Option<u64>,
-) -> Result<Ingested, ContentError>
+pub async fn ingest<S, E>(store: &dyn ContentStore, mut body: S, limit: Option<u64>) -> Result<Ingested, ContentError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -168,11 +160,7 @@ where
     if !buf.is_empty() {
         whole = store_chunk(store, buf.freeze(), whole, &mut chunks).await?;
     }
-    Ok(Ingested {
-        size,
-        sha256: hex::encode(whole.finalize()),
-        chunks,
-    })
+    Ok(Ingested { size, sha256: hex::encode(whole.finalize()), chunks })
 }
 
 async fn store_chunk(
@@ -213,12 +201,7 @@ pub async fn hash_chunks(store: &dyn ContentStore, chunks: &[ChunkRef]) -> Resul
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ContentError>> + Send>>;
 
 /// Streams bytes `[start, end)` of a content made of `chunks`, one chunk in memory at a time.
-pub fn read_range(
-    store: std::sync::Arc<dyn ContentStore>,
-    chunks: Vec<ChunkRef>,
-    start: u64,
-    end: u64,
-) -> ByteStream {
+pub fn read_range(store: std::sync::Arc<dyn ContentStore>, chunks: Vec<ChunkRef>, start: u64, end: u64) -> ByteStream {
     // (chunk, offset of the chunk in the content)
     let mut offset = 0u64;
     let mut parts = Vec::new();

@@ -101,11 +101,10 @@ impl Db {
                 // Several replicas may start at once: one applies, the others wait here.
                 tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE").await?;
             }
-            let done: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(*version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
             if done.is_some() {
                 tx.rollback().await?;
                 continue;

@@ -24,13 +24,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            details: None,
-        }
+        Self { status, code, message: message.into(), field: None, details: None }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -71,11 +65,7 @@ impl ApiError {
     /// Logs the cause and answers 500 without details.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "internal error; the server log has the details",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error; the server log has the details")
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
@@ -136,11 +126,9 @@ impl From<crate::content::ContentError> for ApiError {
             crate::content::ContentError::Body(m) => {
                 ApiError::bad_request("BODY_READ_FAILED", format!("request body could not be read: {m}"))
             }
-            crate::content::ContentError::TooLarge => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PAYLOAD_TOO_LARGE",
-                "the content is larger than allowed",
-            ),
+            crate::content::ContentError::TooLarge => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the content is larger than allowed")
+            }
             other => ApiError::internal(other),
         }
     }

@@ -44,7 +44,9 @@ pub async fn open_queue(config: &crate::Config) -> anyhow::Result<Arc<dyn JobQue
         Some(url) => {
             let mut rc = jobqueue::RabbitConfig::new(url.clone());
             rc.connection_name = "api-server".into();
-            Arc::new(jobqueue::RabbitQueue::connect(rc).await.map_err(|e| anyhow::anyhow!("connecting to RabbitMQ: {e}"))?)
+            Arc::new(
+                jobqueue::RabbitQueue::connect(rc).await.map_err(|e| anyhow::anyhow!("connecting to RabbitMQ: {e}"))?,
+            )
         }
         None => Arc::new(jobqueue::MemoryQueue::new()),
     };
@@ -56,11 +58,8 @@ pub async fn open_queue(config: &crate::Config) -> anyhow::Result<Arc<dyn JobQue
 
 /// Publishes a job's message (confirmed by the broker) and records that it was.
 pub async fn publish_job(state: &AppState, job: &Job) -> ApiResult<()> {
-    let body = serde_json::to_vec(&JobMessage {
-        job_id: job.id.clone(),
-        connector_id: job.connector_id.clone(),
-    })
-    .map_err(ApiError::internal)?;
+    let body = serde_json::to_vec(&JobMessage { job_id: job.id.clone(), connector_id: job.connector_id.clone() })
+        .map_err(ApiError::internal)?;
     state
         .queue
         .publish(JOBS_QUEUE, Message::new(body).with_header("job_id", job.id.clone()))

@@ -113,9 +113,7 @@ impl Running {
 /// Serves the REST API on `addr` and the workers' gRPC service on the configured address
 /// (port 0 picks a free one), and runs the scheduler, until [`Running::stop`].
 pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     let grpc_listener = tokio::net::TcpListener::bind(state.config.grpc_listen)
         .await
@@ -126,9 +124,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let app = http::router(state.clone());
     let s1 = stop.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s1.cancelled().await })
-            .await
+        axum::serve(listener, app).with_graceful_shutdown(async move { s1.cancelled().await }).await
     });
 
     let routes = grpc::router(state.clone(), state.worker_token.to_string());
@@ -160,11 +156,5 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
             }
         }));
     }
-    Ok(Running {
-        addr,
-        grpc_addr,
-        stop,
-        tasks,
-        http,
-    })
+    Ok(Running { addr, grpc_addr, stop, tasks, http })
 }

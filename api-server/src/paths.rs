@@ -24,7 +24,9 @@ pub fn name(field: &str, raw: &str) -> ApiResult<String> {
         return Err(ApiError::validation(field, "a name must not contain '/'").with_code("INVALID_NAME"));
     }
     if n.chars().any(|c| c == '\0' || c.is_control()) {
-        return Err(ApiError::validation(field, "a name must not contain NUL or control characters").with_code("INVALID_NAME"));
+        return Err(
+            ApiError::validation(field, "a name must not contain NUL or control characters").with_code("INVALID_NAME")
+        );
     }
     if n.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::validation(field, format!("a name must be at most {MAX_NAME_CHARS} characters"))
@@ -37,7 +39,8 @@ pub fn name(field: &str, raw: &str) -> ApiResult<String> {
 /// Repeated slashes collapse; `.` and `..` are refused.
 pub fn segments(field: &str, raw: &str) -> ApiResult<Vec<String>> {
     if raw.len() > MAX_PATH_BYTES {
-        return Err(ApiError::validation(field, format!("a path must be at most {MAX_PATH_BYTES} bytes")).with_code("PATH_TOO_LONG"));
+        return Err(ApiError::validation(field, format!("a path must be at most {MAX_PATH_BYTES} bytes"))
+            .with_code("PATH_TOO_LONG"));
     }
     let mut out = Vec::new();
     for seg in raw.split('/') {

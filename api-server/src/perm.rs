@@ -39,11 +39,7 @@ pub fn from_names(names: &[String]) -> Result<i64, String> {
 
 /// Names of the bits set, in ScaiDrive's order.
 pub fn names(bits: i64) -> Vec<String> {
-    NAMES
-        .iter()
-        .filter(|(_, b)| bits & b != 0)
-        .map(|(n, _)| n.to_string())
-        .collect()
+    NAMES.iter().filter(|(_, b)| bits & b != 0).map(|(n, _)| n.to_string()).collect()
 }
 
 pub fn name_of(bit: i64) -> &'static str {
@@ -156,23 +152,12 @@ mod tests {
     use super::*;
 
     fn e(p: Principal, bits: i64, deny: bool, inherit: bool) -> Entry {
-        Entry {
-            principal: p,
-            permissions: bits,
-            deny,
-            inherit_to_children: inherit,
-        }
+        Entry { principal: p, permissions: bits, deny, inherit_to_children: inherit }
     }
     fn lvl(inherit: bool, entries: Vec<Entry>) -> Level {
-        Level {
-            inherit_from_parent: inherit,
-            entries,
-        }
+        Level { inherit_from_parent: inherit, entries }
     }
-    const ALICE: Subject<'static> = Subject {
-        user_id: "usr_a",
-        group_ids: &[],
-    };
+    const ALICE: Subject<'static> = Subject { user_id: "usr_a", group_ids: &[] };
 
     #[test]
     fn names_round_trip_and_unknown_names_are_named() {
@@ -192,19 +177,25 @@ mod tests {
 
     #[test]
     fn deny_overrides_role_and_allow() {
-        let chain = [lvl(true, vec![
-            e(Principal::Everyone, READ | WRITE, false, true),
-            e(Principal::User("usr_a".into()), WRITE, true, true),
-        ])];
+        let chain = [lvl(
+            true,
+            vec![
+                e(Principal::Everyone, READ | WRITE, false, true),
+                e(Principal::User("usr_a".into()), WRITE, true, true),
+            ],
+        )];
         assert_eq!(resolve(Role::Contributor.bits(), &chain, &ALICE), READ | DELETE | CREATE);
     }
 
     #[test]
     fn inherited_entries_count_only_when_inheritable_and_inheriting() {
-        let parent = lvl(true, vec![
-            e(Principal::User("usr_a".into()), SHARE, false, true),
-            e(Principal::User("usr_a".into()), MANAGE_PERMISSIONS, false, false),
-        ]);
+        let parent = lvl(
+            true,
+            vec![
+                e(Principal::User("usr_a".into()), SHARE, false, true),
+                e(Principal::User("usr_a".into()), MANAGE_PERMISSIONS, false, false),
+            ],
+        );
         let child_inherits = [lvl(true, vec![]), parent.clone()];
         assert_eq!(resolve(0, &child_inherits, &ALICE), SHARE);
         let child_protected = [lvl(false, vec![]), parent];
@@ -214,10 +205,7 @@ mod tests {
     #[test]
     fn group_entries_match_members_only() {
         let chain = [lvl(true, vec![e(Principal::Group("grp_f".into()), READ, false, true)])];
-        let member = Subject {
-            user_id: "usr_b",
-            group_ids: &["grp_f".to_string()],
-        };
+        let member = Subject { user_id: "usr_b", group_ids: &["grp_f".to_string()] };
         assert_eq!(resolve(0, &chain, &member), READ);
         assert_eq!(resolve(0, &chain, &ALICE), 0);
     }

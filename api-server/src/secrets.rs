@@ -163,10 +163,7 @@ impl SecretBox {
         h.update(b"scaidrive secret key id\0");
         h.update(key);
         let key_id = hex::encode(&h.finalize()[..8]);
-        SecretBox {
-            cipher: XChaCha20Poly1305::new(key.into()),
-            key_id,
-        }
+        SecretBox { cipher: XChaCha20Poly1305::new(key.into()), key_id }
     }
 
     /// A fresh random key, as the key file holds it (64 hex digits).
@@ -209,7 +206,8 @@ impl SecretBox {
                 );
             }
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading the key file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading the key file {}", path.display()))?;
         let b = SecretBox::parse_key(&text).with_context(|| format!("the key file {}", path.display()))?;
         Ok((b, KeySource::File(path)))
     }
@@ -225,10 +223,7 @@ impl SecretBox {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload {
-                msg: secret.expose().as_bytes(),
-                aad: aad.as_bytes(),
-            })
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.expose().as_bytes(), aad: aad.as_bytes() })
             .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers");
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -252,10 +247,7 @@ impl SecretBox {
             return Err(SecretError::Malformed);
         };
         if key_id != self.key_id {
-            return Err(SecretError::WrongKey {
-                found: key_id.to_string(),
-                configured: self.key_id.clone(),
-            });
+            return Err(SecretError::WrongKey { found: key_id.to_string(), configured: self.key_id.clone() });
         }
         let raw = hex::decode(body).map_err(|_| SecretError::Malformed)?;
         if raw.len() < NONCE_LEN + 16 {

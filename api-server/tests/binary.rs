@@ -30,7 +30,14 @@ fn free_port() -> u16 {
 fn start(dir: &std::path::Path) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grpc-listen", "127.0.0.1:0"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -95,7 +102,8 @@ fn first_start_writes_a_private_admin_token_and_the_cli_manages_accounts() {
     assert_eq!(me["shares"][0]["name"], "Finance");
 
     // Bad CLI input is a clear error, not a panic.
-    let out = Command::new(BIN).arg("--data-dir").arg(dir.path()).args(["users", "create", "bad name"]).output().unwrap();
+    let out =
+        Command::new(BIN).arg("--data-dir").arg(dir.path()).args(["users", "create", "bad name"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("VALIDATION_FAILED"));
 }
@@ -203,8 +211,11 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
     let share: serde_json::Value = post("/api/v1/shares", serde_json::json!({"name": "S"})).json().unwrap();
     let mut ids = Vec::new();
     for name in ["a", "b"] {
-        let resp = post("/api/v1/smb-connectors", serde_json::json!({"name": name, "server_host": "fs01",
-            "share_name": "D", "username": "svc", "password": PASSWORD, "target_share_id": share["id"]}));
+        let resp = post(
+            "/api/v1/smb-connectors",
+            serde_json::json!({"name": name, "server_host": "fs01",
+            "share_name": "D", "username": "svc", "password": PASSWORD, "target_share_id": share["id"]}),
+        );
         assert_eq!(resp.status(), 201);
         let c: serde_json::Value = resp.json().unwrap();
         ids.push(c["id"].as_str().unwrap().to_string());
@@ -225,7 +236,13 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
     let key_file = dir.path().join("secret.key");
     let old_key = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
     let cli = |args: &[&str]| {
-        Command::new(BIN).arg("--data-dir").arg(dir.path()).args(args).env_remove("SCAIDRIVE_SECRET_KEY").output().unwrap()
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("SCAIDRIVE_SECRET_KEY")
+            .output()
+            .unwrap()
     };
     let new_file = dir.path().join("new.key");
     let out = cli(&["secrets", "generate-key", "--out", new_file.to_str().unwrap()]);
@@ -272,7 +289,14 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
 
     // A server given the old key refuses to start and says why.
     let out = Command::new(BIN)
-        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port()), "--grpc-listen", "127.0.0.1:0"])
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .env("SCAIDRIVE_SECRET_KEY", &old_key)
         .output()
         .unwrap();
@@ -281,10 +305,7 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
     // With the installed new key it serves the connectors as before.
     let srv = start(dir.path());
     assert_eq!(srv.token, token);
-    let resp = http
-        .get(format!("{}/api/v1/smb-connectors/{}", srv.url, ids[0]))
-        .bearer_auth(&srv.token)
-        .send()
-        .unwrap();
+    let resp =
+        http.get(format!("{}/api/v1/smb-connectors/{}", srv.url, ids[0])).bearer_auth(&srv.token).send().unwrap();
     assert_eq!(resp.status(), 200);
 }

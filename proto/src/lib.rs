@@ -99,15 +99,8 @@ pub fn error_detail(status: &tonic::Status) -> Option<v1::ErrorDetail> {
         }
     }
     let (code, message) = status.message().split_once(": ")?;
-    let is_code = !code.is_empty()
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    is_code.then(|| v1::ErrorDetail {
-        code: code.to_owned(),
-        message: message.to_owned(),
-        ..Default::default()
-    })
+    let is_code = !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    is_code.then(|| v1::ErrorDetail { code: code.to_owned(), message: message.to_owned(), ..Default::default() })
 }
 
 #[cfg(test)]
@@ -146,9 +139,7 @@ mod tests {
         let decoded = v1::ClaimJobResponse::decode(spec.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, spec);
 
-        let chunk = v1::UploadRequest {
-            part: Some(v1::upload_request::Part::Chunk(vec![0, 1, 2, 255])),
-        };
+        let chunk = v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(vec![0, 1, 2, 255])) };
         assert_eq!(v1::UploadRequest::decode(&*chunk.encode_to_vec()).unwrap(), chunk);
 
         let result = v1::TestConnectionResult {
@@ -165,11 +156,7 @@ mod tests {
 
     #[test]
     fn debug_never_prints_the_password() {
-        let creds = v1::SmbCredentials {
-            domain: "CORP".into(),
-            username: "svc".into(),
-            password: "hunter2".into(),
-        };
+        let creds = v1::SmbCredentials { domain: "CORP".into(), username: "svc".into(), password: "hunter2".into() };
         let config = v1::ConnectorConfig { credentials: Some(creds), ..Default::default() };
         let printed = format!("{config:?}");
         assert!(printed.contains("svc") && printed.contains("***"));
@@ -211,13 +198,7 @@ mod tests {
         let _ = v1::file_service_client::FileServiceClient::<tonic::transport::Channel>::new;
 
         use tonic::server::NamedService;
-        assert_eq!(
-            v1::control_plane_server::ControlPlaneServer::<()>::NAME,
-            "scaidrive.connector.v1.ControlPlane"
-        );
-        assert_eq!(
-            v1::file_service_server::FileServiceServer::<()>::NAME,
-            "scaidrive.connector.v1.FileService"
-        );
+        assert_eq!(v1::control_plane_server::ControlPlaneServer::<()>::NAME, "scaidrive.connector.v1.ControlPlane");
+        assert_eq!(v1::file_service_server::FileServiceServer::<()>::NAME, "scaidrive.connector.v1.FileService");
     }
 }

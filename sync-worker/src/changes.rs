@@ -119,9 +119,7 @@ impl DriveView {
         // the target any more.
         let covers_root = |abs: &str| !abs.is_empty() && root.is_at_or_below(abs);
         let gone = (ty == v1::ChangeType::Deleted && covers_root(&node.path))
-            || (covers_root(&c.previous_path)
-                && !root.is_root(&node.path)
-                && !covers_root(&node.path));
+            || (covers_root(&c.previous_path) && !root.is_root(&node.path) && !covers_root(&node.path));
         if gone {
             let all: Vec<RelPath> = self.snapshot.items.keys().cloned().collect();
             self.touched.extend(all);
@@ -138,10 +136,7 @@ impl DriveView {
         if let Some(p) = &new_rel {
             self.touched.insert(p.clone());
         }
-        let previous = old_rel
-            .as_ref()
-            .and_then(|p| self.snapshot.items.get(p))
-            .cloned();
+        let previous = old_rel.as_ref().and_then(|p| self.snapshot.items.get(p)).cloned();
 
         match ty {
             v1::ChangeType::Deleted => {
@@ -158,13 +153,7 @@ impl DriveView {
                 }
                 for it in items {
                     self.touched.insert(it.path.clone());
-                    self.snapshot.trashed.insert(
-                        it.node_id.clone(),
-                        TrashedItem {
-                            item: it,
-                            restorable: false,
-                        },
-                    );
+                    self.snapshot.trashed.insert(it.node_id.clone(), TrashedItem { item: it, restorable: false });
                 }
             }
             _ => {
@@ -178,9 +167,7 @@ impl DriveView {
                         if !sub.is_empty() {
                             sub.remove(0);
                         }
-                        sub.into_iter()
-                            .map(|it| (old.clone(), it))
-                            .collect::<Vec<_>>()
+                        sub.into_iter().map(|it| (old.clone(), it)).collect::<Vec<_>>()
                     }
                     (Some(old), _) => {
                         if Some(old) != new_rel.as_ref() {
@@ -200,9 +187,7 @@ impl DriveView {
                 let mut item = drive_item(rel.clone(), node);
                 if node.modified_at.is_none() {
                     match previous.as_ref() {
-                        Some(prev) if prev.version_id == item.version_id => {
-                            item.modified_at = prev.modified_at
-                        }
+                        Some(prev) if prev.version_id == item.version_id => item.modified_at = prev.modified_at,
                         _ if kind == ItemKind::File => {
                             self.needs_stat.insert(id.clone());
                         }
@@ -229,13 +214,8 @@ impl DriveView {
     /// Sets `restorable` on trashed items (their former parent is live) and returns the
     /// snapshot.
     pub fn finish(mut self) -> DriveSnapshot {
-        let live_dirs: BTreeSet<RelPath> = self
-            .snapshot
-            .items
-            .values()
-            .filter(|i| i.kind == ItemKind::Dir)
-            .map(|i| i.path.clone())
-            .collect();
+        let live_dirs: BTreeSet<RelPath> =
+            self.snapshot.items.values().filter(|i| i.kind == ItemKind::Dir).map(|i| i.path.clone()).collect();
         for t in self.snapshot.trashed.values_mut() {
             t.restorable = match t.item.path.parent() {
                 None => true,
@@ -280,11 +260,7 @@ mod tests {
             id: id.into(),
             path: path.into(),
             name: path.rsplit('/').next().unwrap().into(),
-            kind: if folder {
-                v1::NodeKind::Folder
-            } else {
-                v1::NodeKind::File
-            } as i32,
+            kind: if folder { v1::NodeKind::Folder } else { v1::NodeKind::File } as i32,
             current_version_id: version.into(),
             size: if folder { 0 } else { 3 },
             ..Default::default()
@@ -292,29 +268,14 @@ mod tests {
     }
 
     fn change(ty: v1::ChangeType, n: v1::Node, previous: &str) -> v1::Change {
-        v1::Change {
-            r#type: ty as i32,
-            node: Some(n),
-            previous_path: previous.into(),
-            ..Default::default()
-        }
+        v1::Change { r#type: ty as i32, node: Some(n), previous_path: previous.into(), ..Default::default() }
     }
 
     fn state(path: &str, id: &str, folder: bool, version: &str) -> SyncedState {
         SyncedState {
             path: p(path),
-            kind: if folder {
-                ItemKind::Dir
-            } else {
-                ItemKind::File
-            },
-            smb: SmbSide {
-                file_id: 1,
-                size: 0,
-                last_write: FileTime(5),
-                change_time: FileTime(5),
-                sha256: None,
-            },
+            kind: if folder { ItemKind::Dir } else { ItemKind::File },
+            smb: SmbSide { file_id: 1, size: 0, last_write: FileTime(5), change_time: FileTime(5), sha256: None },
             drive: DriveSide {
                 node_id: NodeId(id.into()),
                 version_id: (!version.is_empty()).then(|| VersionId(version.into())),
@@ -327,11 +288,7 @@ mod tests {
     }
 
     fn paths(v: &DriveView) -> Vec<(String, String)> {
-        v.snapshot
-            .items
-            .values()
-            .map(|i| (i.path.to_string(), i.node_id.0.clone()))
-            .collect()
+        v.snapshot.items.values().map(|i| (i.path.to_string(), i.node_id.0.clone())).collect()
     }
 
     fn base() -> BaseState {
@@ -349,14 +306,7 @@ mod tests {
     fn a_moved_folder_re_paths_its_descendants() {
         let root = DriveRoot::new("/T");
         let mut v = DriveView::from_base(&base());
-        v.apply(
-            &root,
-            &[change(
-                v1::ChangeType::Moved,
-                node("fld_d", "/T/docs2/renamed", true, ""),
-                "/T/docs",
-            )],
-        );
+        v.apply(&root, &[change(v1::ChangeType::Moved, node("fld_d", "/T/docs2/renamed", true, ""), "/T/docs")]);
         assert_eq!(
             paths(&v),
             vec![
@@ -369,44 +319,21 @@ mod tests {
             ]
         );
         // Descendants keep what the log did not change.
-        assert_eq!(
-            v.get(&NodeId("fil_b".into())).unwrap().modified_at,
-            FileTime(77)
-        );
+        assert_eq!(v.get(&NodeId("fil_b".into())).unwrap().modified_at, FileTime(77));
         assert!(v.needs_stat.is_empty());
-        assert!(
-            v.touched.contains(&p("docs/sub/b.txt"))
-                && v.touched.contains(&p("docs2/renamed/sub/b.txt"))
-        );
+        assert!(v.touched.contains(&p("docs/sub/b.txt")) && v.touched.contains(&p("docs2/renamed/sub/b.txt")));
     }
 
     #[test]
     fn a_folder_moved_out_of_the_target_disappears_with_its_subtree() {
         let root = DriveRoot::new("/T");
         let mut v = DriveView::from_base(&base());
-        v.apply(
-            &root,
-            &[change(
-                v1::ChangeType::Moved,
-                node("fld_d", "/Elsewhere/docs", true, ""),
-                "/T/docs",
-            )],
-        );
-        assert_eq!(
-            paths(&v),
-            vec![
-                ("docs2".into(), "fld_x".into()),
-                ("top.txt".into(), "fil_t".into())
-            ]
-        );
+        v.apply(&root, &[change(v1::ChangeType::Moved, node("fld_d", "/Elsewhere/docs", true, ""), "/T/docs")]);
+        assert_eq!(paths(&v), vec![("docs2".into(), "fld_x".into()), ("top.txt".into(), "fil_t".into())]);
         // ... and one moved in appears (its content is unknown until listed: a new node).
         v.apply(
             &root,
-            &[change(
-                v1::ChangeType::Moved,
-                node("fil_n", "/T/docs2/n.txt", false, "ver_9"),
-                "/Other/n.txt",
-            )],
+            &[change(v1::ChangeType::Moved, node("fil_n", "/T/docs2/n.txt", false, "ver_9"), "/Other/n.txt")],
         );
         assert!(v.snapshot.items.contains_key(&p("docs2/n.txt")));
         assert!(v.needs_stat.contains(&NodeId("fil_n".into())));
@@ -419,22 +346,9 @@ mod tests {
         let mut del = node("fld_d", "/docs", true, "");
         del.deleted = true;
         v.apply(&root, &[change(v1::ChangeType::Deleted, del, "")]);
-        assert_eq!(
-            paths(&v),
-            vec![
-                ("docs2".into(), "fld_x".into()),
-                ("top.txt".into(), "fil_t".into())
-            ]
-        );
+        assert_eq!(paths(&v), vec![("docs2".into(), "fld_x".into()), ("top.txt".into(), "fil_t".into())]);
         assert_eq!(v.snapshot.trashed.len(), 4);
-        v.apply(
-            &root,
-            &[change(
-                v1::ChangeType::Restored,
-                node("fil_a", "/docs/a.txt", false, "ver_1"),
-                "",
-            )],
-        );
+        v.apply(&root, &[change(v1::ChangeType::Restored, node("fil_a", "/docs/a.txt", false, "ver_1"), "")]);
         // Restored under a folder that is still trashed in this view: no parent live yet.
         let snap = v.finish();
         assert!(snap.items.contains_key(&p("docs/a.txt")));
@@ -450,77 +364,34 @@ mod tests {
         v.apply(
             &root,
             &[
-                change(
-                    v1::ChangeType::Updated,
-                    node("fil_t", "/T/top.txt", false, "ver_4"),
-                    "",
-                ),
-                change(
-                    v1::ChangeType::Renamed,
-                    node("fil_a", "/T/docs/A2.txt", false, "ver_1"),
-                    "/T/docs/a.txt",
-                ),
-                change(
-                    v1::ChangeType::Created,
-                    node("fil_c", "/T/docs/a.txt", false, "ver_5"),
-                    "",
-                ),
-                change(
-                    v1::ChangeType::Created,
-                    node("fil_o", "/Outside/x.txt", false, "ver_6"),
-                    "",
-                ),
+                change(v1::ChangeType::Updated, node("fil_t", "/T/top.txt", false, "ver_4"), ""),
+                change(v1::ChangeType::Renamed, node("fil_a", "/T/docs/A2.txt", false, "ver_1"), "/T/docs/a.txt"),
+                change(v1::ChangeType::Created, node("fil_c", "/T/docs/a.txt", false, "ver_5"), ""),
+                change(v1::ChangeType::Created, node("fil_o", "/Outside/x.txt", false, "ver_6"), ""),
             ],
         );
         let t = v.get(&NodeId("fil_t".into())).unwrap();
         assert_eq!(t.version_id, Some(VersionId("ver_4".into())));
         assert!(v.needs_stat.contains(&NodeId("fil_t".into())));
-        assert_eq!(
-            v.get(&NodeId("fil_a".into())).unwrap().path,
-            p("docs/A2.txt")
-        );
-        assert_eq!(
-            v.get(&NodeId("fil_a".into())).unwrap().modified_at,
-            FileTime(77)
-        );
-        assert_eq!(
-            v.get(&NodeId("fil_c".into())).unwrap().path,
-            p("docs/a.txt")
-        );
+        assert_eq!(v.get(&NodeId("fil_a".into())).unwrap().path, p("docs/A2.txt"));
+        assert_eq!(v.get(&NodeId("fil_a".into())).unwrap().modified_at, FileTime(77));
+        assert_eq!(v.get(&NodeId("fil_c".into())).unwrap().path, p("docs/a.txt"));
         assert!(v.get(&NodeId("fil_o".into())).is_none());
         // A Stat fills the missing time.
         let mut n = node("fil_t", "/T/top.txt", false, "ver_4");
-        n.modified_at = Some(prost_types::Timestamp {
-            seconds: 10,
-            nanos: 0,
-        });
+        n.modified_at = Some(prost_types::Timestamp { seconds: 10, nanos: 0 });
         v.refresh(&root, &n);
         assert_eq!(v.needs_stat.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(), vec!["fil_c"]);
-        assert_eq!(
-            v.get(&NodeId("fil_t".into())).unwrap().modified_at,
-            FileTime::from_unix(10, 0)
-        );
+        assert_eq!(v.get(&NodeId("fil_t".into())).unwrap().modified_at, FileTime::from_unix(10, 0));
     }
 
     #[test]
     fn replaying_a_suffix_twice_converges() {
         let root = DriveRoot::new("/T");
         let log = [
-            change(
-                v1::ChangeType::Moved,
-                node("fld_s", "/T/sub", true, ""),
-                "/T/docs/sub",
-            ),
-            change(
-                v1::ChangeType::Renamed,
-                node("fld_s", "/T/sub2", true, ""),
-                "/T/sub",
-            ),
-            change(
-                v1::ChangeType::Updated,
-                node("fil_b", "/T/sub2/b.txt", false, "ver_7"),
-                "",
-            ),
+            change(v1::ChangeType::Moved, node("fld_s", "/T/sub", true, ""), "/T/docs/sub"),
+            change(v1::ChangeType::Renamed, node("fld_s", "/T/sub2", true, ""), "/T/sub"),
+            change(v1::ChangeType::Updated, node("fil_b", "/T/sub2/b.txt", false, "ver_7"), ""),
         ];
         let mut once = DriveView::from_base(&base());
         once.apply(&root, &log);
@@ -548,18 +419,8 @@ mod tests {
         gone.deleted = true;
         let v = DriveView::from_listing(
             &root,
-            [
-                node("fld_d", "/T/docs", true, ""),
-                node("fil_a", "/T/docs/a.txt", false, "ver_1"),
-                gone,
-            ],
+            [node("fld_d", "/T/docs", true, ""), node("fil_a", "/T/docs/a.txt", false, "ver_1"), gone],
         );
-        assert_eq!(
-            paths(&v),
-            vec![
-                ("docs".into(), "fld_d".into()),
-                ("docs/a.txt".into(), "fil_a".into())
-            ]
-        );
+        assert_eq!(paths(&v), vec![("docs".into(), "fld_d".into()), ("docs/a.txt".into(), "fil_a".into())]);
     }
 }

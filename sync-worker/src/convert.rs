@@ -6,8 +6,7 @@
 use proto::v1;
 use smb_layer::DirEntry;
 use sync_engine::{
-    DriveItem, DriveSide, FileTime, ItemKind, NodeId, RelPath, Sha256, SmbItem, SmbSide,
-    SyncedState, VersionId,
+    DriveItem, DriveSide, FileTime, ItemKind, NodeId, RelPath, Sha256, SmbItem, SmbSide, SyncedState, VersionId,
 };
 
 /// Engine time of a protobuf timestamp (unset = 0).
@@ -24,10 +23,7 @@ pub fn ts_of_ft(t: FileTime) -> Option<prost_types::Timestamp> {
         return None;
     }
     let (seconds, nanos) = t.to_unix();
-    Some(prost_types::Timestamp {
-        seconds,
-        nanos: nanos as i32,
-    })
+    Some(prost_types::Timestamp { seconds, nanos: nanos as i32 })
 }
 
 /// The sync root inside the SMB share (`base_path`, share-relative, `/`-separated).
@@ -44,10 +40,7 @@ pub struct SmbRoot {
 impl SmbRoot {
     /// From `SmbEndpoint.base_path` (leading/trailing slashes and backslashes tolerated).
     pub fn new(base_path: &str) -> Self {
-        SmbRoot {
-            root: smb_layer::path::normalize(&base_path.replace('\\', "/")),
-            spellings: Default::default(),
-        }
+        SmbRoot { root: smb_layer::path::normalize(&base_path.replace('\\', "/")), spellings: Default::default() }
     }
     /// The root itself, share-relative (`""` for the share root).
     pub fn as_str(&self) -> &str {
@@ -75,11 +68,8 @@ impl SmbRoot {
     /// The sync-root-relative path of a share-relative path strictly below the root.
     pub fn rel(&self, share_path: &str) -> Option<RelPath> {
         let p = smb_layer::path::normalize(share_path);
-        let rest = if self.root.is_empty() {
-            p.as_str()
-        } else {
-            p.strip_prefix(self.root.as_str())?.strip_prefix('/')?
-        };
+        let rest =
+            if self.root.is_empty() { p.as_str() } else { p.strip_prefix(self.root.as_str())?.strip_prefix('/')? };
         let rel = RelPath::new(rest).ok()?;
         if rel.as_str() != rest {
             self.spellings
@@ -98,11 +88,7 @@ pub struct DriveRoot(String);
 impl DriveRoot {
     /// From `ConnectorConfig.target_path` (`"/"`, `"/From Fileserver"`).
     pub fn new(target_path: &str) -> Self {
-        let inner = target_path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("/");
+        let inner = target_path.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("/");
         DriveRoot(format!("/{inner}"))
     }
     /// `"/"` or `"/a/b"`.
@@ -152,11 +138,7 @@ impl DriveRoot {
 pub fn smb_item(rel: RelPath, e: &DirEntry) -> SmbItem {
     SmbItem {
         path: rel,
-        kind: if e.is_dir {
-            ItemKind::Dir
-        } else {
-            ItemKind::File
-        },
+        kind: if e.is_dir { ItemKind::Dir } else { ItemKind::File },
         size: if e.is_dir { 0 } else { e.size },
         last_write: FileTime(e.last_write_time.0),
         change_time: FileTime(e.change_time.0),
@@ -195,18 +177,10 @@ pub fn drive_item(rel: RelPath, n: &v1::Node) -> DriveItem {
         path: rel,
         kind,
         node_id: NodeId(n.id.clone()),
-        version_id: if kind == ItemKind::File {
-            opt_str(&n.current_version_id).map(VersionId)
-        } else {
-            None
-        },
+        version_id: if kind == ItemKind::File { opt_str(&n.current_version_id).map(VersionId) } else { None },
         size: if kind == ItemKind::File { n.size } else { 0 },
         modified_at: ft_of_ts(n.modified_at.as_ref()),
-        sha256: if kind == ItemKind::File {
-            Sha256::from_hex(&n.sha256)
-        } else {
-            None
-        },
+        sha256: if kind == ItemKind::File { Sha256::from_hex(&n.sha256) } else { None },
     }
 }
 
@@ -221,9 +195,7 @@ pub fn synced_of_proto(s: &v1::FileState) -> Option<SyncedState> {
     }
     let ok = matches!(
         v1::FileSyncStatus::try_from(s.status),
-        Ok(v1::FileSyncStatus::Synced
-            | v1::FileSyncStatus::ConflictResolved
-            | v1::FileSyncStatus::Error)
+        Ok(v1::FileSyncStatus::Synced | v1::FileSyncStatus::ConflictResolved | v1::FileSyncStatus::Error)
     );
     if !ok {
         return None;
@@ -265,11 +237,7 @@ pub fn smb_state(s: &SmbSide) -> v1::SmbItemState {
 pub fn drive_state(d: &DriveSide) -> v1::ScaiDriveItemState {
     v1::ScaiDriveItemState {
         node_id: d.node_id.0.clone(),
-        version_id: d
-            .version_id
-            .as_ref()
-            .map(|v| v.0.clone())
-            .unwrap_or_default(),
+        version_id: d.version_id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
         size: d.size,
         modified_at: ts_of_ft(d.modified_at),
         sha256: d.sha256.map(|h| h.to_hex()).unwrap_or_default(),
@@ -343,10 +311,7 @@ mod tests {
 
     #[test]
     fn times_round_trip() {
-        let ts = prost_types::Timestamp {
-            seconds: 1_776_938_400,
-            nanos: 123_456_700,
-        };
+        let ts = prost_types::Timestamp { seconds: 1_776_938_400, nanos: 123_456_700 };
         assert_eq!(ts_of_ft(ft_of_ts(Some(&ts))), Some(ts));
         assert_eq!(ts_of_ft(FileTime(0)), None);
     }
@@ -354,8 +319,7 @@ mod tests {
     #[test]
     fn nt_status_is_found_in_smb_messages() {
         assert_eq!(
-            nt_status_in("sharing violation (file in use or locked): a (NT status 0xC0000043)")
-                .as_deref(),
+            nt_status_in("sharing violation (file in use or locked): a (NT status 0xC0000043)").as_deref(),
             Some("0xC0000043")
         );
         assert_eq!(nt_status_in("nothing"), None);

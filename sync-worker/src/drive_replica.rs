@@ -14,8 +14,8 @@ use futures::StreamExt;
 use proto::v1;
 use sha2::Digest;
 use sync_engine::{
-    codes, ByteStream, Committed, DownloadHead, DriveItem, DriveReplica, FileTime, NodeId, RelPath,
-    ReplicaError, Sha256, UploadSpec, VersionId,
+    codes, ByteStream, Committed, DownloadHead, DriveItem, DriveReplica, FileTime, NodeId, RelPath, ReplicaError,
+    Sha256, UploadSpec, VersionId,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,13 +45,7 @@ impl DriveTarget {
         target_path: &str,
         lease_lost: CancellationToken,
     ) -> Self {
-        DriveTarget {
-            rpc,
-            lease,
-            share_id: share_id.into(),
-            root: DriveRoot::new(target_path),
-            lease_lost,
-        }
+        DriveTarget { rpc, lease, share_id: share_id.into(), root: DriveRoot::new(target_path), lease_lost }
     }
 
     /// The root.
@@ -64,9 +58,7 @@ impl DriveTarget {
     }
 
     fn path_ref(p: String) -> Option<v1::NodeRef> {
-        Some(v1::NodeRef {
-            r#ref: Some(v1::node_ref::Ref::Path(p)),
-        })
+        Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path(p)) })
     }
 
     /// The replica error of a failed call; a lease refusal also cancels the run.
@@ -85,20 +77,14 @@ impl DriveTarget {
         let rel = self.root.rel(&n.path).ok_or_else(|| {
             ReplicaError::new(
                 "OUTSIDE_TARGET",
-                format!(
-                    "ScaiDrive node {} is at {}, outside the target folder",
-                    n.id, n.path
-                ),
+                format!("ScaiDrive node {} is at {}, outside the target folder", n.id, n.path),
             )
         })?;
         Ok(drive_item(rel, n))
     }
 
     fn precondition(base: Option<&VersionId>) -> Option<v1::Precondition> {
-        base.map(|v| v1::Precondition {
-            base_version_id: v.0.clone(),
-            etag: String::new(),
-        })
+        base.map(|v| v1::Precondition { base_version_id: v.0.clone(), etag: String::new() })
     }
 
     /// Creates the target folder (and its parents) if missing.
@@ -106,16 +92,8 @@ impl DriveTarget {
         if self.root.is_share_root() {
             return Ok(());
         }
-        let (parent, name) = self
-            .root
-            .as_str()
-            .rsplit_once('/')
-            .unwrap_or(("", self.root.as_str()));
-        let parent = if parent.is_empty() {
-            "/".to_string()
-        } else {
-            parent.to_string()
-        };
+        let (parent, name) = self.root.as_str().rsplit_once('/').unwrap_or(("", self.root.as_str()));
+        let parent = if parent.is_empty() { "/".to_string() } else { parent.to_string() };
         let fs = self.rpc.fs.clone();
         let req = v1::CreateFolderRequest {
             lease: self.lease(),
@@ -160,9 +138,7 @@ impl DriveTarget {
         let req = v1::StatRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node: Some(v1::NodeRef {
-                r#ref: Some(v1::node_ref::Ref::NodeId(id.to_string())),
-            }),
+            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::NodeId(id.to_string())) }),
         };
         match call_retrying(&self.lease_lost, self.rpc.timeout, 3, || {
             let (mut c, r) = (fs.clone(), req.clone());
@@ -204,11 +180,7 @@ impl DriveTarget {
     }
 
     /// The change log after `cursor`, page by page; returns the cursor after the last change.
-    pub async fn list_changes(
-        &self,
-        cursor: &str,
-        mut each: impl FnMut(Vec<v1::Change>),
-    ) -> Result<String, RpcError> {
+    pub async fn list_changes(&self, cursor: &str, mut each: impl FnMut(Vec<v1::Change>)) -> Result<String, RpcError> {
         let fs = self.rpc.fs.clone();
         let mut cursor = cursor.to_string();
         loop {
@@ -255,9 +227,7 @@ async fn feed(
         }
         while !b.is_empty() {
             let part = b.split_to(b.len().min(UPLOAD_CHUNK));
-            let msg = v1::UploadRequest {
-                part: Some(v1::upload_request::Part::Chunk(part.to_vec())),
-            };
+            let msg = v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(part.to_vec())) };
             tx.send(msg).await.map_err(|_| None)?;
         }
     }
@@ -293,11 +263,7 @@ impl DriveReplica for DriveTarget {
             sha256: spec.sha256.to_hex(),
             modified_at: ts_of_ft(spec.modified_at),
             created_at: None,
-            base_version_id: spec
-                .base_version_id
-                .as_ref()
-                .map(|v| v.0.clone())
-                .unwrap_or_default(),
+            base_version_id: spec.base_version_id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
             create_parents: true,
         };
         // The source is fed through a small channel: memory holds a few chunks at most. If the
@@ -309,9 +275,7 @@ impl DriveReplica for DriveTarget {
         let expect_sha = spec.sha256;
         let path = spec.path.clone();
         let feeder = tokio::spawn(async move {
-            let first = v1::UploadRequest {
-                part: Some(v1::upload_request::Part::Header(header)),
-            };
+            let first = v1::UploadRequest { part: Some(v1::upload_request::Part::Header(header)) };
             if tx.send(first).await.is_err() {
                 return;
             }
@@ -335,20 +299,11 @@ impl DriveReplica for DriveTarget {
         };
         feeder.abort();
         let resp = result?;
-        let node = resp
-            .node
-            .ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "upload reply without a node"))?;
-        Ok(Committed {
-            item: self.item(&node)?,
-            unchanged: resp.unchanged,
-        })
+        let node = resp.node.ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "upload reply without a node"))?;
+        Ok(Committed { item: self.item(&node)?, unchanged: resp.unchanged })
     }
 
-    async fn create_folder(
-        &self,
-        path: &RelPath,
-        modified_at: FileTime,
-    ) -> Result<DriveItem, ReplicaError> {
+    async fn create_folder(&self, path: &RelPath, modified_at: FileTime) -> Result<DriveItem, ReplicaError> {
         let fs = self.rpc.fs.clone();
         let req = v1::CreateFolderRequest {
             lease: self.lease(),
@@ -365,9 +320,8 @@ impl DriveReplica for DriveTarget {
         })
         .await
         .map_err(|e| self.error(e))?;
-        let node = resp.node.ok_or_else(|| {
-            ReplicaError::new("PROTOCOL_ERROR", "create-folder reply without a node")
-        })?;
+        let node =
+            resp.node.ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "create-folder reply without a node"))?;
         self.item(&node)
     }
 
@@ -395,11 +349,7 @@ impl DriveReplica for DriveTarget {
         self.item(&n)
     }
 
-    async fn trash(
-        &self,
-        node: &NodeId,
-        base_version_id: Option<&VersionId>,
-    ) -> Result<(), ReplicaError> {
+    async fn trash(&self, node: &NodeId, base_version_id: Option<&VersionId>) -> Result<(), ReplicaError> {
         let fs = self.rpc.fs.clone();
         let req = v1::DeleteRequest {
             lease: self.lease(),
@@ -416,11 +366,7 @@ impl DriveReplica for DriveTarget {
         Ok(())
     }
 
-    async fn restore(
-        &self,
-        node: &NodeId,
-        version: Option<&VersionId>,
-    ) -> Result<DriveItem, ReplicaError> {
+    async fn restore(&self, node: &NodeId, version: Option<&VersionId>) -> Result<DriveItem, ReplicaError> {
         let fs = self.rpc.fs.clone();
         let req = v1::RestoreRequest {
             lease: self.lease(),
@@ -447,85 +393,61 @@ impl DriveReplica for DriveTarget {
         let req = v1::DownloadRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node: Some(v1::NodeRef {
-                r#ref: Some(v1::node_ref::Ref::NodeId(node.0.clone())),
-            }),
+            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::NodeId(node.0.clone())) }),
             version_id: version.map(|v| v.0.clone()).unwrap_or_default(),
             offset: 0,
             length: 0,
         };
-        let mut stream = crate::rpc::call(&self.lease_lost, self.rpc.timeout, fs.download(req))
-            .await
-            .map_err(|e| self.error(e))?;
+        let mut stream =
+            crate::rpc::call(&self.lease_lost, self.rpc.timeout, fs.download(req)).await.map_err(|e| self.error(e))?;
         let first = tokio::time::timeout(self.rpc.timeout, stream.message())
             .await
-            .map_err(|_| {
-                ReplicaError::new("CONTROL_PLANE_UNAVAILABLE", "no download header in time")
-            })?
+            .map_err(|_| ReplicaError::new("CONTROL_PLANE_UNAVAILABLE", "no download header in time"))?
             .map_err(|s| self.error(RpcError::from_status(s)))?;
         let head = match first.and_then(|m| m.part) {
             Some(v1::download_response::Part::Header(h)) => h,
-            _ => {
-                return Err(ReplicaError::new(
-                    "PROTOCOL_ERROR",
-                    "download did not start with a header",
-                ))
-            }
+            _ => return Err(ReplicaError::new("PROTOCOL_ERROR", "download did not start with a header")),
         };
-        let sha = Sha256::from_hex(&head.sha256).ok_or_else(|| {
-            ReplicaError::new("PROTOCOL_ERROR", "download header without a SHA-256")
-        })?;
-        let dh = DownloadHead {
-            version_id: VersionId(head.version_id.clone()),
-            size: head.size,
-            sha256: sha,
-        };
+        let sha = Sha256::from_hex(&head.sha256)
+            .ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "download header without a SHA-256"))?;
+        let dh = DownloadHead { version_id: VersionId(head.version_id.clone()), size: head.size, sha256: sha };
         let me = Arc::new(self.clone());
         let size = head.size;
         // Verify while streaming: the last item is an error unless size and digest match.
         let state = (stream, sha2::Sha256::new(), 0u64, false, me);
-        let body = futures::stream::unfold(
-            state,
-            move |(mut s, mut h, mut n, done, me)| async move {
-                if done {
-                    return None;
+        let body = futures::stream::unfold(state, move |(mut s, mut h, mut n, done, me)| async move {
+            if done {
+                return None;
+            }
+            match s.message().await {
+                Ok(Some(v1::DownloadResponse { part: Some(v1::download_response::Part::Chunk(c)) })) => {
+                    h.update(&c);
+                    n += c.len() as u64;
+                    Some((Ok(Bytes::from(c)), (s, h, n, false, me)))
                 }
-                match s.message().await {
-                    Ok(Some(v1::DownloadResponse {
-                        part: Some(v1::download_response::Part::Chunk(c)),
-                    })) => {
-                        h.update(&c);
-                        n += c.len() as u64;
-                        Some((Ok(Bytes::from(c)), (s, h, n, false, me)))
-                    }
-                    Ok(Some(_)) => Some((
-                        Err(ReplicaError::new(
-                            "PROTOCOL_ERROR",
-                            "unexpected download message",
-                        )),
-                        (s, h, n, true, me),
-                    )),
-                    Ok(None) => {
-                        let digest = Sha256(h.clone().finalize().into());
-                        if n == size && digest == sha {
-                            None
-                        } else {
-                            Some((
+                Ok(Some(_)) => {
+                    Some((Err(ReplicaError::new("PROTOCOL_ERROR", "unexpected download message")), (s, h, n, true, me)))
+                }
+                Ok(None) => {
+                    let digest = Sha256(h.clone().finalize().into());
+                    if n == size && digest == sha {
+                        None
+                    } else {
+                        Some((
                             Err(ReplicaError::new(
                                 codes::CHECKSUM_MISMATCH,
                                 format!("downloaded {n} bytes not matching the version's size {size} and SHA-256"),
                             )),
                             (s, h, n, true, me),
                         ))
-                        }
-                    }
-                    Err(st) => {
-                        let e = me.error(RpcError::from_status(st));
-                        Some((Err(e), (s, h, n, true, me)))
                     }
                 }
-            },
-        );
+                Err(st) => {
+                    let e = me.error(RpcError::from_status(st));
+                    Some((Err(e), (s, h, n, true, me)))
+                }
+            }
+        });
         Ok((dh, body.boxed()))
     }
 }

@@ -42,22 +42,12 @@ impl Readiness {
 
     /// Whether the control plane answers a `Ping` within 2 s.
     pub async fn control_plane_ok(&self) -> bool {
-        let Some((rpc, worker_id, worker_version)) = self.inner.control.lock().unwrap().clone()
-        else {
+        let Some((rpc, worker_id, worker_version)) = self.inner.control.lock().unwrap().clone() else {
             return false;
         };
         let mut cp = rpc.cp.clone();
-        let req = v1::PingRequest {
-            worker_id,
-            worker_version,
-        };
-        call(
-            &CancellationToken::new(),
-            Duration::from_secs(2),
-            cp.ping(req),
-        )
-        .await
-        .is_ok()
+        let req = v1::PingRequest { worker_id, worker_version };
+        call(&CancellationToken::new(), Duration::from_secs(2), cp.ping(req)).await.is_ok()
     }
 }
 
@@ -82,10 +72,7 @@ async fn readyz(State(r): State<Readiness>) -> (StatusCode, String) {
 
 /// The health routes.
 pub fn router(readiness: Readiness) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(readiness)
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(readiness)
 }
 
 /// Serves the health routes on `listener` until `shutdown`.
@@ -94,7 +81,5 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(readiness))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router(readiness)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

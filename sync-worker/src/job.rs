@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use proto::v1;
 use sync_engine::{
-    Action, BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime,
-    FilterConfig, Filters, Plan, RelPath, Settings, StateSink,
+    Action, BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig,
+    Filters, Plan, RelPath, Settings, StateSink,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -58,12 +58,7 @@ pub struct JobContext {
 #[allow(clippy::large_enum_variant)]
 enum End {
     /// An outcome to record.
-    Outcome {
-        outcome: v1::JobOutcome,
-        counts: v1::JobCounts,
-        error: Option<v1::ErrorDetail>,
-        cursor: String,
-    },
+    Outcome { outcome: v1::JobOutcome, counts: v1::JobCounts, error: Option<v1::ErrorDetail>, cursor: String },
     /// Stopped by shutdown: hand the job back unfinished.
     Shutdown,
     /// The lease is gone: nothing more may be written.
@@ -71,11 +66,7 @@ enum End {
 }
 
 fn detail(code: &str, message: impl Into<String>) -> v1::ErrorDetail {
-    v1::ErrorDetail {
-        code: code.to_string(),
-        message: message.into(),
-        ..Default::default()
-    }
+    v1::ErrorDetail { code: code.to_string(), message: message.into(), ..Default::default() }
 }
 
 fn smb_detail(e: &smb_layer::SmbError) -> v1::ErrorDetail {
@@ -88,11 +79,7 @@ fn smb_detail(e: &smb_layer::SmbError) -> v1::ErrorDetail {
 
 /// Runs the job of `msg` and says how to settle its message. `shutdown` stops it at the
 /// next safe point and hands it back (`Requeue`) without recording an outcome.
-pub async fn handle_job(
-    ctx: &JobContext,
-    msg: &JobMessage,
-    shutdown: &CancellationToken,
-) -> Settle {
+pub async fn handle_job(ctx: &JobContext, msg: &JobMessage, shutdown: &CancellationToken) -> Settle {
     let span = tracing::info_span!("sync_job", job.id = %msg.job_id, connector.id = %msg.connector_id, worker.id = %ctx.config.worker_id);
     handle_job_inner(ctx, msg, shutdown).instrument(span).await
 }
@@ -104,11 +91,7 @@ async fn backoff(ctx: &JobContext, shutdown: &CancellationToken) {
     }
 }
 
-async fn handle_job_inner(
-    ctx: &JobContext,
-    msg: &JobMessage,
-    shutdown: &CancellationToken,
-) -> Settle {
+async fn handle_job_inner(ctx: &JobContext, msg: &JobMessage, shutdown: &CancellationToken) -> Settle {
     let cfg = &ctx.config;
     let mut cp = ctx.rpc.cp.clone();
     let req = v1::AcquireLeaseRequest {
@@ -117,10 +100,7 @@ async fn handle_job_inner(
         ttl: Some(duration(cfg.lease_ttl)),
     };
     let lease = match call(shutdown, ctx.rpc.timeout, cp.acquire_lease(req)).await {
-        Ok(l) => v1::LeaseToken {
-            lease_id: l.lease_id,
-            fencing_token: l.fencing_token,
-        },
+        Ok(l) => v1::LeaseToken { lease_id: l.lease_id, fencing_token: l.fencing_token },
         Err(e) if e.code() == proto::codes::LEASE_HELD => {
             info!("connector leased by another worker; requeueing later");
             backoff(ctx, shutdown).await;
@@ -139,12 +119,7 @@ async fn handle_job_inner(
     };
     info!(lease.id = %lease.lease_id, lease.token = lease.fencing_token, "lease acquired");
     let lease_lost = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat(
-        ctx.rpc.clone(),
-        lease.clone(),
-        cfg.lease_ttl,
-        lease_lost.clone(),
-    ));
+    let heartbeat = tokio::spawn(heartbeat(ctx.rpc.clone(), lease.clone(), cfg.lease_ttl, lease_lost.clone()));
 
     let settle = claim_and_run(ctx, msg, &lease, &lease_lost, shutdown).await;
 
@@ -155,17 +130,8 @@ async fn handle_job_inner(
 
 async fn release(ctx: &JobContext, lease: &v1::LeaseToken) {
     let mut cp = ctx.rpc.cp.clone();
-    let req = v1::ReleaseLeaseRequest {
-        lease_id: lease.lease_id.clone(),
-        fencing_token: lease.fencing_token,
-    };
-    match call(
-        &CancellationToken::new(),
-        Duration::from_secs(5),
-        cp.release_lease(req),
-    )
-    .await
-    {
+    let req = v1::ReleaseLeaseRequest { lease_id: lease.lease_id.clone(), fencing_token: lease.fencing_token };
+    match call(&CancellationToken::new(), Duration::from_secs(5), cp.release_lease(req)).await {
         Ok(r) => info!(released = r.released, "lease released"),
         Err(e) => warn!(error = %e, "could not release the lease (it expires by itself)"),
     }
@@ -173,12 +139,7 @@ async fn release(ctx: &JobContext, lease: &v1::LeaseToken) {
 
 /// Renews the lease every third of its lifetime; cancels `lease_lost` when a renewal is
 /// refused or cannot succeed before the lease would expire.
-async fn heartbeat(
-    rpc: ControlPlane,
-    lease: v1::LeaseToken,
-    ttl: Duration,
-    lease_lost: CancellationToken,
-) {
+async fn heartbeat(rpc: ControlPlane, lease: v1::LeaseToken, ttl: Duration, lease_lost: CancellationToken) {
     let ttl = ttl.clamp(Duration::from_secs(10), Duration::from_secs(600));
     let period = ttl / 3;
     let mut valid_until = Instant::now() + ttl;
@@ -196,21 +157,13 @@ async fn heartbeat(
                 ttl: Some(duration(ttl)),
             };
             let left = valid_until.saturating_duration_since(sent);
-            match call(
-                &lease_lost,
-                left.min(period).max(Duration::from_millis(500)),
-                cp.renew_lease(req),
-            )
-            .await
-            {
+            match call(&lease_lost, left.min(period).max(Duration::from_millis(500)), cp.renew_lease(req)).await {
                 Ok(_) => {
                     valid_until = sent + ttl;
                     break;
                 }
                 Err(RpcError::Cancelled) => return,
-                Err(RpcError::Unavailable(m))
-                    if Instant::now() + Duration::from_secs(1) < valid_until =>
-                {
+                Err(RpcError::Unavailable(m)) if Instant::now() + Duration::from_secs(1) < valid_until => {
                     warn!(error = %m, "lease renewal failed; retrying");
                     tokio::select! {
                         _ = lease_lost.cancelled() => return,
@@ -235,10 +188,7 @@ async fn claim_and_run(
     shutdown: &CancellationToken,
 ) -> Settle {
     let cp = ctx.rpc.cp.clone();
-    let req = v1::ClaimJobRequest {
-        job_id: msg.job_id.clone(),
-        lease: Some(lease.clone()),
-    };
+    let req = v1::ClaimJobRequest { job_id: msg.job_id.clone(), lease: Some(lease.clone()) };
     let spec = match call_retrying(lease_lost, ctx.rpc.timeout, 3, || {
         let (mut c, r) = (cp.clone(), req.clone());
         async move { c.claim_job(r).await }
@@ -253,10 +203,7 @@ async fn claim_and_run(
             info!("job already finished; acknowledging");
             return Settle::Ack;
         }
-        Err(e)
-            if e.code() == proto::codes::JOB_NOT_FOUND
-                || e.code() == proto::codes::JOB_LEASE_MISMATCH =>
-        {
+        Err(e) if e.code() == proto::codes::JOB_NOT_FOUND || e.code() == proto::codes::JOB_LEASE_MISMATCH => {
             warn!(error = %e, "job message refused by the control plane");
             return Settle::Reject(e.to_string());
         }
@@ -267,13 +214,7 @@ async fn claim_and_run(
     };
     info!(job.attempt = spec.attempt, "job claimed");
 
-    let run = Run::new(
-        ctx.clone(),
-        spec,
-        lease.clone(),
-        lease_lost.clone(),
-        shutdown.clone(),
-    );
+    let run = Run::new(ctx.clone(), spec, lease.clone(), lease_lost.clone(), shutdown.clone());
     let end = run.run().await;
     match end {
         End::Shutdown => {
@@ -281,17 +222,10 @@ async fn claim_and_run(
             Settle::Requeue
         }
         End::LeaseLost => {
-            warn!(
-                "lease lost during the run; nothing more is written, the job will be redelivered"
-            );
+            warn!("lease lost during the run; nothing more is written, the job will be redelivered");
             Settle::Requeue
         }
-        End::Outcome {
-            outcome,
-            counts,
-            error,
-            cursor,
-        } => {
+        End::Outcome { outcome, counts, error, cursor } => {
             let req = v1::CompleteJobRequest {
                 job_id: msg.job_id.clone(),
                 lease: Some(lease.clone()),
@@ -337,10 +271,7 @@ impl Board {
     }
 
     fn counts(&self) -> (v1::JobCounts, String, u64) {
-        let mut c = v1::JobCounts {
-            files_scanned: self.scanned.load(Ordering::Relaxed),
-            ..Default::default()
-        };
+        let mut c = v1::JobCounts { files_scanned: self.scanned.load(Ordering::Relaxed), ..Default::default() };
         let mut path = String::new();
         let mut bytes = 0;
         if let Some(r) = self.reporter.lock().unwrap().as_ref() {
@@ -391,11 +322,7 @@ impl Run {
     async fn run(self) -> End {
         // Anything that must stop the run stops it through `stop`.
         let watch = {
-            let (stop, lease_lost, shutdown) = (
-                self.stop.clone(),
-                self.lease_lost.clone(),
-                self.shutdown.clone(),
-            );
+            let (stop, lease_lost, shutdown) = (self.stop.clone(), self.lease_lost.clone(), self.shutdown.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = lease_lost.cancelled() => {}
@@ -438,12 +365,7 @@ impl Run {
         } else if self.shutdown.is_cancelled() {
             End::Shutdown
         } else {
-            End::Outcome {
-                outcome: v1::JobOutcome::Cancelled,
-                counts,
-                error: None,
-                cursor: String::new(),
-            }
+            End::Outcome { outcome: v1::JobOutcome::Cancelled, counts, error: None, cursor: String::new() }
         }
     }
 
@@ -456,20 +378,12 @@ impl Run {
         }
         let (counts, _, _) = self.board.counts();
         warn!(error.code = %error.code, error = %error.message, "job failed");
-        End::Outcome {
-            outcome: v1::JobOutcome::Failed,
-            counts,
-            error: Some(error),
-            cursor: String::new(),
-        }
+        End::Outcome { outcome: v1::JobOutcome::Failed, counts, error: Some(error), cursor: String::new() }
     }
 
     async fn phases(&self) -> End {
         let Some(conn) = self.spec.connector.clone() else {
-            return self.failed(detail(
-                proto::codes::VALIDATION_FAILED,
-                "the job has no connector configuration",
-            ));
+            return self.failed(detail(proto::codes::VALIDATION_FAILED, "the job has no connector configuration"));
         };
         let settings = match settings_of(&conn) {
             Ok(s) => s,
@@ -540,11 +454,10 @@ impl Run {
             Err(ScanError::Smb(e)) => return self.failed(smb_detail(&e)),
         };
         let first_run = self.spec.scaidrive_cursor.is_empty();
-        let (drive_snapshot, touched, cursor) =
-            match self.drive_side(&drive, &drive_root, &base, first_run).await {
-                Ok(x) => x,
-                Err(e) => return self.rpc_failed(e),
-            };
+        let (drive_snapshot, touched, cursor) = match self.drive_side(&drive, &drive_root, &base, first_run).await {
+            Ok(x) => x,
+            Err(e) => return self.rpc_failed(e),
+        };
         info!(
             smb.items = smb_scan.snapshot.items.len(),
             drive.items = drive_snapshot.items.len(),
@@ -564,17 +477,10 @@ impl Run {
         .await;
         let (plan, scanned) = match planned {
             Ok(p) => p,
-            Err(e) => {
-                return self.failed(detail(
-                    proto::codes::INTERNAL,
-                    format!("the planner failed: {e}"),
-                ))
-            }
+            Err(e) => return self.failed(detail(proto::codes::INTERNAL, format!("the planner failed: {e}"))),
         };
         self.board.scanned.store(scanned, Ordering::Relaxed);
-        self.board
-            .total
-            .store(plan.actions.len() as u64, Ordering::Relaxed);
+        self.board.total.store(plan.actions.len() as u64, Ordering::Relaxed);
         if self.stop.is_cancelled() {
             return self.stopped(self.board.counts().0);
         }
@@ -593,11 +499,7 @@ impl Run {
             reporter.report_issue(issue).await;
         }
         let flusher = {
-            let (r, stop, every) = (
-                reporter.clone(),
-                self.stop.clone(),
-                self.ctx.config.state_flush_interval,
-            );
+            let (r, stop, every) = (reporter.clone(), self.stop.clone(), self.ctx.config.state_flush_interval);
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -617,10 +519,7 @@ impl Run {
             synced_at: FileTime::from_unix(now_ts().seconds, now_ts().nanos as u32),
         };
         let report = if plan.blocked.is_some() {
-            ExecReport {
-                blocked: plan.blocked.clone(),
-                ..Default::default()
-            }
+            ExecReport { blocked: plan.blocked.clone(), ..Default::default() }
         } else {
             sync_engine::execute(&plan, &smb, &drive, reporter.as_ref(), &opts).await
         };
@@ -633,10 +532,7 @@ impl Run {
                 return End::LeaseLost;
             }
             if !self.shutdown.is_cancelled() {
-                return self.failed(detail(
-                    "FILE_STATES_NOT_RECORDED",
-                    format!("could not record file states: {e}"),
-                ));
+                return self.failed(detail("FILE_STATES_NOT_RECORDED", format!("could not record file states: {e}")));
             }
         }
         let counts = final_counts(&plan, &report, scanned, smb_scan.unreadable.len() as u64);
@@ -655,16 +551,10 @@ impl Run {
                     g.would_delete, g.tracked, g.percent
                 ),
             );
-            d.metadata
-                .insert("would_delete".into(), g.would_delete.to_string());
+            d.metadata.insert("would_delete".into(), g.would_delete.to_string());
             d.metadata.insert("tracked".into(), g.tracked.to_string());
             d.metadata.insert("percent".into(), g.percent.to_string());
-            return End::Outcome {
-                outcome: v1::JobOutcome::Failed,
-                counts,
-                error: Some(d),
-                cursor: String::new(),
-            };
+            return End::Outcome { outcome: v1::JobOutcome::Failed, counts, error: Some(d), cursor: String::new() };
         }
         let mut errors: Vec<&FileIssue> = report.errors.iter().collect();
         errors.extend(smb_scan.unreadable.iter());
@@ -736,13 +626,10 @@ impl Run {
             return Ok((view.finish(), touched, cursor));
         }
         let mut view = DriveView::from_base(base);
-        let cursor = drive
-            .list_changes(&self.spec.scaidrive_cursor, |page| view.apply(root, &page))
-            .await?;
+        let cursor = drive.list_changes(&self.spec.scaidrive_cursor, |page| view.apply(root, &page)).await?;
         let ids: Vec<_> = view.needs_stat.iter().cloned().collect();
-        let mut stats = futures::stream::iter(ids)
-            .map(|id| async move { drive.stat_node(&id.0).await })
-            .buffer_unordered(8);
+        let mut stats =
+            futures::stream::iter(ids).map(|id| async move { drive.stat_node(&id.0).await }).buffer_unordered(8);
         let mut fresh = Vec::new();
         while let Some(r) = stats.next().await {
             if let Some(n) = r? {
@@ -760,35 +647,20 @@ impl Run {
 /// Whether the new change-log cursor may be recorded: not if an item the log touched (or
 /// one inside or above it) failed, because the next run starts from the synced states and
 /// would not see that change again.
-pub fn cursor_may_advance<'a>(
-    touched: &BTreeSet<RelPath>,
-    mut errors: impl Iterator<Item = &'a RelPath>,
-) -> bool {
+pub fn cursor_may_advance<'a>(touched: &BTreeSet<RelPath>, mut errors: impl Iterator<Item = &'a RelPath>) -> bool {
     !errors.any(|p| touched.contains(p) || touched.iter().any(|t| t.is_inside(p) || p.is_inside(t)))
 }
 
 fn final_counts(plan: &Plan, report: &ExecReport, scanned: u64, unreadable: u64) -> v1::JobCounts {
     let failed: BTreeSet<&RelPath> = report.errors.iter().map(|i| &i.path).collect();
-    let deleted = plan
-        .actions
-        .iter()
-        .filter(|a| a.is_destructive() && !failed.contains(a.path()))
-        .count() as u64;
-    let conflicts = plan
-        .actions
-        .iter()
-        .filter(|a| matches!(a, Action::Conflict { .. }))
-        .count() as u64;
+    let deleted = plan.actions.iter().filter(|a| a.is_destructive() && !failed.contains(a.path())).count() as u64;
+    let conflicts = plan.actions.iter().filter(|a| matches!(a, Action::Conflict { .. })).count() as u64;
     v1::JobCounts {
         files_scanned: scanned,
         files_synced: report.files_synced,
         files_failed: report.errors.len() as u64 + unreadable,
         files_skipped: report.skipped.len() as u64,
-        files_deleted: if report.blocked.is_some() || report.cancelled {
-            0
-        } else {
-            deleted
-        },
+        files_deleted: if report.blocked.is_some() || report.cancelled { 0 } else { deleted },
         conflicts,
         bytes_transferred: report.bytes_uploaded + report.bytes_downloaded,
     }
@@ -796,20 +668,18 @@ fn final_counts(plan: &Plan, report: &ExecReport, scanned: u64, unreadable: u64)
 
 /// The engine's settings of a connector.
 pub fn settings_of(c: &v1::ConnectorConfig) -> Result<Settings, String> {
-    let direction =
-        match v1::SyncDirection::try_from(c.direction).unwrap_or(v1::SyncDirection::Unspecified) {
-            v1::SyncDirection::ScaidriveToSmb => Direction::DriveToSmb,
-            v1::SyncDirection::Bidirectional => Direction::Bidirectional,
-            _ => Direction::SmbToDrive,
-        };
-    let conflict = match v1::ConflictResolution::try_from(c.conflict_resolution)
-        .unwrap_or(v1::ConflictResolution::Unspecified)
-    {
-        v1::ConflictResolution::KeepBoth => ConflictStrategy::KeepBoth,
-        v1::ConflictResolution::ScaidriveWins => ConflictStrategy::DriveWins,
-        v1::ConflictResolution::SmbWins => ConflictStrategy::SmbWins,
-        _ => ConflictStrategy::LastWriterWins,
+    let direction = match v1::SyncDirection::try_from(c.direction).unwrap_or(v1::SyncDirection::Unspecified) {
+        v1::SyncDirection::ScaidriveToSmb => Direction::DriveToSmb,
+        v1::SyncDirection::Bidirectional => Direction::Bidirectional,
+        _ => Direction::SmbToDrive,
     };
+    let conflict =
+        match v1::ConflictResolution::try_from(c.conflict_resolution).unwrap_or(v1::ConflictResolution::Unspecified) {
+            v1::ConflictResolution::KeepBoth => ConflictStrategy::KeepBoth,
+            v1::ConflictResolution::ScaidriveWins => ConflictStrategy::DriveWins,
+            v1::ConflictResolution::SmbWins => ConflictStrategy::SmbWins,
+            _ => ConflictStrategy::LastWriterWins,
+        };
     let inc = c.include.clone().unwrap_or_default();
     let exc = c.exclude.clone().unwrap_or_default();
     let filters = Filters::new(&FilterConfig {
@@ -915,10 +785,7 @@ async fn cancel_poll(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ctx.config.cancel_poll_interval) => {}
         }
-        let req = v1::CheckCancelRequest {
-            job_id: job_id.clone(),
-            lease: Some(lease.clone()),
-        };
+        let req = v1::CheckCancelRequest { job_id: job_id.clone(), lease: Some(lease.clone()) };
         match call(&stop, ctx.rpc.timeout, cp.check_cancel(req)).await {
             Ok(r) if r.cancel_requested => {
                 info!(reason = %r.reason, "cancellation requested; stopping between files");
@@ -959,10 +826,7 @@ mod tests {
         let c = v1::ConnectorConfig {
             direction: v1::SyncDirection::SmbToScaidrive as i32,
             conflict_resolution: v1::ConflictResolution::KeepBoth as i32,
-            exclude: Some(v1::PathFilter {
-                extensions: vec!["tmp".into()],
-                patterns: vec!["~$*".into()],
-            }),
+            exclude: Some(v1::PathFilter { extensions: vec!["tmp".into()], patterns: vec!["~$*".into()] }),
             sync_hidden_files: true,
             ..Default::default()
         };
@@ -970,17 +834,10 @@ mod tests {
         assert_eq!(s.direction, Direction::SmbToDrive);
         assert_eq!(s.conflict, ConflictStrategy::KeepBoth);
         assert!(s.sync_hidden && !s.sync_system);
-        assert!(s
-            .filters
-            .excludes_path(&p("a/~$x.docx"), sync_engine::ItemKind::File));
-        assert!(s
-            .filters
-            .excludes_path(&p("a/x.TMP"), sync_engine::ItemKind::File));
+        assert!(s.filters.excludes_path(&p("a/~$x.docx"), sync_engine::ItemKind::File));
+        assert!(s.filters.excludes_path(&p("a/x.TMP"), sync_engine::ItemKind::File));
         let bad = v1::ConnectorConfig {
-            exclude: Some(v1::PathFilter {
-                extensions: vec![],
-                patterns: vec!["a[".into()],
-            }),
+            exclude: Some(v1::PathFilter { extensions: vec![], patterns: vec!["a[".into()] }),
             ..Default::default()
         };
         assert!(settings_of(&bad).is_err());

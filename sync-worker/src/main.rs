@@ -16,11 +16,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "sync-worker", version)]
 struct Args {
     /// The api-server's gRPC address.
-    #[arg(
-        long,
-        env = "SCAIDRIVE_CONTROL_PLANE_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
+    #[arg(long, env = "SCAIDRIVE_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:8081")]
     control_plane_url: String,
     /// The fleet's worker token.
     #[arg(long, env = "SCAIDRIVE_WORKER_TOKEN", hide_env_values = true)]
@@ -44,11 +40,7 @@ struct Args {
     #[arg(long, env = "SCAIDRIVE_LEASE_TTL_SECS", default_value_t = 30)]
     lease_ttl_secs: u64,
     /// Address of /healthz and /readyz.
-    #[arg(
-        long,
-        env = "SCAIDRIVE_WORKER_LISTEN",
-        default_value = "127.0.0.1:8090"
-    )]
+    #[arg(long, env = "SCAIDRIVE_WORKER_LISTEN", default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
 }
 
@@ -57,13 +49,10 @@ fn token(args: &Args) -> anyhow::Result<String> {
         return Ok(t.trim().to_string());
     }
     if let Some(p) = &args.worker_token_file {
-        let t = std::fs::read_to_string(p)
-            .with_context(|| format!("reading the worker token file {}", p.display()))?;
+        let t = std::fs::read_to_string(p).with_context(|| format!("reading the worker token file {}", p.display()))?;
         return Ok(t.trim().to_string());
     }
-    anyhow::bail!(
-        "a worker token is required: --worker-token, SCAIDRIVE_WORKER_TOKEN or --worker-token-file"
-    )
+    anyhow::bail!("a worker token is required: --worker-token, SCAIDRIVE_WORKER_TOKEN or --worker-token-file")
 }
 
 #[tokio::main]
@@ -80,31 +69,21 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rabbit = jobqueue::RabbitConfig::new(args.amqp_url.clone());
     rabbit.connection_name = format!("sync-worker {}", config.worker_id);
-    let queue: Arc<dyn jobqueue::JobQueue> = Arc::new(
-        jobqueue::RabbitQueue::connect(rabbit)
-            .await
-            .context("connecting to RabbitMQ")?,
-    );
+    let queue: Arc<dyn jobqueue::JobQueue> =
+        Arc::new(jobqueue::RabbitQueue::connect(rabbit).await.context("connecting to RabbitMQ")?);
 
     let shutdown = CancellationToken::new();
     let readiness = Readiness::default();
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "health endpoints listening");
-    let health = tokio::spawn(sync_worker::health::serve(
-        listener,
-        readiness.clone(),
-        shutdown.clone(),
-    ));
+    let health = tokio::spawn(sync_worker::health::serve(listener, readiness.clone(), shutdown.clone()));
 
     let signals = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!(
-                "shutdown requested: no new jobs; running jobs hand back at their next safe point"
-            );
+            tracing::info!("shutdown requested: no new jobs; running jobs hand back at their next safe point");
             shutdown.cancel();
         })
     };

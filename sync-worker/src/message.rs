@@ -29,8 +29,7 @@ fn check_id(field: &str, value: &str, prefix: &str) -> Result<(), String> {
 
 /// Decodes a jobs-queue body; the error is the dead-letter reason.
 pub fn decode_job(body: &[u8]) -> Result<JobMessage, String> {
-    let m: JobMessage =
-        serde_json::from_slice(body).map_err(|e| format!("undecodable job message: {e}"))?;
+    let m: JobMessage = serde_json::from_slice(body).map_err(|e| format!("undecodable job message: {e}"))?;
     check_id("job_id", &m.job_id, "job_")?;
     check_id("connector_id", &m.connector_id, "cnn_")?;
     Ok(m)
@@ -38,8 +37,7 @@ pub fn decode_job(body: &[u8]) -> Result<JobMessage, String> {
 
 /// Decodes a connection-tests body; the error is the dead-letter reason.
 pub fn decode_test(body: &[u8]) -> Result<TestMessage, String> {
-    let m: TestMessage =
-        serde_json::from_slice(body).map_err(|e| format!("undecodable test message: {e}"))?;
+    let m: TestMessage = serde_json::from_slice(body).map_err(|e| format!("undecodable test message: {e}"))?;
     check_id("test_id", &m.test_id, "tst_")?;
     Ok(m)
 }
@@ -50,15 +48,8 @@ mod tests {
 
     #[test]
     fn job_messages_decode_and_tolerate_extra_fields() {
-        let m = decode_job(br#"{"job_id":"job_01J","connector_id":"cnn_01K","trigger":"manual"}"#)
-            .unwrap();
-        assert_eq!(
-            m,
-            JobMessage {
-                job_id: "job_01J".into(),
-                connector_id: "cnn_01K".into()
-            }
-        );
+        let m = decode_job(br#"{"job_id":"job_01J","connector_id":"cnn_01K","trigger":"manual"}"#).unwrap();
+        assert_eq!(m, JobMessage { job_id: "job_01J".into(), connector_id: "cnn_01K".into() });
     }
 
     #[test]
@@ -76,10 +67,7 @@ mod tests {
 
     #[test]
     fn test_messages_decode() {
-        assert_eq!(
-            decode_test(br#"{"test_id":"tst_9"}"#).unwrap().test_id,
-            "tst_9"
-        );
+        assert_eq!(decode_test(br#"{"test_id":"tst_9"}"#).unwrap().test_id, "tst_9");
         assert!(decode_test(br#"{"test_id":""}"#).is_err());
         assert!(decode_test(b"[]").is_err());
     }

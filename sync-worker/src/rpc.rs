@@ -22,8 +22,7 @@ pub struct Auth {
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", self.header.clone());
+        req.metadata_mut().insert("authorization", self.header.clone());
         Ok(req)
     }
 }
@@ -55,18 +54,14 @@ impl ControlPlane {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
-        let header: MetadataValue<Ascii> =
-            format!("Bearer {}", token.expose()).parse().map_err(|_| {
-                anyhow::anyhow!("the worker token contains characters not allowed in a header")
-            })?;
+        let header: MetadataValue<Ascii> = format!("Bearer {}", token.expose())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the worker token contains characters not allowed in a header"))?;
         let auth = Auth { header };
         let limit = 16 * 1024 * 1024;
         Ok(ControlPlane {
-            cp: v1::control_plane_client::ControlPlaneClient::with_interceptor(
-                channel.clone(),
-                auth.clone(),
-            )
-            .max_decoding_message_size(limit),
+            cp: v1::control_plane_client::ControlPlaneClient::with_interceptor(channel.clone(), auth.clone())
+                .max_decoding_message_size(limit),
             fs: v1::file_service_client::FileServiceClient::with_interceptor(channel, auth)
                 .max_decoding_message_size(limit),
             timeout,
@@ -96,18 +91,11 @@ pub enum RpcError {
 impl RpcError {
     /// Classifies a status.
     pub fn from_status(s: tonic::Status) -> Self {
-        let transient = matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        );
+        let transient =
+            matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled);
         match proto::error_detail(&s) {
-            Some(detail) if !(transient && detail.code.is_empty()) => RpcError::Refused {
-                status: s.code(),
-                detail,
-            },
-            _ if transient || s.code() == tonic::Code::Unknown => {
-                RpcError::Unavailable(s.message().to_string())
-            }
+            Some(detail) if !(transient && detail.code.is_empty()) => RpcError::Refused { status: s.code(), detail },
+            _ if transient || s.code() == tonic::Code::Unknown => RpcError::Unavailable(s.message().to_string()),
             _ => RpcError::Refused {
                 status: s.code(),
                 detail: v1::ErrorDetail {
@@ -130,31 +118,22 @@ impl RpcError {
 
     /// Whether the lease this call carried is no longer ours: stop writing at once.
     pub fn is_lease_lost(&self) -> bool {
-        matches!(
-            self.code(),
-            proto::codes::LEASE_STALE | proto::codes::LEASE_EXPIRED | proto::codes::LEASE_NOT_FOUND
-        )
+        matches!(self.code(), proto::codes::LEASE_STALE | proto::codes::LEASE_EXPIRED | proto::codes::LEASE_NOT_FOUND)
     }
 
     /// The error as data (for a job's final error or a file state).
     pub fn to_detail(&self) -> v1::ErrorDetail {
         match self {
             RpcError::Refused { detail, .. } => detail.clone(),
-            other => v1::ErrorDetail {
-                code: other.code().to_string(),
-                message: other.to_string(),
-                ..Default::default()
-            },
+            other => {
+                v1::ErrorDetail { code: other.code().to_string(), message: other.to_string(), ..Default::default() }
+            }
         }
     }
 }
 
 /// One unary call: bounded by `timeout`, abandoned when `cancel` fires.
-pub async fn call<T, F>(
-    cancel: &CancellationToken,
-    timeout: Duration,
-    fut: F,
-) -> Result<T, RpcError>
+pub async fn call<T, F>(cancel: &CancellationToken, timeout: Duration, fut: F) -> Result<T, RpcError>
 where
     F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
@@ -200,21 +179,13 @@ where
 
 /// `google.protobuf.Duration` of a std duration.
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// `google.protobuf.Timestamp` of now.
 pub fn now_ts() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 #[cfg(test)]
@@ -225,11 +196,7 @@ mod tests {
     fn statuses_are_classified_by_machine_code() {
         let s = proto::error_status(
             tonic::Code::FailedPrecondition,
-            &v1::ErrorDetail {
-                code: "LEASE_STALE".into(),
-                message: "superseded".into(),
-                ..Default::default()
-            },
+            &v1::ErrorDetail { code: "LEASE_STALE".into(), message: "superseded".into(), ..Default::default() },
         );
         let e = RpcError::from_status(s);
         assert!(e.is_lease_lost());

@@ -82,10 +82,7 @@ pub async fn scan_smb(
             false
         })
     };
-    let opts = WalkOptions {
-        exclude: Some(exclude),
-        ..WalkOptions::default()
-    };
+    let opts = WalkOptions { exclude: Some(exclude), ..WalkOptions::default() };
     let mut walk = std::pin::pin!(client.walk(root.as_str(), opts));
     let mut scan = SmbScan::default();
     let mut seen = 0u64;
@@ -112,10 +109,7 @@ pub async fn scan_smb(
                 };
                 tracing::warn!(smb.path = %rel, error = %e, "folder not listed; its tracked content is kept as it was");
                 for s in base.entries.values().filter(|s| s.path.is_inside(&rel)) {
-                    scan.snapshot
-                        .items
-                        .entry(s.path.clone())
-                        .or_insert_with(|| carried(s));
+                    scan.snapshot.items.entry(s.path.clone()).or_insert_with(|| carried(s));
                 }
                 scan.unreadable.push(FileIssue {
                     path: rel,
@@ -138,11 +132,7 @@ fn carried(s: &sync_engine::SyncedState) -> SmbItem {
     SmbItem {
         path: s.path.clone(),
         kind: s.kind,
-        size: if s.kind == ItemKind::Dir {
-            0
-        } else {
-            s.smb.size
-        },
+        size: if s.kind == ItemKind::Dir { 0 } else { s.smb.size },
         last_write: s.smb.last_write,
         change_time: s.smb.change_time,
         file_id: s.smb.file_id,

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use smb_layer::{SetTimes, SmbClient, SmbError};
 use sync_engine::{
-    codes, ByteStream, FileTime, ItemKind, RelPath, ReplicaError, SmbExpect, SmbItem, SmbReplica,
-    TempFile,
+    codes, ByteStream, FileTime, ItemKind, RelPath, ReplicaError, SmbExpect, SmbItem, SmbReplica, TempFile,
 };
 
 use crate::convert::{smb_item, SmbRoot};
@@ -40,10 +39,7 @@ pub fn replica_error(e: &SmbError) -> ReplicaError {
 }
 
 fn same(a: &SmbItem, b: &SmbItem) -> bool {
-    a.file_id == b.file_id
-        && a.size == b.size
-        && a.last_write == b.last_write
-        && a.change_time == b.change_time
+    a.file_id == b.file_id && a.size == b.size && a.last_write == b.last_write && a.change_time == b.change_time
 }
 
 impl SmbShare {
@@ -77,9 +73,9 @@ impl SmbShare {
     }
 
     async fn must_stat(&self, rel: &RelPath) -> Result<SmbItem, ReplicaError> {
-        self.stat_abs(rel).await?.ok_or_else(|| {
-            ReplicaError::new(codes::NOT_FOUND, format!("{rel} is not on the SMB share"))
-        })
+        self.stat_abs(rel)
+            .await?
+            .ok_or_else(|| ReplicaError::new(codes::NOT_FOUND, format!("{rel} is not on the SMB share")))
     }
 
     fn changed(rel: &RelPath, what: &str) -> ReplicaError {
@@ -105,17 +101,10 @@ impl SmbReplica for SmbShare {
             ));
         }
         if before.kind != ItemKind::File {
-            return Err(ReplicaError::new(
-                codes::KIND_MISMATCH,
-                format!("{path} is a folder"),
-            ));
+            return Err(ReplicaError::new(codes::KIND_MISMATCH, format!("{path} is a folder")));
         }
         let abs = self.root.abs(path);
-        let inner = self
-            .client
-            .read_stream(&abs)
-            .await
-            .map_err(|e| replica_error(&e))?;
+        let inner = self.client.read_stream(&abs).await.map_err(|e| replica_error(&e))?;
         let this = self.clone();
         let rel = path.clone();
         // Content first, then one last check: the file as stat'ed after the last byte must be
@@ -146,15 +135,8 @@ impl SmbReplica for SmbShare {
         Ok(stream.boxed())
     }
 
-    async fn write_temp(
-        &self,
-        target: &RelPath,
-        data: ByteStream,
-    ) -> Result<TempFile, ReplicaError> {
-        let name = format!(
-            ".~scaidrive-{}.tmp",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
+    async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError> {
+        let name = format!(".~scaidrive-{}.tmp", ulid::Ulid::new().to_string().to_lowercase());
         let temp = RelPath::child_of(target.parent().as_ref(), &name)
             .map_err(|e| ReplicaError::new("INVALID_PATH", e.to_string()))?;
         let abs = self.root.abs(&temp);
@@ -171,11 +153,7 @@ impl SmbReplica for SmbShare {
             Ok(n) => n,
             Err(e) => {
                 let _ = self.client.delete_file(&abs).await;
-                return Err(failure
-                    .lock()
-                    .unwrap()
-                    .take()
-                    .unwrap_or_else(|| replica_error(&e)));
+                return Err(failure.lock().unwrap().take().unwrap_or_else(|| replica_error(&e)));
             }
         };
         // Verify what landed before anyone may rename it into place.
@@ -185,10 +163,7 @@ impl SmbReplica for SmbShare {
                 let _ = self.client.delete_file(&abs).await;
                 Err(ReplicaError::new(
                     codes::CHECKSUM_MISMATCH,
-                    format!(
-                        "temporary file for {target} has {} bytes, {written} were written",
-                        st.size
-                    ),
+                    format!("temporary file for {target} has {} bytes, {written} were written", st.size),
                 ))
             }
             Err(e) => {
@@ -215,21 +190,14 @@ impl SmbReplica for SmbShare {
             _ => {}
         }
         self.client
-            .rename(
-                &self.root.abs(&temp.path),
-                &self.root.abs(target),
-                expected.is_some(),
-            )
+            .rename(&self.root.abs(&temp.path), &self.root.abs(target), expected.is_some())
             .await
             .map_err(|e| replica_error(&e))?;
         if last_write.0 != 0 {
             self.client
                 .set_times(
                     &self.root.abs(target),
-                    SetTimes {
-                        last_write: Some(smb_layer::FileTime(last_write.0)),
-                        ..Default::default()
-                    },
+                    SetTimes { last_write: Some(smb_layer::FileTime(last_write.0)), ..Default::default() },
                 )
                 .await
                 .map_err(|e| replica_error(&e))?;
@@ -251,37 +219,21 @@ impl SmbReplica for SmbShare {
         }
         let item = self.must_stat(path).await?;
         if item.kind != ItemKind::Dir {
-            return Err(ReplicaError::new(
-                codes::KIND_MISMATCH,
-                format!("{path} is a file on SMB"),
-            ));
+            return Err(ReplicaError::new(codes::KIND_MISMATCH, format!("{path} is a file on SMB")));
         }
         Ok(item)
     }
 
-    async fn rename(
-        &self,
-        from: &RelPath,
-        to: &RelPath,
-        expected_file_id: u64,
-    ) -> Result<SmbItem, ReplicaError> {
+    async fn rename(&self, from: &RelPath, to: &RelPath, expected_file_id: u64) -> Result<SmbItem, ReplicaError> {
         let src = self.must_stat(from).await?;
         if expected_file_id != 0 && src.file_id != expected_file_id {
             return Err(Self::changed(from, "another file is at its path"));
         }
-        self.client
-            .rename(&self.root.abs(from), &self.root.abs(to), false)
-            .await
-            .map_err(|e| replica_error(&e))?;
+        self.client.rename(&self.root.abs(from), &self.root.abs(to), false).await.map_err(|e| replica_error(&e))?;
         self.must_stat(to).await
     }
 
-    async fn delete(
-        &self,
-        path: &RelPath,
-        kind: ItemKind,
-        expected: Option<&SmbExpect>,
-    ) -> Result<(), ReplicaError> {
+    async fn delete(&self, path: &RelPath, kind: ItemKind, expected: Option<&SmbExpect>) -> Result<(), ReplicaError> {
         let Some(now) = self.stat_abs(path).await? else {
             return Ok(());
         };
@@ -304,18 +256,11 @@ impl SmbReplica for SmbShare {
         }
     }
 
-    async fn set_times(
-        &self,
-        path: &RelPath,
-        last_write: FileTime,
-    ) -> Result<SmbItem, ReplicaError> {
+    async fn set_times(&self, path: &RelPath, last_write: FileTime) -> Result<SmbItem, ReplicaError> {
         self.client
             .set_times(
                 &self.root.abs(path),
-                SetTimes {
-                    last_write: Some(smb_layer::FileTime(last_write.0)),
-                    ..Default::default()
-                },
+                SetTimes { last_write: Some(smb_layer::FileTime(last_write.0)), ..Default::default() },
             )
             .await
             .map_err(|e| replica_error(&e))?;

@@ -11,9 +11,7 @@ use std::sync::Mutex as StdMutex;
 
 use async_trait::async_trait;
 use proto::v1;
-use sync_engine::{
-    BaseState, FileIssue, ItemKind, Progress, RelPath, ReplicaError, StateSink, SyncedState,
-};
+use sync_engine::{BaseState, FileIssue, ItemKind, Progress, RelPath, ReplicaError, StateSink, SyncedState};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{drive_state, file_state, nt_status_in, proto_kind, smb_state};
@@ -125,9 +123,7 @@ impl StateReporter {
 
     async fn maybe_flush(&self, full: bool) -> Result<(), ReplicaError> {
         if full {
-            self.flush()
-                .await
-                .map_err(|e| ReplicaError::new(e.code(), e.to_string()))?;
+            self.flush().await.map_err(|e| ReplicaError::new(e.code(), e.to_string()))?;
         }
         Ok(())
     }
@@ -139,11 +135,7 @@ impl StateReporter {
         if let Some(nt) = nt_status_in(&issue.message) {
             metadata.insert("nt_status".to_string(), nt);
         }
-        let status = if issue.is_error {
-            v1::FileSyncStatus::Error
-        } else {
-            v1::FileSyncStatus::Skipped
-        };
+        let status = if issue.is_error { v1::FileSyncStatus::Error } else { v1::FileSyncStatus::Skipped };
         v1::FileState {
             path: issue.path.as_str().to_string(),
             kind: proto_kind(known.as_ref().map(|k| k.kind).unwrap_or(ItemKind::File)) as i32,
@@ -182,13 +174,7 @@ impl StateSink for StateReporter {
     }
 
     async fn forget(&self, path: &RelPath) -> Result<(), ReplicaError> {
-        let kind = self
-            .known
-            .lock()
-            .unwrap()
-            .remove(path)
-            .map(|s| s.kind)
-            .unwrap_or(ItemKind::File);
+        let kind = self.known.lock().unwrap().remove(path).map(|s| s.kind).unwrap_or(ItemKind::File);
         let full = self.push([removed(path, kind)]);
         self.maybe_flush(full).await
     }

@@ -38,11 +38,7 @@ pub const CONNECTION_TESTS_QUEUE: &str = "scaidrive.connection-tests";
 /// sync_worker::run(config, queue, shutdown).await
 /// # }
 /// ```
-pub async fn run(
-    config: WorkerConfig,
-    queue: Arc<dyn JobQueue>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: WorkerConfig, queue: Arc<dyn JobQueue>, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_with_readiness(config, queue, shutdown, Readiness::default()).await
 }
 
@@ -53,27 +49,11 @@ pub async fn run_with_readiness(
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
-    let rpc = ControlPlane::connect_lazy(
-        &config.control_plane_url,
-        &config.worker_token,
-        config.rpc_timeout,
-    )?;
-    readiness.set_control_plane(
-        rpc.clone(),
-        config.worker_id.clone(),
-        config.worker_version.clone(),
-    );
-    let ctx = JobContext {
-        config: Arc::new(config),
-        rpc,
-    };
+    let rpc = ControlPlane::connect_lazy(&config.control_plane_url, &config.worker_token, config.rpc_timeout)?;
+    readiness.set_control_plane(rpc.clone(), config.worker_id.clone(), config.worker_version.clone());
+    let ctx = JobContext { config: Arc::new(config), rpc };
     info!(worker.id = %ctx.config.worker_id, max_jobs = ctx.config.max_jobs, max_transfers = ctx.config.max_transfers, "sync worker starting");
-    let jobs = tokio::spawn(jobs_loop(
-        ctx.clone(),
-        queue.clone(),
-        shutdown.clone(),
-        readiness.clone(),
-    ));
+    let jobs = tokio::spawn(jobs_loop(ctx.clone(), queue.clone(), shutdown.clone(), readiness.clone()));
     let tests = tokio::spawn(tests_loop(ctx.clone(), queue, shutdown.clone()));
     let (a, b) = tokio::join!(jobs, tests);
     a?;
@@ -97,12 +77,7 @@ async fn declare(queue: &dyn JobQueue, name: &str, shutdown: &CancellationToken)
     }
 }
 
-async fn jobs_loop(
-    ctx: JobContext,
-    queue: Arc<dyn JobQueue>,
-    shutdown: CancellationToken,
-    readiness: Readiness,
-) {
+async fn jobs_loop(ctx: JobContext, queue: Arc<dyn JobQueue>, shutdown: CancellationToken, readiness: Readiness) {
     let mut running = JoinSet::new();
     let prefetch = ctx.config.max_jobs.clamp(1, u16::MAX as usize) as u16;
     'outer: while declare(queue.as_ref(), SYNC_JOBS_QUEUE, &shutdown).await {
@@ -129,9 +104,7 @@ async fn jobs_loop(
             match next {
                 Some(Ok(delivery)) => {
                     let (ctx, queue, shutdown) = (ctx.clone(), queue.clone(), shutdown.clone());
-                    running.spawn(async move {
-                        job_delivery(&ctx, queue.as_ref(), delivery, &shutdown).await
-                    });
+                    running.spawn(async move { job_delivery(&ctx, queue.as_ref(), delivery, &shutdown).await });
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "jobs consumer failed; re-subscribing");
@@ -148,10 +121,7 @@ async fn jobs_loop(
     }
     readiness.set_consuming(false);
     // The consumer is dropped: no new deliveries. Running jobs stop at their next safe point.
-    info!(
-        running = running.len(),
-        "no longer taking jobs; waiting for running jobs to hand back"
-    );
+    info!(running = running.len(), "no longer taking jobs; waiting for running jobs to hand back");
     while let Some(done) = running.join_next().await {
         if let Err(e) = done {
             warn!(error = %e, "job task failed");
@@ -160,12 +130,7 @@ async fn jobs_loop(
     let _ = queue;
 }
 
-async fn job_delivery(
-    ctx: &JobContext,
-    _queue: &dyn JobQueue,
-    delivery: Delivery,
-    shutdown: &CancellationToken,
-) {
+async fn job_delivery(ctx: &JobContext, _queue: &dyn JobQueue, delivery: Delivery, shutdown: &CancellationToken) {
     let msg = match decode_job(&delivery.body) {
         Ok(m) => m,
         Err(reason) => {
@@ -176,8 +141,7 @@ async fn job_delivery(
             return;
         }
     };
-    let parent =
-        tracing::info_span!("delivery", job.id = %msg.job_id, redelivered = delivery.redelivered);
+    let parent = tracing::info_span!("delivery", job.id = %msg.job_id, redelivered = delivery.redelivered);
     let settle = handle_job(ctx, &msg, shutdown).instrument(parent).await;
     let r = match settle {
         Settle::Ack => delivery.ack().await,
@@ -212,8 +176,7 @@ async fn tests_loop(ctx: JobContext, queue: Arc<dyn JobQueue>, shutdown: Cancell
             match next {
                 Some(Ok(delivery)) => {
                     let (ctx, queue) = (ctx.clone(), queue.clone());
-                    running
-                        .spawn(async move { test_delivery(&ctx, queue.as_ref(), delivery).await });
+                    running.spawn(async move { test_delivery(&ctx, queue.as_ref(), delivery).await });
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "connection-tests consumer failed; re-subscribing");

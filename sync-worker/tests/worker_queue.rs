@@ -18,37 +18,17 @@ async fn poison_messages_go_to_the_dead_letter_queue_and_shutdown_is_prompt() {
 
     queue.declare(SYNC_JOBS_QUEUE).await.unwrap();
     queue.declare(CONNECTION_TESTS_QUEUE).await.unwrap();
-    queue
-        .publish(SYNC_JOBS_QUEUE, Message::new("not json"))
-        .await
-        .unwrap();
-    queue
-        .publish(CONNECTION_TESTS_QUEUE, Message::new(r#"{"test_id": 7}"#))
-        .await
-        .unwrap();
+    queue.publish(SYNC_JOBS_QUEUE, Message::new("not json")).await.unwrap();
+    queue.publish(CONNECTION_TESTS_QUEUE, Message::new(r#"{"test_id": 7}"#)).await.unwrap();
 
     for q in [SYNC_JOBS_QUEUE, CONNECTION_TESTS_QUEUE] {
-        let mut dlq = queue
-            .consume(&jobqueue::dead_letter_queue(q), 1)
-            .await
-            .unwrap();
-        let d = tokio::time::timeout(Duration::from_secs(10), dlq.next())
-            .await
-            .expect("dead-lettered")
-            .unwrap()
-            .unwrap();
-        assert!(
-            d.reject_reason().unwrap().contains("undecodable"),
-            "{:?}",
-            d.reject_reason()
-        );
+        let mut dlq = queue.consume(&jobqueue::dead_letter_queue(q), 1).await.unwrap();
+        let d =
+            tokio::time::timeout(Duration::from_secs(10), dlq.next()).await.expect("dead-lettered").unwrap().unwrap();
+        assert!(d.reject_reason().unwrap().contains("undecodable"), "{:?}", d.reject_reason());
         d.ack().await.unwrap();
     }
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), worker)
-        .await
-        .expect("prompt shutdown")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker).await.expect("prompt shutdown").unwrap().unwrap();
 }

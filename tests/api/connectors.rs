@@ -125,9 +125,8 @@ async fn the_spec_example_is_accepted_read_back_and_patched(backend: Backend) {
     assert!((59 * 60..=60 * 60).contains(&secs_until(&p["next_sync_at"])));
     let before = sealed(&srv, &id).await;
     assert_eq!(password_of(&srv, &id).await, PASSWORD);
-    let (st, p) = admin
-        .patch(&format!("{BASE}/{id}"), json!({"username": "new-svc", "password": "<new-secret>"}))
-        .await;
+    let (st, p) =
+        admin.patch(&format!("{BASE}/{id}"), json!({"username": "new-svc", "password": "<new-secret>"})).await;
     assert_eq!(st, StatusCode::OK, "{p}");
     assert_eq!(p["username"], "new-svc");
     assert!(!p.to_string().contains("<new-secret>"));
@@ -307,7 +306,10 @@ async fn routes_answer_with_and_without_trailing_slash(backend: Backend) {
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let mid = m["id"].as_str().unwrap();
-            assert_eq!(admin.delete(&format!("{BASE}/{id}/identity-mappings/{mid}{slash}")).await.0, StatusCode::NO_CONTENT);
+            assert_eq!(
+                admin.delete(&format!("{BASE}/{id}/identity-mappings/{mid}{slash}")).await.0,
+                StatusCode::NO_CONTENT
+            );
         }
     }
     assert_eq!(admin.delete(&format!("{BASE}/{}", a["id"].as_str().unwrap())).await.0, StatusCode::NO_CONTENT);
@@ -356,8 +358,10 @@ async fn lists_page_by_cursor(backend: Backend) {
     let id = &ids[0];
     for i in 0..3 {
         let (st, _) = admin
-            .post(&format!("{BASE}/{id}/identity-mappings"),
-                json!({"identity_type": "user", "smb_principal": format!("u{i}"), "scaidrive_principal_id": u}))
+            .post(
+                &format!("{BASE}/{id}/identity-mappings"),
+                json!({"identity_type": "user", "smb_principal": format!("u{i}"), "scaidrive_principal_id": u}),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED);
     }
@@ -378,7 +382,10 @@ async fn only_managers_of_the_target_share_see_connectors(backend: Backend) {
     let (bob_id, bob) = srv.user("bob").await;
     for (s, role) in [(&s1, "contributor"), (&s2, "admin")] {
         let (st, _) = admin
-            .post(&format!("/api/v1/shares/{s}/members"), json!({"principal_type": "user", "principal_id": bob_id, "role": role}))
+            .post(
+                &format!("/api/v1/shares/{s}/members"),
+                json!({"principal_type": "user", "principal_id": bob_id, "role": role}),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED);
     }
@@ -393,8 +400,10 @@ async fn only_managers_of_the_target_share_see_connectors(backend: Backend) {
     assert_eq!(bob.patch(&format!("{BASE}/{id1}"), json!({"name": "x"})).await.0, StatusCode::FORBIDDEN);
     assert_eq!(bob.delete(&format!("{BASE}/{id1}")).await.0, StatusCode::FORBIDDEN);
     let (st, _) = bob
-        .post(&format!("{BASE}/{id1}/identity-mappings"),
-            json!({"identity_type": "user", "smb_principal": "x", "scaidrive_principal_id": bob_id}))
+        .post(
+            &format!("{BASE}/{id1}/identity-mappings"),
+            json!({"identity_type": "user", "smb_principal": "x", "scaidrive_principal_id": bob_id}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // Bob administers Two: he creates there and his list shows only that connector.
@@ -426,18 +435,25 @@ async fn another_tenants_connectors_are_404(backend: Backend) {
     let id = c["id"].as_str().unwrap();
     let (u, _) = srv.user("u").await;
     let (_, m) = admin
-        .post(&format!("{BASE}/{id}/identity-mappings"), json!({"identity_type": "user", "smb_principal": "a", "scaidrive_principal_id": u}))
+        .post(
+            &format!("{BASE}/{id}/identity-mappings"),
+            json!({"identity_type": "user", "smb_principal": "a", "scaidrive_principal_id": u}),
+        )
         .await;
     let mid = m["id"].as_str().unwrap();
 
     let db = &srv.state.db;
     let t2 = api_server::store::accounts::create_tenant(db, "other").await.unwrap();
-    let u2 = api_server::store::accounts::create_user(db, &t2.id, api_server::store::accounts::NewUser {
-        username: "eve",
-        display_name: None,
-        email: None,
-        global_role: Some("tenant_admin"),
-    })
+    let u2 = api_server::store::accounts::create_user(
+        db,
+        &t2.id,
+        api_server::store::accounts::NewUser {
+            username: "eve",
+            display_name: None,
+            email: None,
+            global_role: Some("tenant_admin"),
+        },
+    )
     .await
     .unwrap();
     let (_, tok) = api_server::store::accounts::create_token(db, &u2.id, "t").await.unwrap();
@@ -470,7 +486,10 @@ async fn patch_follows_the_rules(backend: Backend) {
 
     let (st, e) = admin.patch(&url, json!({"target_share_id": other})).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!((e["error"]["code"].as_str(), e["error"]["field"].as_str()), (Some("FIELD_IMMUTABLE"), Some("target_share_id")));
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+        (Some("FIELD_IMMUTABLE"), Some("target_share_id"))
+    );
     let (st, e) = admin.patch(&url, json!({"target_share_id": null})).await;
     assert_eq!(e["error"]["code"], "FIELD_IMMUTABLE", "{st} {e}");
     let (st, _) = admin.patch(&url, json!({"target_share_id": share, "name": "Same share"})).await;
@@ -531,7 +550,10 @@ async fn delete_removes_mappings_and_keeps_synced_content(backend: Backend) {
     let id = c["id"].as_str().unwrap();
     let (u, _) = srv.user("u").await;
     let (st, _) = admin
-        .post(&format!("{BASE}/{id}/identity-mappings"), json!({"identity_type": "user", "smb_principal": "CORP\\u", "scaidrive_principal_id": u}))
+        .post(
+            &format!("{BASE}/{id}/identity-mappings"),
+            json!({"identity_type": "user", "smb_principal": "CORP\\u", "scaidrive_principal_id": u}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let (st, f) = admin.upload(&share, "/From Fileserver/report.pdf", "synced bytes").await;
@@ -622,39 +644,70 @@ async fn identity_mappings_by_name_and_by_sid(backend: Backend) {
     let (_, g) = admin.post("/api/v1/groups", json!({"name": "finance"})).await;
     let grp = g["id"].as_str().unwrap().to_string();
 
-    let (st, m) = admin.post(&url, json!({"identity_type": "user", "smb_principal": "CORP\\alice", "scaidrive_principal_id": alice})).await;
+    let (st, m) = admin
+        .post(&url, json!({"identity_type": "user", "smb_principal": "CORP\\alice", "scaidrive_principal_id": alice}))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{m}");
     assert!(m["id"].as_str().unwrap().starts_with("map_"));
     assert_eq!((m["smb_principal"].as_str(), m["identity_type"].as_str()), (Some("CORP\\alice"), Some("user")));
     assert_eq!(m["connector_id"], id);
     let sid = "S-1-5-21-1004336348-1177238915-682003330-512";
     let (st, gm) = admin
-        .post(&url, json!({"identity_type": "group", "smb_principal": sid.to_lowercase(), "scaidrive_principal_id": grp}))
+        .post(
+            &url,
+            json!({"identity_type": "group", "smb_principal": sid.to_lowercase(), "scaidrive_principal_id": grp}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{gm}");
     assert_eq!(gm["smb_principal"], sid);
-    let (st, _) = admin.post(&url, json!({"identity_type": "user", "smb_principal": "alice", "scaidrive_principal_id": alice})).await;
+    let (st, _) = admin
+        .post(&url, json!({"identity_type": "user", "smb_principal": "alice", "scaidrive_principal_id": alice}))
+        .await;
     assert_eq!(st, StatusCode::CREATED, "a bare name is another principal than CORP\\alice");
 
     // Duplicates, case-insensitively, and a SID in either case.
     for dup in ["corp\\ALICE", " CORP\\alice "] {
-        let (st, e) = admin.post(&url, json!({"identity_type": "user", "smb_principal": dup, "scaidrive_principal_id": alice})).await;
+        let (st, e) = admin
+            .post(&url, json!({"identity_type": "user", "smb_principal": dup, "scaidrive_principal_id": alice}))
+            .await;
         assert_eq!(st, StatusCode::CONFLICT, "{dup}: {e}");
         assert_eq!(e["error"]["details"]["mapping_id"], m["id"]);
     }
-    let (st, _) = admin.post(&url, json!({"identity_type": "group", "smb_principal": sid, "scaidrive_principal_id": grp})).await;
+    let (st, _) =
+        admin.post(&url, json!({"identity_type": "group", "smb_principal": sid, "scaidrive_principal_id": grp})).await;
     assert_eq!(st, StatusCode::CONFLICT);
 
     // Wrong principal type, unknown principal, bad SMB principal.
     for (body, field) in [
-        (json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": grp}), "scaidrive_principal_id"),
-        (json!({"identity_type": "group", "smb_principal": "CORP\\bob", "scaidrive_principal_id": alice}), "scaidrive_principal_id"),
-        (json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": "usr_01J4M"}), "scaidrive_principal_id"),
-        (json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": share}), "scaidrive_principal_id"),
-        (json!({"identity_type": "everyone", "smb_principal": "CORP\\bob", "scaidrive_principal_id": alice}), "identity_type"),
+        (
+            json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": grp}),
+            "scaidrive_principal_id",
+        ),
+        (
+            json!({"identity_type": "group", "smb_principal": "CORP\\bob", "scaidrive_principal_id": alice}),
+            "scaidrive_principal_id",
+        ),
+        (
+            json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": "usr_01J4M"}),
+            "scaidrive_principal_id",
+        ),
+        (
+            json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": share}),
+            "scaidrive_principal_id",
+        ),
+        (
+            json!({"identity_type": "everyone", "smb_principal": "CORP\\bob", "scaidrive_principal_id": alice}),
+            "identity_type",
+        ),
         (json!({"identity_type": "user", "smb_principal": "S-1-5", "scaidrive_principal_id": alice}), "smb_principal"),
-        (json!({"identity_type": "user", "smb_principal": "S-2-5-21-1", "scaidrive_principal_id": alice}), "smb_principal"),
-        (json!({"identity_type": "user", "smb_principal": "S-1-5-21-x", "scaidrive_principal_id": alice}), "smb_principal"),
+        (
+            json!({"identity_type": "user", "smb_principal": "S-2-5-21-1", "scaidrive_principal_id": alice}),
+            "smb_principal",
+        ),
+        (
+            json!({"identity_type": "user", "smb_principal": "S-1-5-21-x", "scaidrive_principal_id": alice}),
+            "smb_principal",
+        ),
         (json!({"identity_type": "user", "smb_principal": "CORP\\", "scaidrive_principal_id": alice}), "smb_principal"),
         (json!({"identity_type": "user", "smb_principal": "", "scaidrive_principal_id": alice}), "smb_principal"),
         (json!({"identity_type": "user", "smb_principal": "a*b", "scaidrive_principal_id": alice}), "smb_principal"),
@@ -684,7 +737,9 @@ async fn identity_mappings_by_name_and_by_sid(backend: Backend) {
     assert!(c["mappings_changed_at"].as_str().unwrap() >= changed.as_str());
     // Another connector's mapping id is not found under this connector.
     let other = create(&admin, minimal(&share)).await;
-    let (st, _) = admin.delete(&format!("{BASE}/{}/identity-mappings/{}", other["id"].as_str().unwrap(), gm["id"].as_str().unwrap())).await;
+    let (st, _) = admin
+        .delete(&format!("{BASE}/{}/identity-mappings/{}", other["id"].as_str().unwrap(), gm["id"].as_str().unwrap()))
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     srv.stop().await;
 }
@@ -709,7 +764,10 @@ async fn csv_import_reports_every_row(backend: Backend) {
     let (_, g) = admin.post("/api/v1/groups", json!({"name": "finance"})).await;
     let grp = g["id"].as_str().unwrap();
     let (st, pre) = admin
-        .post(&format!("{BASE}/{id}/identity-mappings"), json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": bob}))
+        .post(
+            &format!("{BASE}/{id}/identity-mappings"),
+            json!({"identity_type": "user", "smb_principal": "CORP\\bob", "scaidrive_principal_id": bob}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
 
@@ -728,20 +786,28 @@ async fn csv_import_reports_every_row(backend: Backend) {
     );
     let (st, r) = import(&admin, id, &csv, "text/csv; charset=utf-8").await;
     assert_eq!(st, StatusCode::OK, "{r}");
-    assert_eq!((r["created"].as_u64(), r["skipped"].as_u64(), r["rejected"].as_u64()), (Some(3), Some(2), Some(4)), "{r}");
+    assert_eq!(
+        (r["created"].as_u64(), r["skipped"].as_u64(), r["rejected"].as_u64()),
+        (Some(3), Some(2), Some(4)),
+        "{r}"
+    );
     let rows = r["rows"].as_array().unwrap();
-    let summary: Vec<(u64, &str)> = rows.iter().map(|x| (x["line"].as_u64().unwrap(), x["status"].as_str().unwrap())).collect();
-    assert_eq!(summary, vec![
-        (2, "created"),
-        (3, "created"),
-        (5, "skipped"),
-        (6, "skipped"),
-        (7, "rejected"),
-        (8, "rejected"),
-        (9, "rejected"),
-        (10, "rejected"),
-        (11, "created"),
-    ]);
+    let summary: Vec<(u64, &str)> =
+        rows.iter().map(|x| (x["line"].as_u64().unwrap(), x["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (2, "created"),
+            (3, "created"),
+            (5, "skipped"),
+            (6, "skipped"),
+            (7, "rejected"),
+            (8, "rejected"),
+            (9, "rejected"),
+            (10, "rejected"),
+            (11, "created"),
+        ]
+    );
     assert!(rows[0]["mapping_id"].as_str().unwrap().starts_with("map_"));
     assert_eq!(rows[2]["mapping_id"], pre["id"], "skipped rows name the existing mapping");
     assert_eq!(rows[2]["error"]["code"], "ALREADY_EXISTS");

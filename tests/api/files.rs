@@ -23,7 +23,10 @@ async fn stale_base_version_is_409_and_changes_nothing(backend: Backend) {
     let (st, v2) = e2e_tests::Api::send(rb).await;
     assert_eq!(st, StatusCode::OK, "{v2}");
     // Based on the old version: refused.
-    let rb = api.request(Method::PUT, &format!("/api/v1/files/{file}/content")).header("If-Match", format!("\"{base1}\"")).body("three");
+    let rb = api
+        .request(Method::PUT, &format!("/api/v1/files/{file}/content"))
+        .header("If-Match", format!("\"{base1}\""))
+        .body("three");
     let (st, err) = e2e_tests::Api::send(rb).await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert_eq!(err["error"]["code"], "VERSION_CONFLICT");
@@ -98,13 +101,23 @@ async fn range_requests_return_exact_slices(backend: Backend) {
         ("bytes=-10".to_string(), data.len() - 10, data.len()),
         ("bytes=100-".to_string(), 100, data.len()),
     ] {
-        let resp = api.request(Method::GET, &format!("/api/v1/files/{file}/content")).header("Range", &range).send().await.unwrap();
+        let resp = api
+            .request(Method::GET, &format!("/api/v1/files/{file}/content"))
+            .header("Range", &range)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
         let cr = resp.headers()["content-range"].to_str().unwrap().to_string();
         assert_eq!(cr, format!("bytes {}-{}/{}", from, to - 1, data.len()));
         assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[from..to], "{range}");
     }
-    let resp = api.request(Method::GET, &format!("/api/v1/files/{file}/content")).header("Range", "bytes=999999999-").send().await.unwrap();
+    let resp = api
+        .request(Method::GET, &format!("/api/v1/files/{file}/content"))
+        .header("Range", "bytes=999999999-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     srv.stop().await;
 }
@@ -119,7 +132,10 @@ async fn resumable_upload_survives_a_resend(backend: Backend) {
     assert_eq!(st, StatusCode::CREATED, "{up}");
     let id = up["id"].as_str().unwrap().to_string();
     let send = |off: usize, bytes: Vec<u8>| {
-        let rb = api.request(Method::PUT, &format!("/api/v1/uploads/{id}")).header("Upload-Offset", off.to_string()).body(bytes);
+        let rb = api
+            .request(Method::PUT, &format!("/api/v1/uploads/{id}"))
+            .header("Upload-Offset", off.to_string())
+            .body(bytes);
         e2e_tests::Api::send(rb)
     };
     let (st, s1) = send(0, data[..part].to_vec()).await;
@@ -148,7 +164,8 @@ async fn folders_by_path_and_conflicts(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let api = srv.admin();
     let share = api.share("S").await;
-    let (st, f) = api.post("/api/v1/folders", json!({"share_id": share, "path": "/x/y/z", "create_parents": true})).await;
+    let (st, f) =
+        api.post("/api/v1/folders", json!({"share_id": share, "path": "/x/y/z", "create_parents": true})).await;
     assert_eq!((st, f["path"].as_str()), (StatusCode::CREATED, Some("/x/y/z")));
     let (st, e) = api.post("/api/v1/folders", json!({"share_id": share, "path": "/x/y/z"})).await;
     assert_eq!((st, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("NAME_TAKEN")));

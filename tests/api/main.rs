@@ -62,7 +62,10 @@ async fn readme_walkthrough_works(backend: Backend) {
 
     let (bob_id, bob) = srv.user("bob").await;
     let (st, _) = admin
-        .post(&format!("/api/v1/shares/{share}/members"), json!({"principal_type": "user", "principal_id": bob_id, "role": "reader"}))
+        .post(
+            &format!("/api/v1/shares/{share}/members"),
+            json!({"principal_type": "user", "principal_id": bob_id, "role": "reader"}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(bob.download(&file_id).await.0, StatusCode::OK);
@@ -101,9 +104,7 @@ async fn change_log_pages_by_cursor(backend: Backend) {
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let (st, page) = admin
-            .get(&format!("/api/v1/sync/changes?share_id={share}&limit=3&cursor={cursor}"))
-            .await;
+        let (st, page) = admin.get(&format!("/api/v1/sync/changes?share_id={share}&limit=3&cursor={cursor}")).await;
         assert_eq!(st, StatusCode::OK, "{page}");
         pages += 1;
         for c in page["changes"].as_array().unwrap() {

@@ -50,12 +50,16 @@ async fn another_tenants_objects_are_404(backend: Backend) {
     // A second tenant with its own admin, made through the store as the CLI does.
     let db = &srv.state.db;
     let t2 = api_server::store::accounts::create_tenant(db, "other").await.unwrap();
-    let u2 = api_server::store::accounts::create_user(db, &t2.id, api_server::store::accounts::NewUser {
-        username: "eve",
-        display_name: None,
-        email: None,
-        global_role: Some("tenant_admin"),
-    })
+    let u2 = api_server::store::accounts::create_user(
+        db,
+        &t2.id,
+        api_server::store::accounts::NewUser {
+            username: "eve",
+            display_name: None,
+            email: None,
+            global_role: Some("tenant_admin"),
+        },
+    )
     .await
     .unwrap();
     let (_, tok) = api_server::store::accounts::create_token(db, &u2.id, "t").await.unwrap();
@@ -98,7 +102,10 @@ async fn acl_deny_gives_403_and_roles_and_groups_count(backend: Backend) {
     admin.post(&format!("/api/v1/groups/{group}/members"), json!({"user_id": alice_id})).await;
     admin.post(&format!("/api/v1/groups/{group}/members"), json!({"user_id": bob_id})).await;
     let (st, _) = admin
-        .post(&format!("/api/v1/shares/{share}/members"), json!({"principal_type": "group", "principal_id": group, "role": "contributor"}))
+        .post(
+            &format!("/api/v1/shares/{share}/members"),
+            json!({"principal_type": "group", "principal_id": group, "role": "contributor"}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
 
@@ -113,7 +120,10 @@ async fn acl_deny_gives_403_and_roles_and_groups_count(backend: Backend) {
     assert_eq!((st, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("PERMISSION_DENIED")));
     // Contributors cannot manage permissions.
     let (st, _) = alice
-        .post(&format!("/api/v1/permissions/acl/folder/{private}"), json!({"principal_type": "everyone", "permissions": ["READ"], "ace_type": "allow"}))
+        .post(
+            &format!("/api/v1/permissions/acl/folder/{private}"),
+            json!({"principal_type": "everyone", "permissions": ["READ"], "ace_type": "allow"}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
@@ -127,10 +137,17 @@ async fn acl_deny_gives_403_and_roles_and_groups_count(backend: Backend) {
     assert_eq!(alice.download(&file).await.0, StatusCode::OK);
     let (_, eff) = bob.get(&format!("/api/v1/permissions/effective?resource_type=file&resource_id={file}")).await;
     assert_eq!(eff["permissions"], 4 | 8, "contributor minus READ and WRITE: {eff}");
-    let (_, chk) = alice.post("/api/v1/permissions/check", json!({"resource_type": "file", "resource_id": file, "permissions": ["READ", "WRITE"]})).await;
+    let (_, chk) = alice
+        .post(
+            "/api/v1/permissions/check",
+            json!({"resource_type": "file", "resource_id": file, "permissions": ["READ", "WRITE"]}),
+        )
+        .await;
     assert_eq!(chk["allowed"], true);
     // A user may not query someone else's permissions without MANAGE_PERMISSIONS.
-    let (st, _) = alice.get(&format!("/api/v1/permissions/effective?resource_type=file&resource_id={file}&user_id={bob_id}")).await;
+    let (st, _) = alice
+        .get(&format!("/api/v1/permissions/effective?resource_type=file&resource_id={file}&user_id={bob_id}"))
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
     // Breaking inheritance on the file with an explicit allow for carol only.
@@ -138,8 +155,11 @@ async fn acl_deny_gives_403_and_roles_and_groups_count(backend: Backend) {
     assert_eq!(carol_me_st, StatusCode::OK);
     let carol_id = carol_me["id"].as_str().unwrap();
     let (st, acl) = admin
-        .put(&format!("/api/v1/permissions/acl/file/{file}"), json!({"inherit_from_parent": false, "entries": [
-            {"principal_type": "user", "principal_id": carol_id, "permissions": ["READ"], "ace_type": "allow"}]}))
+        .put(
+            &format!("/api/v1/permissions/acl/file/{file}"),
+            json!({"inherit_from_parent": false, "entries": [
+            {"principal_type": "user", "principal_id": carol_id, "permissions": ["READ"], "ace_type": "allow"}]}),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{acl}");
     assert_eq!(acl["inherit_from_parent"], false);

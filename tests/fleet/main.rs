@@ -65,13 +65,17 @@ async fn lease(cp: &mut Cp, connector: &str, worker: &str) -> Result<v1::LeaseTo
         })
         .await?
         .into_inner();
-    Ok(v1::LeaseToken {
-        lease_id: r.lease_id,
-        fencing_token: r.fencing_token,
-    })
+    Ok(v1::LeaseToken { lease_id: r.lease_id, fencing_token: r.fencing_token })
 }
 
-fn upload_msgs(lease: &v1::LeaseToken, share: &str, parent: &str, name: &str, data: &[u8], base: &str) -> Vec<v1::UploadRequest> {
+fn upload_msgs(
+    lease: &v1::LeaseToken,
+    share: &str,
+    parent: &str,
+    name: &str,
+    data: &[u8],
+    base: &str,
+) -> Vec<v1::UploadRequest> {
     use sha2::Digest;
     let mut v = vec![v1::UploadRequest {
         part: Some(v1::upload_request::Part::Header(v1::UploadHeader {
@@ -115,28 +119,52 @@ async fn leases_fence_every_write(backend: Backend) {
     let e = lease(&mut cp, &cnn, "w2").await.unwrap_err();
     assert_eq!((e.code(), code_of(&e).as_str()), (tonic::Code::FailedPrecondition, "LEASE_HELD"));
 
-    let ok = fs.upload(futures::stream::iter(upload_msgs(&a, &share, "/From Fileserver", "a.txt", b"one", ""))).await.unwrap().into_inner();
+    let ok = fs
+        .upload(futures::stream::iter(upload_msgs(&a, &share, "/From Fileserver", "a.txt", b"one", "")))
+        .await
+        .unwrap()
+        .into_inner();
     let node = ok.node.unwrap();
     assert_eq!(node.path, "/From Fileserver/a.txt");
 
     // w1 pauses past its lease; w2 takes over with a greater token.
-    sqlx::query("UPDATE leases SET expires_at = 0 WHERE id = $1").bind(&a.lease_id).execute(&srv.state.db.pool).await.unwrap();
-    let e = cp.renew_lease(v1::RenewLeaseRequest { lease_id: a.lease_id.clone(), fencing_token: a.fencing_token, ttl: None }).await.unwrap_err();
+    sqlx::query("UPDATE leases SET expires_at = 0 WHERE id = $1")
+        .bind(&a.lease_id)
+        .execute(&srv.state.db.pool)
+        .await
+        .unwrap();
+    let e = cp
+        .renew_lease(v1::RenewLeaseRequest { lease_id: a.lease_id.clone(), fencing_token: a.fencing_token, ttl: None })
+        .await
+        .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_EXPIRED");
     let b = lease(&mut cp, &cnn, "w2").await.unwrap();
     assert!(b.fencing_token > a.fencing_token);
 
     // Everything w1 still tries is refused and commits nothing.
-    let e = fs.upload(futures::stream::iter(upload_msgs(&a, &share, "/From Fileserver", "late.txt", b"late", ""))).await.unwrap_err();
+    let e = fs
+        .upload(futures::stream::iter(upload_msgs(&a, &share, "/From Fileserver", "late.txt", b"late", "")))
+        .await
+        .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_STALE");
     let e = fs
-        .delete(v1::DeleteRequest { lease: Some(a.clone()), share_id: share.clone(), node_id: node.id.clone(), precondition: None })
+        .delete(v1::DeleteRequest {
+            lease: Some(a.clone()),
+            share_id: share.clone(),
+            node_id: node.id.clone(),
+            precondition: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_STALE");
     let forged = v1::LeaseToken { lease_id: b.lease_id.clone(), fencing_token: b.fencing_token + 1 };
     let e = fs
-        .delete(v1::DeleteRequest { lease: Some(forged), share_id: share.clone(), node_id: node.id.clone(), precondition: None })
+        .delete(v1::DeleteRequest {
+            lease: Some(forged),
+            share_id: share.clone(),
+            node_id: node.id.clone(),
+            precondition: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_STALE");
@@ -146,7 +174,11 @@ async fn leases_fence_every_write(backend: Backend) {
     assert_eq!(item["deleted"], false);
 
     // The holder's release frees the connector for the next token.
-    let r = cp.release_lease(v1::ReleaseLeaseRequest { lease_id: b.lease_id.clone(), fencing_token: b.fencing_token }).await.unwrap().into_inner();
+    let r = cp
+        .release_lease(v1::ReleaseLeaseRequest { lease_id: b.lease_id.clone(), fencing_token: b.fencing_token })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.released);
     let c = lease(&mut cp, &cnn, "w3").await.unwrap();
     assert_eq!(c.fencing_token, b.fencing_token + 1);
@@ -164,12 +196,21 @@ async fn file_service_is_scoped_to_the_target_share(backend: Backend) {
 
     // Outside the target share: refused.
     let e = fs
-        .stat(v1::StatRequest { lease: Some(l.clone()), share_id: other.clone(), node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path("/secret.txt".into())) }) })
+        .stat(v1::StatRequest {
+            lease: Some(l.clone()),
+            share_id: other.clone(),
+            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path("/secret.txt".into())) }),
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "OUTSIDE_SCOPE");
     let e = fs
-        .delete(v1::DeleteRequest { lease: Some(l.clone()), share_id: share.clone(), node_id: secret["file"]["id"].as_str().unwrap().into(), precondition: None })
+        .delete(v1::DeleteRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            node_id: secret["file"]["id"].as_str().unwrap().into(),
+            precondition: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "OUTSIDE_SCOPE");
@@ -182,9 +223,17 @@ async fn file_service_is_scoped_to_the_target_share(backend: Backend) {
     }
     let e = fs.upload(futures::stream::iter(msgs)).await.unwrap_err();
     assert_eq!(code_of(&e), "CHECKSUM_MISMATCH");
-    let up = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver/deep/er", "big.bin", &data, ""))).await.unwrap().into_inner();
+    let up = fs
+        .upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver/deep/er", "big.bin", &data, "")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!up.unchanged);
-    let again = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver/deep/er", "big.bin", &data, ""))).await.unwrap().into_inner();
+    let again = fs
+        .upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver/deep/er", "big.bin", &data, "")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.unchanged, "a retried upload stores nothing new");
     let node = up.node.unwrap();
     assert_eq!(node.modified_at.unwrap().seconds, 1_700_000_000);
@@ -250,7 +299,10 @@ async fn file_service_is_scoped_to_the_target_share(backend: Backend) {
             node_id: node.id.clone(),
             new_parent: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path("/From Fileserver/deep".into())) }),
             new_name: "renamed.bin".into(),
-            precondition: Some(v1::Precondition { base_version_id: node.current_version_id.clone(), etag: String::new() }),
+            precondition: Some(v1::Precondition {
+                base_version_id: node.current_version_id.clone(),
+                etag: String::new(),
+            }),
         })
         .await
         .unwrap()
@@ -267,16 +319,47 @@ async fn file_service_is_scoped_to_the_target_share(backend: Backend) {
         .unwrap_err();
     assert_eq!((stale.code(), code_of(&stale).as_str()), (tonic::Code::Aborted, "VERSION_CONFLICT"));
     let folder = fs
-        .stat(v1::StatRequest { lease: Some(l.clone()), share_id: share.clone(), node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path("/From Fileserver/deep".into())) }) })
+        .stat(v1::StatRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path("/From Fileserver/deep".into())) }),
+        })
         .await
         .unwrap()
         .into_inner();
-    let del = fs.delete(v1::DeleteRequest { lease: Some(l.clone()), share_id: share.clone(), node_id: folder.id.clone(), precondition: None }).await.unwrap().into_inner();
+    let del = fs
+        .delete(v1::DeleteRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            node_id: folder.id.clone(),
+            precondition: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(del.deleted);
-    let again = fs.delete(v1::DeleteRequest { lease: Some(l.clone()), share_id: share.clone(), node_id: folder.id.clone(), precondition: None }).await.unwrap().into_inner();
+    let again = fs
+        .delete(v1::DeleteRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            node_id: folder.id.clone(),
+            precondition: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.deleted, "deleting twice is harmless");
     // Restoring the file brings its trashed folder back with it.
-    let back = fs.restore(v1::RestoreRequest { lease: Some(l.clone()), share_id: share.clone(), node_id: node.id.clone(), ..Default::default() }).await.unwrap().into_inner();
+    let back = fs
+        .restore(v1::RestoreRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            node_id: node.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!back.deleted);
     assert_eq!(back.path, "/From Fileserver/deep/renamed.bin");
     let t = fs
@@ -294,9 +377,21 @@ async fn file_service_is_scoped_to_the_target_share(backend: Backend) {
     assert_eq!(t.current_version_id, node.current_version_id, "set times makes no version");
 
     // The change log shows the connector as the actor of its writes.
-    let ch = fs.list_changes(v1::ListChangesRequest { lease: Some(l.clone()), share_id: share.clone(), cursor: String::new(), limit: 0 }).await.unwrap().into_inner();
+    let ch = fs
+        .list_changes(v1::ListChangesRequest {
+            lease: Some(l.clone()),
+            share_id: share.clone(),
+            cursor: String::new(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(ch.changes.iter().any(|c| c.actor_id == cnn && c.node.as_ref().unwrap().name == "big.bin"));
-    assert!(ch.changes.iter().any(|c| c.r#type == v1::ChangeType::Moved as i32 && c.previous_path == "/From Fileserver/deep/er/big.bin"));
+    assert!(ch
+        .changes
+        .iter()
+        .any(|c| c.r#type == v1::ChangeType::Moved as i32 && c.previous_path == "/From Fileserver/deep/er/big.bin"));
     srv.stop().await;
 }
 
@@ -324,7 +419,13 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
 
     let (mut cp, _) = clients(&srv, &srv.worker_token()).await;
     let l = lease(&mut cp, &cnn, "worker-a").await.unwrap();
-    let spec = cp.claim_job(v1::ClaimJobRequest { job_id: job_id.clone(), lease: Some(l.clone()) }).await.unwrap().into_inner().job.unwrap();
+    let spec = cp
+        .claim_job(v1::ClaimJobRequest { job_id: job_id.clone(), lease: Some(l.clone()) })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     let creds = spec.connector.as_ref().unwrap().credentials.as_ref().unwrap();
     assert_eq!(creds.password, "pw-secret-1", "the lease holder gets the decrypted password");
     assert!(!format!("{spec:?}").contains("pw-secret-1"), "and Debug never shows it");
@@ -333,7 +434,10 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
 
     // A claim without the lease: refused, and the job is untouched.
     let e = cp
-        .claim_job(v1::ClaimJobRequest { job_id: job_id.clone(), lease: Some(v1::LeaseToken { lease_id: l.lease_id.clone(), fencing_token: 99 }) })
+        .claim_job(v1::ClaimJobRequest {
+            job_id: job_id.clone(),
+            lease: Some(v1::LeaseToken { lease_id: l.lease_id.clone(), fencing_token: 99 }),
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_STALE");
@@ -342,7 +446,12 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
         job_id: job_id.clone(),
         lease: Some(l.clone()),
         phase: v1::JobPhase::Transferring as i32,
-        counts: Some(v1::JobCounts { files_scanned: 10, files_synced: 3, bytes_transferred: 300, ..Default::default() }),
+        counts: Some(v1::JobCounts {
+            files_scanned: 10,
+            files_synced: 3,
+            bytes_transferred: 300,
+            ..Default::default()
+        }),
         current_path: "a/b.txt".into(),
         bytes_per_second: 100,
         ..Default::default()
@@ -363,7 +472,12 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
             kind: v1::NodeKind::File as i32,
             status: v1::FileSyncStatus::Synced as i32,
             smb: Some(v1::SmbItemState { size: 3, file_id: 77, sha256: "ab".repeat(32), ..Default::default() }),
-            scaidrive: Some(v1::ScaiDriveItemState { node_id: "fil_x".into(), version_id: "ver_x".into(), size: 3, ..Default::default() }),
+            scaidrive: Some(v1::ScaiDriveItemState {
+                node_id: "fil_x".into(),
+                version_id: "ver_x".into(),
+                size: 3,
+                ..Default::default()
+            }),
             synced_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
             ..Default::default()
         },
@@ -371,12 +485,26 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
             path: "locked.docx".into(),
             kind: v1::NodeKind::File as i32,
             status: v1::FileSyncStatus::Error as i32,
-            error: Some(v1::ErrorDetail { code: "SMB_SHARING_VIOLATION".into(), message: "the file is open elsewhere".into(), ..Default::default() }),
+            error: Some(v1::ErrorDetail {
+                code: "SMB_SHARING_VIOLATION".into(),
+                message: "the file is open elsewhere".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     ];
-    cp.report_file_states(v1::ReportFileStatesRequest { job_id: job_id.clone(), lease: Some(l.clone()), states }).await.unwrap();
-    let page = cp.list_file_states(v1::ListFileStatesRequest { job_id: job_id.clone(), lease: Some(l.clone()), ..Default::default() }).await.unwrap().into_inner();
+    cp.report_file_states(v1::ReportFileStatesRequest { job_id: job_id.clone(), lease: Some(l.clone()), states })
+        .await
+        .unwrap();
+    let page = cp
+        .list_file_states(v1::ListFileStatesRequest {
+            job_id: job_id.clone(),
+            lease: Some(l.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(page.states.len(), 2);
     assert_eq!(page.states[0].smb.as_ref().unwrap().file_id, 77);
 
@@ -390,7 +518,13 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
             job_id: job_id.clone(),
             lease: Some(l.clone()),
             outcome: v1::JobOutcome::Cancelled as i32,
-            counts: Some(v1::JobCounts { files_scanned: 10, files_synced: 3, files_failed: 1, bytes_transferred: 300, ..Default::default() }),
+            counts: Some(v1::JobCounts {
+                files_scanned: 10,
+                files_synced: 3,
+                files_failed: 1,
+                bytes_transferred: 300,
+                ..Default::default()
+            }),
             scaidrive_cursor: "17".into(),
             error: None,
         })
@@ -399,7 +533,12 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
         .into_inner();
     assert!(!done.already_recorded);
     let again = cp
-        .complete_job(v1::CompleteJobRequest { job_id: job_id.clone(), lease: Some(l.clone()), outcome: v1::JobOutcome::Cancelled as i32, ..Default::default() })
+        .complete_job(v1::CompleteJobRequest {
+            job_id: job_id.clone(),
+            lease: Some(l.clone()),
+            outcome: v1::JobOutcome::Cancelled as i32,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -409,7 +548,10 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
     let (_, jobs) = api.get(&format!("/api/v1/smb-connectors/{cnn}/jobs")).await;
     let j = &jobs["jobs"][0];
     assert_eq!((j["id"].as_str(), j["status"].as_str()), (Some(job_id.as_str()), Some("cancelled")));
-    assert_eq!((j["files_scanned"].as_i64(), j["files_synced"].as_i64(), j["error_count"].as_i64()), (Some(10), Some(3), Some(1)));
+    assert_eq!(
+        (j["files_scanned"].as_i64(), j["files_synced"].as_i64(), j["error_count"].as_i64()),
+        (Some(10), Some(3), Some(1))
+    );
     let (_, detail) = api.get(&format!("/api/v1/smb-connectors/{cnn}/jobs/{job_id}")).await;
     assert_eq!(detail["events"][0]["code"], "SMB_SHARING_VIOLATION");
     assert_eq!(detail["events"][0]["path"], "locked.docx");
@@ -419,7 +561,10 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
     let (_, fs) = api.get(&format!("/api/v1/smb-connectors/{cnn}/file-states?path_prefix=a")).await;
     assert_eq!(fs["file_states"][0]["smb"]["file_id"], "77");
     let (_, c) = api.get(&format!("/api/v1/smb-connectors/{cnn}")).await;
-    assert_eq!((c["status"].as_str(), c["total_files_synced"].as_i64(), c["total_bytes_synced"].as_i64()), (Some("idle"), Some(3), Some(300)));
+    assert_eq!(
+        (c["status"].as_str(), c["total_files_synced"].as_i64(), c["total_bytes_synced"].as_i64()),
+        (Some("idle"), Some(3), Some(300))
+    );
     assert!(c["last_sync_at"].is_string());
 
     // The finished job can no longer be claimed; the next claim starts a new job.
@@ -437,19 +582,33 @@ async fn scheduled_runs_happen_once_and_skip_when_busy(backend: Backend) {
     let (_, c) = api.get(&format!("/api/v1/smb-connectors/{cnn}")).await;
     assert!(c["next_sync_at"].is_string());
     let due = api_server::time::now_ms() - 1000;
-    sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2").bind(due).bind(&cnn).execute(&srv.state.db.pool).await.unwrap();
+    sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2")
+        .bind(due)
+        .bind(&cnn)
+        .execute(&srv.state.db.pool)
+        .await
+        .unwrap();
     // Two replicas' scheduler passes at once: one run.
-    let (a, b) = tokio::join!(api_server::fleet::schedule_once(&srv.state), api_server::fleet::schedule_once(&srv.state));
+    let (a, b) =
+        tokio::join!(api_server::fleet::schedule_once(&srv.state), api_server::fleet::schedule_once(&srv.state));
     assert_eq!(a.unwrap() + b.unwrap(), 1);
     let (_, jobs) = api.get(&format!("/api/v1/smb-connectors/{cnn}/jobs")).await;
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
-    assert_eq!((jobs["jobs"][0]["trigger"].as_str(), jobs["jobs"][0]["status"].as_str()), (Some("scheduled"), Some("queued")));
+    assert_eq!(
+        (jobs["jobs"][0]["trigger"].as_str(), jobs["jobs"][0]["status"].as_str()),
+        (Some("scheduled"), Some("queued"))
+    );
     let (_, c) = api.get(&format!("/api/v1/smb-connectors/{cnn}")).await;
     let next = api_server::time::parse_rfc3339(c["next_sync_at"].as_str().unwrap()).unwrap();
     assert_eq!(next, due + 15 * 60_000, "next_sync_at moves one interval on");
 
     // Due again while the first is still queued: recorded as skipped, with the reason.
-    sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2").bind(due + 1).bind(&cnn).execute(&srv.state.db.pool).await.unwrap();
+    sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2")
+        .bind(due + 1)
+        .bind(&cnn)
+        .execute(&srv.state.db.pool)
+        .await
+        .unwrap();
     assert_eq!(api_server::fleet::schedule_once(&srv.state).await.unwrap(), 1);
     let (_, jobs) = api.get(&format!("/api/v1/smb-connectors/{cnn}/jobs")).await;
     let skipped = &jobs["jobs"][0];
@@ -470,17 +629,33 @@ async fn deleting_a_connector_cancels_its_job_and_fences_its_worker(backend: Bac
     let (mut cp, mut fs) = clients(&srv, &srv.worker_token()).await;
     let l = lease(&mut cp, &cnn, "w").await.unwrap();
     cp.claim_job(v1::ClaimJobRequest { job_id: job_id.clone(), lease: Some(l.clone()) }).await.unwrap();
-    let up = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "kept.txt", b"kept", ""))).await.unwrap().into_inner();
+    let up = fs
+        .upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "kept.txt", b"kept", "")))
+        .await
+        .unwrap()
+        .into_inner();
 
     let (st, _) = api.delete(&format!("/api/v1/smb-connectors/{cnn}")).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let status: (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1").bind(&job_id).fetch_one(&srv.state.db.pool).await.unwrap();
+    let status: (String,) = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
+        .bind(&job_id)
+        .fetch_one(&srv.state.db.pool)
+        .await
+        .unwrap();
     assert_eq!(status.0, "cancelled");
     // The worker can no longer write anything.
-    let e = fs.upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "after.txt", b"x", ""))).await.unwrap_err();
+    let e = fs
+        .upload(futures::stream::iter(upload_msgs(&l, &share, "/From Fileserver", "after.txt", b"x", "")))
+        .await
+        .unwrap_err();
     assert!(["LEASE_STALE", "CONNECTOR_NOT_FOUND"].contains(&code_of(&e).as_str()), "{e:?}");
     let e = cp
-        .complete_job(v1::CompleteJobRequest { job_id, lease: Some(l), outcome: v1::JobOutcome::Completed as i32, ..Default::default() })
+        .complete_job(v1::CompleteJobRequest {
+            job_id,
+            lease: Some(l),
+            outcome: v1::JobOutcome::Completed as i32,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), "LEASE_STALE");

@@ -50,17 +50,13 @@ impl PgDatabase {
         use sqlx::Connection;
         let admin = postgres_admin_url();
         let name = format!("scd_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("PostgreSQL must run for the tests (TEST_POSTGRES_URL)");
+        let mut conn =
+            sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL must run for the tests (TEST_POSTGRES_URL)");
         sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
             .await
             .expect("create test database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
+        PgDatabase { url: format!("{base}/{name}"), name }
     }
 }
 
@@ -166,13 +162,9 @@ impl TestServer {
             config.scheduler_tick_ms = t;
         }
         let state = AppState::open(config).await.expect("open state");
-        let admin_token = api_server::cli::bootstrap(&state)
-            .await
-            .expect("bootstrap")
-            .expect("a fresh database bootstraps");
-        let running = api_server::start(state.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("start server");
+        let admin_token =
+            api_server::cli::bootstrap(&state).await.expect("bootstrap").expect("a fresh database bootstraps");
+        let running = api_server::start(state.clone(), "127.0.0.1:0".parse().unwrap()).await.expect("start server");
         TestServer {
             url: format!("http://{}", running.addr),
             grpc_url: format!("http://{}", running.grpc_addr),
@@ -213,11 +205,7 @@ impl TestServer {
     }
 
     pub fn client(&self, token: Option<&str>) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            base: self.url.clone(),
-            token: token.map(str::to_string),
-        }
+        Api { http: reqwest::Client::new(), base: self.url.clone(), token: token.map(str::to_string) }
     }
 
     /// Creates a user in the default tenant and returns (user id, a client with its token).
@@ -226,9 +214,7 @@ impl TestServer {
         let (st, u) = admin.post("/api/v1/users", serde_json::json!({"username": username})).await;
         assert_eq!(st, StatusCode::CREATED, "{u}");
         let id = u["id"].as_str().unwrap().to_string();
-        let (st, t) = admin
-            .post("/api/v1/tokens", serde_json::json!({"name": "test", "user_id": id}))
-            .await;
+        let (st, t) = admin.post("/api/v1/tokens", serde_json::json!({"name": "test", "user_id": id})).await;
         assert_eq!(st, StatusCode::CREATED, "{t}");
         (id, self.client(Some(t["token"].as_str().unwrap())))
     }

@@ -25,7 +25,10 @@ async fn connectivity_test_reports_success_and_each_failure(setup: Setup) {
     env.mkdir("2026");
     let c = env.connector(json!({"base_path": "2026"})).await;
     let r = test(&env, &c).await;
-    assert_eq!(r, json!({"success": true, "message": "Connected to 127.0.0.1\\Share as CORP\\scaidrive-svc", "error": null}));
+    assert_eq!(
+        r,
+        json!({"success": true, "message": "Connected to 127.0.0.1\\Share as CORP\\scaidrive-svc", "error": null})
+    );
 
     env.patch(&c, json!({"password": "not-the-password-42"})).await;
     let r = test(&env, &c).await;
@@ -60,7 +63,11 @@ async fn connectivity_test_reports_success_and_each_failure(setup: Setup) {
 /// No worker to carry the test out: the caller waits (30 s, bounded) and gets its own code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connectivity_test_without_a_worker_times_out() {
-    let srv = e2e_tests::TestServer::start_with(e2e_tests::Backend::Sqlite, e2e_tests::Options { embedded_workers: 0, ..Default::default() }).await;
+    let srv = e2e_tests::TestServer::start_with(
+        e2e_tests::Backend::Sqlite,
+        e2e_tests::Options { embedded_workers: 0, ..Default::default() },
+    )
+    .await;
     let api = srv.admin();
     let share = api.share("T").await;
     let t0 = std::time::Instant::now();

@@ -72,8 +72,12 @@ impl Env {
     pub async fn start_with(setup: Setup, tick_ms: Option<u64>) -> Env {
         let samba = tokio::task::spawn_blocking(SambaServer::start).await.unwrap().expect("samba");
         let (backend, opts) = match setup {
-            Setup::Standalone => (Backend::Sqlite, Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: tick_ms }),
-            Setup::Distributed => (Backend::Postgres, Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: tick_ms }),
+            Setup::Standalone => {
+                (Backend::Sqlite, Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: tick_ms })
+            }
+            Setup::Distributed => {
+                (Backend::Postgres, Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: tick_ms })
+            }
         };
         let srv = TestServer::start_with(backend, opts).await;
         let workers = match setup {
@@ -125,7 +129,12 @@ impl Env {
             .arg(format!("setmode \"{}\" {mode}", rel.replace('/', "\\")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "setmode {rel} {mode}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "setmode {rel} {mode}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Creates a target share and a connector on the harness Samba; `extra` overrides fields.
@@ -183,7 +192,14 @@ impl Env {
     }
 
     /// Polls a job until `done(job)` holds, at most `timeout`.
-    pub async fn wait_job_until(&self, c: &Conn, job: &str, timeout: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job_until(
+        &self,
+        c: &Conn,
+        job: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let j = self.job(c, job).await;
@@ -198,7 +214,8 @@ impl Env {
     }
 
     pub async fn wait_job(&self, c: &Conn, job: &str, timeout: Duration) -> Value {
-        self.wait_job_until(c, job, timeout, "terminal", |j| TERMINAL.contains(&j["status"].as_str().unwrap_or(""))).await
+        self.wait_job_until(c, job, timeout, "terminal", |j| TERMINAL.contains(&j["status"].as_str().unwrap_or("")))
+            .await
     }
 
     /// Triggers a run and waits for its end; returns the job.
@@ -231,7 +248,9 @@ impl Env {
     }
 
     pub async fn must(&self, c: &Conn, rel: &str) -> Value {
-        self.target_item(c, rel).await.unwrap_or_else(|| panic!("{rel} is not in ScaiDrive under {}\n{}", c.target, self.logs()))
+        self.target_item(c, rel)
+            .await
+            .unwrap_or_else(|| panic!("{rel} is not in ScaiDrive under {}\n{}", c.target, self.logs()))
     }
 
     pub async fn download(&self, file_id: &str) -> Vec<u8> {
@@ -286,7 +305,10 @@ impl Env {
                 } else {
                     tree.insert(
                         rel,
-                        Entry::File { size: ch["size"].as_u64().unwrap(), sha256: ch["sha256"].as_str().unwrap_or("").to_string() },
+                        Entry::File {
+                            size: ch["size"].as_u64().unwrap(),
+                            sha256: ch["sha256"].as_str().unwrap_or("").to_string(),
+                        },
                     );
                 }
             }
@@ -313,7 +335,8 @@ impl Env {
         let mut out = Vec::new();
         let mut cur = cursor;
         loop {
-            let (st, v) = self.api.get(&format!("/api/v1/sync/changes?share_id={}&cursor={cur}&limit=5000", c.share)).await;
+            let (st, v) =
+                self.api.get(&format!("/api/v1/sync/changes?share_id={}&cursor={cur}&limit=5000", c.share)).await;
             assert_eq!(st, StatusCode::OK, "{v}");
             out.extend(v["changes"].as_array().unwrap().iter().cloned());
             cur = v["cursor"].as_i64().unwrap();
@@ -350,12 +373,8 @@ impl Env {
     /// Streams a file's download through the REST API into SHA-256 (never whole in memory).
     pub async fn download_sha256(&self, file_id: &str) -> (u64, String) {
         use futures::StreamExt;
-        let resp = self
-            .api
-            .request(reqwest::Method::GET, &format!("/api/v1/files/{file_id}/content"))
-            .send()
-            .await
-            .unwrap();
+        let resp =
+            self.api.request(reqwest::Method::GET, &format!("/api/v1/files/{file_id}/content")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         let mut h = sha2::Sha256::new();
         let mut n = 0u64;

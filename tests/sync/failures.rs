@@ -36,7 +36,10 @@ pub fn bulk_tree(env: &Env, dir: &str, n: usize, mib: u64) {
 /// Waits until the job is running on a worker.
 pub async fn wait_running(env: &Env, c: &Conn, job: &str) -> Value {
     env.wait_job_until(c, job, Duration::from_secs(30), "running on a worker", |j| {
-        assert!(!crate::driver::TERMINAL.contains(&j["status"].as_str().unwrap()), "the job ended before the test could act on it (make the data bigger): {j:#}");
+        assert!(
+            !crate::driver::TERMINAL.contains(&j["status"].as_str().unwrap()),
+            "the job ended before the test could act on it (make the data bigger): {j:#}"
+        );
         j["status"] == "running" && j["worker"].is_string()
     })
     .await
@@ -107,7 +110,10 @@ async fn delete_guard_stops_before_deleting_anything(setup: Setup) {
     assert_eq!(job["status"], "failed", "{job:#}");
     assert_eq!(job["error"]["code"], "DELETE_GUARD_TRIGGERED", "{job:#}");
     let msg = job["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("max_delete_percent") && msg.contains("nothing was deleted"), "the job must say how to proceed: {msg}");
+    assert!(
+        msg.contains("max_delete_percent") && msg.contains("nothing was deleted"),
+        "the job must say how to proceed: {msg}"
+    );
     assert_eq!(job["files_deleted"], 0, "{job:#}");
     assert!(env.trash(&c).await.is_empty(), "the guard must stop before deleting anything");
     let (changes, _) = env.changes(&c, cursor).await;

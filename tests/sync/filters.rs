@@ -37,7 +37,8 @@ async fn include_and_exclude_filters_choose_what_is_mirrored(setup: Setup) {
     .await;
     // The excluded folder was not descended: nothing under it is tracked.
     let states = env.file_states(&c, "").await;
-    let under_tmp: Vec<_> = states.iter().filter(|f| f["path"].as_str().unwrap().trim_matches('/').starts_with("tmp/")).collect();
+    let under_tmp: Vec<_> =
+        states.iter().filter(|f| f["path"].as_str().unwrap().trim_matches('/').starts_with("tmp/")).collect();
     assert!(under_tmp.is_empty(), "{under_tmp:#?}");
     for f in &states {
         let p = f["path"].as_str().unwrap().trim_matches('/');

@@ -12,8 +12,7 @@ use crate::failures::{bulk_tree, wait_running};
 
 fn worker_index(env: &Env, job: &Value) -> usize {
     let w = job["worker"].as_str().unwrap();
-    ["w1", "w2"].iter().position(|x| *x == w).unwrap_or_else(|| panic!("unknown worker {w}"))
-    .min(env.workers.len() - 1)
+    ["w1", "w2"].iter().position(|x| *x == w).unwrap_or_else(|| panic!("unknown worker {w}")).min(env.workers.len() - 1)
 }
 
 /// Every file has exactly one live node with one version, nothing was trashed, and every
@@ -89,7 +88,11 @@ async fn a_worker_paused_past_its_lease_commits_nothing_afterwards() {
     let jobs = env.jobs(&c).await;
     assert_eq!(jobs.len(), 1, "{jobs:#?}");
     let j = env.job(&c, &job).await;
-    assert_eq!((j["status"].as_str(), j["worker"].as_str()), (Some("completed"), jobs[0]["worker"].as_str()), "the job finished once: {j:#}");
+    assert_eq!(
+        (j["status"].as_str(), j["worker"].as_str()),
+        (Some("completed"), jobs[0]["worker"].as_str()),
+        "the job finished once: {j:#}"
+    );
     assert_ne!(j["worker"].as_str().unwrap(), paused_id, "{j:#}");
     assert_nothing_lost_or_duplicated(&env, &c).await;
     env.finish().await;

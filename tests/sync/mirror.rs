@@ -108,12 +108,19 @@ async fn edits_additions_deletions_renames_and_moves_are_mirrored(setup: Setup) 
     assert_eq!(env.must(&c, "project/readme.md").await["id"], readme["id"]);
     assert_eq!(env.must(&c, "project").await["id"], proj["id"], "a folder rename keeps the folder");
     let (changes, _) = env.changes(&c, cursor).await;
-    let of = |id: &Value| changes.iter().filter(|ch| &ch["node_id"] == id).map(|ch| ch["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let of = |id: &Value| {
+        changes
+            .iter()
+            .filter(|ch| &ch["node_id"] == id)
+            .map(|ch| ch["type"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     let is_move = |t: &Vec<String>| t.len() == 1 && (t[0] == "moved" || t[0] == "renamed");
     assert!(is_move(&of(&moveme["id"])), "moveme: {:?}\n{changes:#?}", of(&moveme["id"]));
     assert!(is_move(&of(&proj["id"])), "proj: {:?}\n{changes:#?}", of(&proj["id"]));
     assert!(of(&readme["id"]).is_empty(), "the renamed folder's content is not touched: {changes:#?}");
-    let deleted: Vec<&str> = changes.iter().filter(|ch| ch["type"] == "deleted").map(|ch| ch["path"].as_str().unwrap()).collect();
+    let deleted: Vec<&str> =
+        changes.iter().filter(|ch| ch["type"] == "deleted").map(|ch| ch["path"].as_str().unwrap()).collect();
     assert_eq!(deleted, vec!["/Mirror/docs/old.txt"], "{changes:#?}");
     assert_eq!(job["files_synced"], 2, "the edit and the addition only: {job:#}");
     assert_eq!(job["bytes_transferred"], 19 + 9, "{job:#}");
@@ -156,7 +163,8 @@ async fn smb_wins_over_scaidrive_side_changes(setup: Setup) {
     env.assert_mirrored(&c, "", no_skip).await;
     // The edit is overwritten, but stays in the history.
     assert_eq!(env.download(&eid).await, b"SMB content");
-    let shas: Vec<String> = env.versions(&eid).await.iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect();
+    let shas: Vec<String> =
+        env.versions(&eid).await.iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect();
     assert!(shas.contains(&sha256(b"edited in ScaiDrive")), "the ScaiDrive edit must stay a version: {shas:?}");
     assert_eq!(shas[0], sha256(b"SMB content"));
     // The ScaiDrive-only file is in trash; the deleted one is restored (same file).

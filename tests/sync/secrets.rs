@@ -48,11 +48,12 @@ async fn the_password_never_appears_outside_the_secret_store(setup: Setup) {
     match setup {
         Setup::Distributed => {
             let pool = &env.srv.state.db.pool;
-            let tables: Vec<(String,)> =
-                sqlx::query_as("SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public'")
-                    .fetch_all(pool)
-                    .await
-                    .unwrap();
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public'",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
             assert!(tables.len() > 5, "{tables:?}");
             for (t,) in tables {
                 let rows: Vec<(String,)> =
@@ -73,7 +74,11 @@ async fn the_password_never_appears_outside_the_secret_store(setup: Setup) {
                     } else if let Ok(b) = std::fs::read(&p) {
                         files += 1;
                         for pw in [PASSWORD, WRONG] {
-                            assert!(!b.windows(pw.len()).any(|w| w == pw.as_bytes()), "{} holds a password", p.display());
+                            assert!(
+                                !b.windows(pw.len()).any(|w| w == pw.as_bytes()),
+                                "{} holds a password",
+                                p.display()
+                            );
                         }
                     }
                 }

@@ -1,8 +1,5 @@
 //! `ControlPlane`: health, leases and the job lifecycle for the worker fleet.
 
-
-
-
 use proto::v1;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -51,10 +48,7 @@ fn phase_name(p: i32) -> &'static str {
 }
 
 fn filter_msg(f: Option<&connectors::Filter>) -> Option<v1::PathFilter> {
-    f.map(|f| v1::PathFilter {
-        extensions: f.extensions.clone(),
-        patterns: f.patterns.clone(),
-    })
+    f.map(|f| v1::PathFilter { extensions: f.extensions.clone(), patterns: f.patterns.clone() })
 }
 
 fn state_status(s: &str) -> v1::FileSyncStatus {
@@ -105,7 +99,8 @@ fn state_from_msg(m: &v1::FileState) -> Result<FileState, Status> {
         v1::FileSyncStatus::Removed => "removed",
         v1::FileSyncStatus::Unspecified => return Err(invalid("states.status", "a status is required")),
     };
-    if m.path.is_empty() || m.path.starts_with('/') || m.path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if m.path.is_empty() || m.path.starts_with('/') || m.path.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(invalid("states.path", "a relative path without empty, '.' or '..' parts is required"));
     }
     Ok(FileState {
@@ -140,7 +135,10 @@ impl v1::control_plane_server::ControlPlane for Control {
         }))
     }
 
-    async fn acquire_lease(&self, req: Request<v1::AcquireLeaseRequest>) -> Result<Response<v1::AcquireLeaseResponse>, Status> {
+    async fn acquire_lease(
+        &self,
+        req: Request<v1::AcquireLeaseRequest>,
+    ) -> Result<Response<v1::AcquireLeaseResponse>, Status> {
         let r = req.into_inner();
         if r.worker_id.is_empty() {
             return Err(invalid("worker_id", "a worker id is required"));
@@ -166,24 +164,25 @@ impl v1::control_plane_server::ControlPlane for Control {
         }))
     }
 
-    async fn renew_lease(&self, req: Request<v1::RenewLeaseRequest>) -> Result<Response<v1::RenewLeaseResponse>, Status> {
+    async fn renew_lease(
+        &self,
+        req: Request<v1::RenewLeaseRequest>,
+    ) -> Result<Response<v1::RenewLeaseResponse>, Status> {
         let r = req.into_inner();
-        let fence = leases::Fence {
-            lease_id: r.lease_id,
-            token: r.fencing_token as i64,
-        };
-        let lease = leases::renew(&self.state.db, &fence, duration_ms(r.ttl.as_ref())).await.map_err(from_api)?.map_err(refusal)?;
-        Ok(Response::new(v1::RenewLeaseResponse {
-            expires_at: Some(ts(lease.expires_at)),
-        }))
+        let fence = leases::Fence { lease_id: r.lease_id, token: r.fencing_token as i64 };
+        let lease = leases::renew(&self.state.db, &fence, duration_ms(r.ttl.as_ref()))
+            .await
+            .map_err(from_api)?
+            .map_err(refusal)?;
+        Ok(Response::new(v1::RenewLeaseResponse { expires_at: Some(ts(lease.expires_at)) }))
     }
 
-    async fn release_lease(&self, req: Request<v1::ReleaseLeaseRequest>) -> Result<Response<v1::ReleaseLeaseResponse>, Status> {
+    async fn release_lease(
+        &self,
+        req: Request<v1::ReleaseLeaseRequest>,
+    ) -> Result<Response<v1::ReleaseLeaseResponse>, Status> {
         let r = req.into_inner();
-        let fence = leases::Fence {
-            lease_id: r.lease_id,
-            token: r.fencing_token as i64,
-        };
+        let fence = leases::Fence { lease_id: r.lease_id, token: r.fencing_token as i64 };
         let released = leases::release(&self.state.db, &fence).await.map_err(from_api)?;
         Ok(Response::new(v1::ReleaseLeaseResponse { released }))
     }
@@ -193,25 +192,35 @@ impl v1::control_plane_server::ControlPlane for Control {
         let fence = fence_of(r.lease.as_ref())?;
         let job = match jobs::claim(&self.state.db, &r.job_id, &fence, None).await.map_err(from_api)? {
             Ok(j) => j,
-            Err(ClaimRefusal::NotFound) => return Err(status(Code::NotFound, proto::codes::JOB_NOT_FOUND, "no such job")),
+            Err(ClaimRefusal::NotFound) => {
+                return Err(status(Code::NotFound, proto::codes::JOB_NOT_FOUND, "no such job"))
+            }
             Err(ClaimRefusal::Finished(outcome)) => {
                 let mut metadata = std::collections::HashMap::new();
                 metadata.insert("outcome".to_string(), outcome.clone());
-                return Err(proto::error_status(Code::FailedPrecondition, &v1::ErrorDetail {
-                    code: proto::codes::JOB_FINISHED.into(),
-                    message: format!("the job already ended as {outcome}"),
-                    field: String::new(),
-                    metadata,
-                }));
+                return Err(proto::error_status(
+                    Code::FailedPrecondition,
+                    &v1::ErrorDetail {
+                        code: proto::codes::JOB_FINISHED.into(),
+                        message: format!("the job already ended as {outcome}"),
+                        field: String::new(),
+                        metadata,
+                    },
+                ));
             }
             Err(ClaimRefusal::WrongConnector) => {
-                return Err(status(Code::FailedPrecondition, proto::codes::JOB_LEASE_MISMATCH, "the job belongs to another connector"))
+                return Err(status(
+                    Code::FailedPrecondition,
+                    proto::codes::JOB_LEASE_MISMATCH,
+                    "the job belongs to another connector",
+                ))
             }
             Err(ClaimRefusal::Lease(r)) => return Err(refusal(r)),
         };
         let tenant = crate::ids::TenantId::from_db(job.tenant_id.clone());
         let c = connectors::get(&self.state.db, &tenant, &job.connector_id).await.map_err(from_api)?;
-        let creds = connectors::decrypted_credentials(&self.state.db, &self.state.secrets, &c.id).await.map_err(from_api)?;
+        let creds =
+            connectors::decrypted_credentials(&self.state.db, &self.state.secrets, &c.id).await.map_err(from_api)?;
         let cursor = jobs::cursor(&self.state.db, &job.connector_id).await.map_err(from_api)?;
         let st = &c.settings;
         let spec = v1::JobSpec {
@@ -261,19 +270,27 @@ impl v1::control_plane_server::ControlPlane for Control {
         Ok(Response::new(v1::ClaimJobResponse { job: Some(spec) }))
     }
 
-    async fn report_progress(&self, req: Request<Streaming<v1::ProgressUpdate>>) -> Result<Response<v1::ReportProgressResponse>, Status> {
+    async fn report_progress(
+        &self,
+        req: Request<Streaming<v1::ProgressUpdate>>,
+    ) -> Result<Response<v1::ReportProgressResponse>, Status> {
         let mut stream = req.into_inner();
         let mut accepted = 0u64;
         while let Some(u) = stream.message().await? {
             let fence = fence_of(u.lease.as_ref())?;
-            let (cancel, _) = jobs::report_progress(&self.state.db, &u.job_id, &fence, jobs::Progress {
-                phase: phase_name(u.phase),
-                current_path: &u.current_path,
-                files_total: u.files_total as i64,
-                bytes_total: u.bytes_total as i64,
-                bytes_per_second: u.bytes_per_second as i64,
-                counts: counts(u.counts.as_ref()),
-            })
+            let (cancel, _) = jobs::report_progress(
+                &self.state.db,
+                &u.job_id,
+                &fence,
+                jobs::Progress {
+                    phase: phase_name(u.phase),
+                    current_path: &u.current_path,
+                    files_total: u.files_total as i64,
+                    bytes_total: u.bytes_total as i64,
+                    bytes_per_second: u.bytes_per_second as i64,
+                    counts: counts(u.counts.as_ref()),
+                },
+            )
             .await
             .map_err(from_api)?;
             accepted += 1;
@@ -284,7 +301,10 @@ impl v1::control_plane_server::ControlPlane for Control {
         Ok(Response::new(v1::ReportProgressResponse { accepted, cancel_requested: false }))
     }
 
-    async fn report_file_states(&self, req: Request<v1::ReportFileStatesRequest>) -> Result<Response<v1::ReportFileStatesResponse>, Status> {
+    async fn report_file_states(
+        &self,
+        req: Request<v1::ReportFileStatesRequest>,
+    ) -> Result<Response<v1::ReportFileStatesResponse>, Status> {
         let r = req.into_inner();
         if r.states.len() > 1000 {
             return Err(invalid("states", "at most 1000 states per call"));
@@ -292,11 +312,16 @@ impl v1::control_plane_server::ControlPlane for Control {
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
         let fence = fence_of(r.lease.as_ref())?;
         let states = r.states.iter().map(state_from_msg).collect::<Result<Vec<_>, _>>()?;
-        let accepted = file_states::report(&self.state.db, &sc.connector_id, &r.job_id, &fence, &states).await.map_err(from_api)?;
+        let accepted = file_states::report(&self.state.db, &sc.connector_id, &r.job_id, &fence, &states)
+            .await
+            .map_err(from_api)?;
         Ok(Response::new(v1::ReportFileStatesResponse { accepted }))
     }
 
-    async fn complete_job(&self, req: Request<v1::CompleteJobRequest>) -> Result<Response<v1::CompleteJobResponse>, Status> {
+    async fn complete_job(
+        &self,
+        req: Request<v1::CompleteJobRequest>,
+    ) -> Result<Response<v1::CompleteJobResponse>, Status> {
         let r = req.into_inner();
         let fence = fence_of(r.lease.as_ref())?;
         let outcome = match v1::JobOutcome::try_from(r.outcome).unwrap_or(v1::JobOutcome::Unspecified) {
@@ -306,30 +331,38 @@ impl v1::control_plane_server::ControlPlane for Control {
             v1::JobOutcome::Interrupted => "interrupted",
             v1::JobOutcome::Unspecified => return Err(invalid("outcome", "an outcome is required")),
         };
-        let already = jobs::complete(&self.state.db, &r.job_id, &fence, jobs::Outcome {
-            status: outcome,
-            counts: counts(r.counts.as_ref()),
-            error_code: r.error.as_ref().map(|e| e.code.as_str()),
-            error_message: r.error.as_ref().map(|e| e.message.as_str()),
-            cursor: Some(r.scaidrive_cursor.as_str()),
-        })
+        let already = jobs::complete(
+            &self.state.db,
+            &r.job_id,
+            &fence,
+            jobs::Outcome {
+                status: outcome,
+                counts: counts(r.counts.as_ref()),
+                error_code: r.error.as_ref().map(|e| e.code.as_str()),
+                error_message: r.error.as_ref().map(|e| e.message.as_str()),
+                cursor: Some(r.scaidrive_cursor.as_str()),
+            },
+        )
         .await
         .map_err(from_api)?;
         tracing::info!(job.id = %r.job_id, job.outcome = outcome, "job completed");
         Ok(Response::new(v1::CompleteJobResponse { already_recorded: already }))
     }
 
-    async fn check_cancel(&self, req: Request<v1::CheckCancelRequest>) -> Result<Response<v1::CheckCancelResponse>, Status> {
+    async fn check_cancel(
+        &self,
+        req: Request<v1::CheckCancelRequest>,
+    ) -> Result<Response<v1::CheckCancelResponse>, Status> {
         let r = req.into_inner();
         let _ = scope(&self.state, r.lease.as_ref(), None).await?;
         let (cancel, reason) = jobs::cancel_state(&self.state.db, &r.job_id).await.map_err(from_api)?;
-        Ok(Response::new(v1::CheckCancelResponse {
-            cancel_requested: cancel,
-            reason: reason.unwrap_or_default(),
-        }))
+        Ok(Response::new(v1::CheckCancelResponse { cancel_requested: cancel, reason: reason.unwrap_or_default() }))
     }
 
-    async fn list_file_states(&self, req: Request<v1::ListFileStatesRequest>) -> Result<Response<v1::ListFileStatesResponse>, Status> {
+    async fn list_file_states(
+        &self,
+        req: Request<v1::ListFileStatesRequest>,
+    ) -> Result<Response<v1::ListFileStatesResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
         let limit = match r.page_size {
@@ -337,8 +370,14 @@ impl v1::control_plane_server::ControlPlane for Control {
             n @ 1..=5000 => n as i64,
             _ => return Err(invalid("page_size", "must be between 1 and 5000")),
         };
-        let page = file_states::list(&self.state.db, &sc.connector_id, None, None, Some(&r.page_token), limit).await.map_err(from_api)?;
-        let next = if page.len() as i64 == limit { page.last().map(|s| s.path.clone()).unwrap_or_default() } else { String::new() };
+        let page = file_states::list(&self.state.db, &sc.connector_id, None, None, Some(&r.page_token), limit)
+            .await
+            .map_err(from_api)?;
+        let next = if page.len() as i64 == limit {
+            page.last().map(|s| s.path.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(v1::ListFileStatesResponse {
             states: page.iter().map(state_msg).collect(),
             next_page_token: next,
@@ -353,7 +392,9 @@ impl v1::control_plane_server::ControlPlane for Control {
         let t = crate::store::conn_tests::fetch(&self.state.db, &self.state.secrets, &r.test_id)
             .await
             .map_err(from_api)?
-            .ok_or_else(|| status(Code::NotFound, "TEST_NOT_FOUND", "no such pending test (answered, or its caller gave up)"))?;
+            .ok_or_else(|| {
+                status(Code::NotFound, "TEST_NOT_FOUND", "no such pending test (answered, or its caller gave up)")
+            })?;
         tracing::info!(test.id = %t.id, worker.id = %r.worker_id, "connection test fetched");
         Ok(Response::new(v1::FetchConnectionTestResponse {
             test_id: t.id,

@@ -59,7 +59,11 @@ async fn resolve(state: &AppState, sc: &Scope, r: Option<&v1::NodeRef>, field: &
             }
             let n = nodes::get(&state.db, &sc.tenant, id).await.map_err(from_api)?;
             if n.share_id != sc.share_id {
-                return Err(status(Code::PermissionDenied, proto::codes::OUTSIDE_SCOPE, "the node is outside the target share"));
+                return Err(status(
+                    Code::PermissionDenied,
+                    proto::codes::OUTSIDE_SCOPE,
+                    "the node is outside the target share",
+                ));
             }
             Ok(Some(n))
         }
@@ -72,7 +76,13 @@ async fn resolve(state: &AppState, sc: &Scope, r: Option<&v1::NodeRef>, field: &
 
 /// The folder id a reference names (the share id for the root), creating missing folders of
 /// a path when asked.
-async fn folder_id(state: &AppState, sc: &Scope, r: Option<&v1::NodeRef>, create: bool, field: &str) -> Result<String, Status> {
+async fn folder_id(
+    state: &AppState,
+    sc: &Scope,
+    r: Option<&v1::NodeRef>,
+    create: bool,
+    field: &str,
+) -> Result<String, Status> {
     if let (true, Some(v1::node_ref::Ref::Path(p))) = (create, r.and_then(|r| r.r#ref.as_ref())) {
         let segs = paths::segments(field, p).map_err(from_api)?;
         return nodes::ensure_folders(&state.db, &sc.tenant, &sc.actor, &sc.share_id, &segs).await.map_err(from_api);
@@ -80,13 +90,16 @@ async fn folder_id(state: &AppState, sc: &Scope, r: Option<&v1::NodeRef>, create
     match resolve(state, sc, r, field).await? {
         None => Ok(sc.share_id.clone()),
         Some(n) if n.kind == Kind::Folder => Ok(n.id),
-        Some(_) => Err(status(Code::FailedPrecondition, proto::codes::NODE_KIND_MISMATCH, "a file where a folder is needed")),
+        Some(_) => {
+            Err(status(Code::FailedPrecondition, proto::codes::NODE_KIND_MISMATCH, "a file where a folder is needed"))
+        }
     }
 }
 
 fn check_precondition(n: &Node, p: Option<&v1::Precondition>) -> Result<(), Status> {
     let Some(p) = p else { return Ok(()) };
-    let version_ok = p.base_version_id.is_empty() || n.current_version_id.as_deref() == Some(p.base_version_id.as_str());
+    let version_ok =
+        p.base_version_id.is_empty() || n.current_version_id.as_deref() == Some(p.base_version_id.as_str());
     let etag_ok = p.etag.is_empty() || p.etag == n.last_change.to_string();
     if version_ok && etag_ok {
         return Ok(());
@@ -94,12 +107,15 @@ fn check_precondition(n: &Node, p: Option<&v1::Precondition>) -> Result<(), Stat
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("current_version_id".to_string(), n.current_version_id.clone().unwrap_or_default());
     metadata.insert("current_etag".to_string(), n.last_change.to_string());
-    Err(proto::error_status(Code::Aborted, &v1::ErrorDetail {
-        code: proto::codes::VERSION_CONFLICT.into(),
-        message: "the node changed since the state this write is based on".into(),
-        field: String::new(),
-        metadata,
-    }))
+    Err(proto::error_status(
+        Code::Aborted,
+        &v1::ErrorDetail {
+            code: proto::codes::VERSION_CONFLICT.into(),
+            message: "the node changed since the state this write is based on".into(),
+            field: String::new(),
+            metadata,
+        },
+    ))
 }
 
 fn change_type(t: &str) -> v1::ChangeType {
@@ -117,7 +133,10 @@ type ByteResult = Result<v1::DownloadResponse, Status>;
 
 #[tonic::async_trait]
 impl v1::file_service_server::FileService for Files {
-    async fn list_changes(&self, req: Request<v1::ListChangesRequest>) -> Result<Response<v1::ListChangesResponse>, Status> {
+    async fn list_changes(
+        &self,
+        req: Request<v1::ListChangesRequest>,
+    ) -> Result<Response<v1::ListChangesResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), Some(&r.share_id)).await?;
         let limit = match r.limit {
@@ -130,9 +149,10 @@ impl v1::file_service_server::FileService for Files {
         } else {
             r.cursor.parse::<i64>().map_err(|_| invalid("cursor", "not a cursor this server issued"))?
         };
-        let (list, next, has_more) = changes::list(&self.state.db, &sc.tenant, std::slice::from_ref(&sc.share_id), cursor, limit)
-            .await
-            .map_err(from_api)?;
+        let (list, next, has_more) =
+            changes::list(&self.state.db, &sc.tenant, std::slice::from_ref(&sc.share_id), cursor, limit)
+                .await
+                .map_err(from_api)?;
         let changes = list
             .into_iter()
             .map(|c| v1::Change {
@@ -158,11 +178,7 @@ impl v1::file_service_server::FileService for Files {
                 actor_id: c.actor_id,
             })
             .collect();
-        Ok(Response::new(v1::ListChangesResponse {
-            changes,
-            cursor: next.to_string(),
-            has_more,
-        }))
+        Ok(Response::new(v1::ListChangesResponse { changes, cursor: next.to_string(), has_more }))
     }
 
     async fn stat(&self, req: Request<v1::StatRequest>) -> Result<Response<v1::Node>, Status> {
@@ -198,9 +214,12 @@ impl v1::file_service_server::FileService for Files {
         };
         let base = base_path.trim_end_matches('/').to_string();
         let (nodes_out, next) = if r.recursive {
-            let page = nodes::subtree(&self.state.db, &folder, &r.page_token, r.include_deleted, limit).await.map_err(from_api)?;
+            let page = nodes::subtree(&self.state.db, &folder, &r.page_token, r.include_deleted, limit)
+                .await
+                .map_err(from_api)?;
             let next = if page.len() as i64 == limit { page.last().map(|(_, p)| p.clone()) } else { None };
-            let out = page.into_iter().map(|(n, rel)| node_msg(&n, format!("{base}{rel}"), n.deleted_at.is_some())).collect();
+            let out =
+                page.into_iter().map(|(n, rel)| node_msg(&n, format!("{base}{rel}"), n.deleted_at.is_some())).collect();
             (out, next)
         } else {
             let page = nodes::children(&self.state.db, &folder, Some(&r.page_token), limit).await.map_err(from_api)?;
@@ -208,10 +227,7 @@ impl v1::file_service_server::FileService for Files {
             let out = page.iter().map(|n| node_msg(n, format!("{base}/{}", n.name), false)).collect();
             (out, next)
         };
-        Ok(Response::new(v1::ListResponse {
-            nodes: nodes_out,
-            next_page_token: next.unwrap_or_default(),
-        }))
+        Ok(Response::new(v1::ListResponse { nodes: nodes_out, next_page_token: next.unwrap_or_default() }))
     }
 
     async fn upload(&self, req: Request<Streaming<v1::UploadRequest>>) -> Result<Response<v1::UploadResponse>, Status> {
@@ -225,19 +241,24 @@ impl v1::file_service_server::FileService for Files {
         if header.sha256.len() != 64 {
             return Err(invalid("header.sha256", "must be a SHA-256 in lowercase hex"));
         }
-        let parent = folder_id(&self.state, &sc, header.parent.as_ref(), header.create_parents, "header.parent").await?;
+        let parent =
+            folder_id(&self.state, &sc, header.parent.as_ref(), header.create_parents, "header.parent").await?;
         let body = stream.map(|m| match m {
             Ok(v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(c)) }) => Ok(Bytes::from(c)),
             Ok(_) => Err(Status::invalid_argument("only content chunks may follow the header")),
             Err(e) => Err(e),
         });
-        let ingested = content::ingest(self.state.content.as_ref(), Box::pin(body), Some(header.size))
-            .await
-            .map_err(|e| match e {
-                content::ContentError::TooLarge => status(Code::InvalidArgument, proto::codes::CHECKSUM_MISMATCH, "more bytes than the header's size"),
-                content::ContentError::Body(m) => status(Code::Cancelled, "UPLOAD_ABORTED", format!("the upload stream failed: {m}")),
+        let ingested = content::ingest(self.state.content.as_ref(), Box::pin(body), Some(header.size)).await.map_err(
+            |e| match e {
+                content::ContentError::TooLarge => {
+                    status(Code::InvalidArgument, proto::codes::CHECKSUM_MISMATCH, "more bytes than the header's size")
+                }
+                content::ContentError::Body(m) => {
+                    status(Code::Cancelled, "UPLOAD_ABORTED", format!("the upload stream failed: {m}"))
+                }
                 other => from_api(other.into()),
-            })?;
+            },
+        )?;
         if ingested.size != header.size || ingested.sha256 != header.sha256 {
             return Err(status(
                 Code::InvalidArgument,
@@ -248,15 +269,19 @@ impl v1::file_service_server::FileService for Files {
         let existing = nodes::child(&self.state.db, &parent, &name).await.map_err(from_api)?;
         // A retry after a lost reply: the content is already there.
         if let Some(ex) = &existing {
-            let base_stale = !header.base_version_id.is_empty() && ex.current_version_id.as_deref() != Some(header.base_version_id.as_str());
-            if ex.kind == Kind::File && ex.sha256.as_deref() == Some(header.sha256.as_str()) && ex.size as u64 == header.size
+            let base_stale = !header.base_version_id.is_empty()
+                && ex.current_version_id.as_deref() != Some(header.base_version_id.as_str());
+            if ex.kind == Kind::File
+                && ex.sha256.as_deref() == Some(header.sha256.as_str())
+                && ex.size as u64 == header.size
                 && (header.base_version_id.is_empty() || base_stale)
             {
                 let node = located(&self.state, ex.clone()).await?;
                 return Ok(Response::new(v1::UploadResponse { node: Some(node), unchanged: true }));
             }
         }
-        let expect = if header.base_version_id.is_empty() { Expect::Absent } else { Expect::Version(&header.base_version_id) };
+        let expect =
+            if header.base_version_id.is_empty() { Expect::Absent } else { Expect::Version(&header.base_version_id) };
         let c = nodes::commit_content(
             &self.state.db,
             &sc.tenant,
@@ -269,10 +294,7 @@ impl v1::file_service_server::FileService for Files {
         )
         .await
         .map_err(from_api)?;
-        Ok(Response::new(v1::UploadResponse {
-            node: Some(located(&self.state, c.node).await?),
-            unchanged: false,
-        }))
+        Ok(Response::new(v1::UploadResponse { node: Some(located(&self.state, c.node).await?), unchanged: false }))
     }
 
     type DownloadStream = Pin<Box<dyn Stream<Item = ByteResult> + Send>>;
@@ -280,15 +302,25 @@ impl v1::file_service_server::FileService for Files {
     async fn download(&self, req: Request<v1::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), Some(&r.share_id)).await?;
-        let n = resolve(&self.state, &sc, r.node.as_ref(), "node").await?.ok_or_else(|| invalid("node", "the root is not a file"))?;
+        let n = resolve(&self.state, &sc, r.node.as_ref(), "node")
+            .await?
+            .ok_or_else(|| invalid("node", "the root is not a file"))?;
         if n.kind != Kind::File {
             return Err(status(Code::FailedPrecondition, proto::codes::NODE_KIND_MISMATCH, "not a file"));
         }
-        let vid = if r.version_id.is_empty() { n.current_version_id.clone().unwrap_or_default() } else { r.version_id.clone() };
+        let vid = if r.version_id.is_empty() {
+            n.current_version_id.clone().unwrap_or_default()
+        } else {
+            r.version_id.clone()
+        };
         let v = nodes::version(&self.state.db, &n.id, &vid).await.map_err(from_api)?;
         let size = v.size as u64;
         if r.offset > size || (r.offset == size && size > 0 && r.length > 0) {
-            return Err(status(Code::OutOfRange, proto::codes::RANGE_NOT_SATISFIABLE, "the offset is beyond the end of the file"));
+            return Err(status(
+                Code::OutOfRange,
+                proto::codes::RANGE_NOT_SATISFIABLE,
+                "the offset is beyond the end of the file",
+            ));
         }
         let end = if r.length == 0 { size } else { (r.offset + r.length).min(size) };
         let chunks = nodes::version_chunks(&self.state.db, &v.id).await.map_err(from_api)?;
@@ -315,20 +347,30 @@ impl v1::file_service_server::FileService for Files {
         Ok(Response::new(Box::pin(futures::stream::once(async { Ok(header) }).chain(body))))
     }
 
-    async fn create_folder(&self, req: Request<v1::CreateFolderRequest>) -> Result<Response<v1::CreateFolderResponse>, Status> {
+    async fn create_folder(
+        &self,
+        req: Request<v1::CreateFolderRequest>,
+    ) -> Result<Response<v1::CreateFolderResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), Some(&r.share_id)).await?;
         let name = paths::name("name", &r.name).map_err(from_api)?;
         let parent = folder_id(&self.state, &sc, r.parent.as_ref(), r.create_parents, "parent").await?;
         if let Some(ex) = nodes::child(&self.state.db, &parent, &name).await.map_err(from_api)? {
             if ex.kind == Kind::Folder {
-                return Ok(Response::new(v1::CreateFolderResponse { node: Some(located(&self.state, ex).await?), created: false }));
+                return Ok(Response::new(v1::CreateFolderResponse {
+                    node: Some(located(&self.state, ex).await?),
+                    created: false,
+                }));
             }
             return Err(status(Code::AlreadyExists, proto::codes::NAME_CONFLICT, "a file of that name exists"));
         }
-        let n = nodes::create_folder(&self.state.db, &sc.tenant, &sc.actor, &sc.share_id, &parent, &name).await.map_err(from_api)?;
+        let n = nodes::create_folder(&self.state.db, &sc.tenant, &sc.actor, &sc.share_id, &parent, &name)
+            .await
+            .map_err(from_api)?;
         let n = match r.modified_at.as_ref() {
-            Some(t) => nodes::set_times(&self.state.db, &sc.tenant, &sc.actor, &n, from_ts(t)).await.map_err(from_api)?,
+            Some(t) => {
+                nodes::set_times(&self.state.db, &sc.tenant, &sc.actor, &n, from_ts(t)).await.map_err(from_api)?
+            }
             None => n,
         };
         Ok(Response::new(v1::CreateFolderResponse { node: Some(located(&self.state, n).await?), created: true }))
@@ -343,10 +385,12 @@ impl v1::file_service_server::FileService for Files {
             None => None,
             Some(p) => Some(folder_id(&self.state, &sc, Some(p), false, "new_parent").await?),
         };
-        let name = if r.new_name.is_empty() { None } else { Some(paths::name("new_name", &r.new_name).map_err(from_api)?) };
-        let out = nodes::rename_move(&self.state.db, &sc.tenant, &sc.actor, &n, name.as_deref(), parent.as_deref(), None)
-            .await
-            .map_err(from_api)?;
+        let name =
+            if r.new_name.is_empty() { None } else { Some(paths::name("new_name", &r.new_name).map_err(from_api)?) };
+        let out =
+            nodes::rename_move(&self.state.db, &sc.tenant, &sc.actor, &n, name.as_deref(), parent.as_deref(), None)
+                .await
+                .map_err(from_api)?;
         Ok(Response::new(located(&self.state, out).await?))
     }
 
@@ -391,7 +435,9 @@ impl v1::file_service_server::FileService for Files {
         let n = by_id(&self.state, &sc, &r.node_id).await?;
         check_precondition(&n, r.precondition.as_ref())?;
         let out = match r.modified_at.as_ref() {
-            Some(t) => nodes::set_times(&self.state.db, &sc.tenant, &sc.actor, &n, from_ts(t)).await.map_err(from_api)?,
+            Some(t) => {
+                nodes::set_times(&self.state.db, &sc.tenant, &sc.actor, &n, from_ts(t)).await.map_err(from_api)?
+            }
             None => n,
         };
         Ok(Response::new(located(&self.state, out).await?))
@@ -404,7 +450,11 @@ async fn by_id(state: &AppState, sc: &Scope, id: &str) -> Result<Node, Status> {
     }
     let n = nodes::get(&state.db, &sc.tenant, id).await.map_err(from_api)?;
     if n.share_id != sc.share_id {
-        return Err(status(Code::PermissionDenied, proto::codes::OUTSIDE_SCOPE, "the node is outside the target share"));
+        return Err(status(
+            Code::PermissionDenied,
+            proto::codes::OUTSIDE_SCOPE,
+            "the node is outside the target share",
+        ));
     }
     Ok(n)
 }

@@ -22,20 +22,22 @@ use crate::AppState;
 
 /// Builds a status with an `ErrorDetail` (code, message, field).
 pub fn status(code: Code, machine: &str, message: impl Into<String>) -> Status {
-    proto::error_status(code, &v1::ErrorDetail {
-        code: machine.to_string(),
-        message: message.into(),
-        ..Default::default()
-    })
+    proto::error_status(
+        code,
+        &v1::ErrorDetail { code: machine.to_string(), message: message.into(), ..Default::default() },
+    )
 }
 
 pub fn invalid(field: &str, message: impl Into<String>) -> Status {
-    proto::error_status(Code::InvalidArgument, &v1::ErrorDetail {
-        code: proto::codes::VALIDATION_FAILED.to_string(),
-        message: message.into(),
-        field: field.to_string(),
-        ..Default::default()
-    })
+    proto::error_status(
+        Code::InvalidArgument,
+        &v1::ErrorDetail {
+            code: proto::codes::VALIDATION_FAILED.to_string(),
+            message: message.into(),
+            field: field.to_string(),
+            ..Default::default()
+        },
+    )
 }
 
 /// The gRPC form of a store or API error.
@@ -59,12 +61,15 @@ pub fn from_api(e: ApiError) -> Status {
             metadata.insert(k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
         }
     }
-    proto::error_status(code, &v1::ErrorDetail {
-        code: machine.to_string(),
-        message: e.message,
-        field: e.field.unwrap_or_default(),
-        metadata,
-    })
+    proto::error_status(
+        code,
+        &v1::ErrorDetail {
+            code: machine.to_string(),
+            message: e.message,
+            field: e.field.unwrap_or_default(),
+            metadata,
+        },
+    )
 }
 
 pub fn refusal(r: Refusal) -> Status {
@@ -72,10 +77,7 @@ pub fn refusal(r: Refusal) -> Status {
 }
 
 pub fn ts(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub fn from_ts(t: &prost_types::Timestamp) -> i64 {
@@ -85,10 +87,7 @@ pub fn from_ts(t: &prost_types::Timestamp) -> i64 {
 /// Full precision (unix nanoseconds) for SMB times, which have 100 ns ticks: a state read
 /// back must compare equal to what the worker sees on SMB, or every run would re-sync.
 pub fn ts_ns(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ns.div_euclid(1_000_000_000), nanos: ns.rem_euclid(1_000_000_000) as i32 }
 }
 
 pub fn from_ts_ns(t: &prost_types::Timestamp) -> i64 {
@@ -109,10 +108,7 @@ pub fn fence_of(t: Option<&v1::LeaseToken>) -> Result<Fence, Status> {
     if t.lease_id.is_empty() {
         return Err(invalid("lease.lease_id", "a lease id is required"));
     }
-    Ok(Fence {
-        lease_id: t.lease_id.clone(),
-        token: t.fencing_token as i64,
-    })
+    Ok(Fence { lease_id: t.lease_id.clone(), token: t.fencing_token as i64 })
 }
 
 /// Checks the lease and returns its scope; `share_id`, when given, must be the connector's
@@ -120,16 +116,22 @@ pub fn fence_of(t: Option<&v1::LeaseToken>) -> Result<Fence, Status> {
 pub async fn scope(state: &AppState, token: Option<&v1::LeaseToken>, share_id: Option<&str>) -> Result<Scope, Status> {
     let fence = fence_of(token)?;
     let lease = leases::validate(&state.db, &fence).await.map_err(from_api)?.map_err(refusal)?;
-    let row: Option<(String, String)> = sqlx::query_as("SELECT tenant_id, target_share_id FROM connectors WHERE id = $1")
-        .bind(&lease.connector_id)
-        .fetch_optional(&state.db.pool)
-        .await
-        .map_err(|e| from_api(e.into()))?;
-    let (tenant, target) =
-        row.ok_or_else(|| status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, "the lease's connector no longer exists"))?;
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, target_share_id FROM connectors WHERE id = $1")
+            .bind(&lease.connector_id)
+            .fetch_optional(&state.db.pool)
+            .await
+            .map_err(|e| from_api(e.into()))?;
+    let (tenant, target) = row.ok_or_else(|| {
+        status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, "the lease's connector no longer exists")
+    })?;
     if let Some(s) = share_id {
         if s != target {
-            return Err(status(Code::PermissionDenied, proto::codes::OUTSIDE_SCOPE, "the share is not this connector's target share"));
+            return Err(status(
+                Code::PermissionDenied,
+                proto::codes::OUTSIDE_SCOPE,
+                "the share is not this connector's target share",
+            ));
         }
     }
     Ok(Scope {
@@ -149,9 +151,7 @@ pub struct WorkerAuth {
 
 impl WorkerAuth {
     pub fn new(token: String) -> Self {
-        Self {
-            token: std::sync::Arc::new(token),
-        }
+        Self { token: std::sync::Arc::new(token) }
     }
 }
 
@@ -176,9 +176,13 @@ impl tonic::service::Interceptor for WorkerAuth {
 /// The gRPC services, behind the worker-token check.
 pub fn router(state: AppState, worker_token: String) -> tonic::service::Routes {
     let auth = WorkerAuth::new(worker_token);
-    let control = v1::control_plane_server::ControlPlaneServer::with_interceptor(control::Control::new(state.clone()), auth.clone());
+    let control = v1::control_plane_server::ControlPlaneServer::with_interceptor(
+        control::Control::new(state.clone()),
+        auth.clone(),
+    );
     let files = tonic::service::interceptor::InterceptedService::new(
-        v1::file_service_server::FileServiceServer::new(files::Files::new(state)).max_decoding_message_size(4 * 1024 * 1024),
+        v1::file_service_server::FileServiceServer::new(files::Files::new(state))
+            .max_decoding_message_size(4 * 1024 * 1024),
         auth,
     );
     tonic::service::Routes::new(control).add_service(files)

@@ -49,11 +49,7 @@ pub struct GroupResponse {
 
 impl From<Group> for GroupResponse {
     fn from(g: Group) -> Self {
-        GroupResponse {
-            id: g.id.to_string(),
-            name: g.name,
-            created_at: rfc3339(g.created_at),
-        }
+        GroupResponse { id: g.id.to_string(), name: g.name, created_at: rfc3339(g.created_at) }
     }
 }
 
@@ -105,9 +101,7 @@ pub struct UserList {
 #[utoipa::path(get, path = "/api/v1/users", tag = "accounts", responses((status = 200, body = UserList)))]
 pub async fn list_users(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<UserList>> {
     let users = accounts::list_users(&s.db, &caller.tenant_id).await?;
-    Ok(Json(UserList {
-        users: users.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(UserList { users: users.into_iter().map(Into::into).collect() }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -132,12 +126,16 @@ pub async fn create_user(
     if body.global_role.as_deref() == Some("super_admin") && caller.global_role.as_deref() != Some("super_admin") {
         return Err(ApiError::forbidden("only a super admin may create a super admin"));
     }
-    let u = accounts::create_user(&s.db, &caller.tenant_id, NewUser {
-        username: &body.username,
-        display_name: body.display_name.as_deref(),
-        email: body.email.as_deref(),
-        global_role: body.global_role.as_deref(),
-    })
+    let u = accounts::create_user(
+        &s.db,
+        &caller.tenant_id,
+        NewUser {
+            username: &body.username,
+            display_name: body.display_name.as_deref(),
+            email: body.email.as_deref(),
+            global_role: body.global_role.as_deref(),
+        },
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(u.into())))
 }
@@ -151,9 +149,7 @@ pub struct GroupList {
 #[utoipa::path(get, path = "/api/v1/groups", tag = "accounts", responses((status = 200, body = GroupList)))]
 pub async fn list_groups(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<GroupList>> {
     let groups = accounts::list_groups(&s.db, &caller.tenant_id).await?;
-    Ok(Json(GroupList {
-        groups: groups.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(GroupList { groups: groups.into_iter().map(Into::into).collect() }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -178,12 +174,14 @@ pub async fn create_group(
 /// A group's members.
 #[utoipa::path(get, path = "/api/v1/groups/{id}/members", tag = "accounts", params(("id" = String, Path)),
     responses((status = 200, body = UserList)))]
-pub async fn group_members(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<UserList>> {
+pub async fn group_members(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserList>> {
     let g = accounts::find_group(&s.db, &caller.tenant_id, &id).await?;
     let users = accounts::group_members(&s.db, &g).await?;
-    Ok(Json(UserList {
-        users: users.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(UserList { users: users.into_iter().map(Into::into).collect() }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -233,9 +231,7 @@ pub struct TokenList {
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "accounts", responses((status = 200, body = TokenList)))]
 pub async fn list_tokens(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<TokenList>> {
     let tokens = accounts::list_tokens(&s.db, &caller.user_id).await?;
-    Ok(Json(TokenList {
-        tokens: tokens.into_iter().map(|t| TokenResponse::from(t, None)).collect(),
-    }))
+    Ok(Json(TokenList { tokens: tokens.into_iter().map(|t| TokenResponse::from(t, None)).collect() }))
 }
 
 #[derive(Deserialize, ToSchema)]

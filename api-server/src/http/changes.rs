@@ -74,10 +74,7 @@ impl From<Change> for ChangeResponse {
             version_id: c.version_id,
             size: c.size,
             sha256: c.sha256,
-            actor: ActorResponse {
-                kind: c.actor_type,
-                id: c.actor_id,
-            },
+            actor: ActorResponse { kind: c.actor_type, id: c.actor_id },
             created_at: rfc3339(c.created_at),
         }
     }
@@ -114,16 +111,8 @@ pub async fn list_changes(
             acl::require(&s.db, &caller, &share_resource(share.id.as_str()), perm::READ).await?;
             vec![share.id.to_string()]
         }
-        None => shares::list_visible(&s.db, &caller)
-            .await?
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect(),
+        None => shares::list_visible(&s.db, &caller).await?.into_iter().map(|s| s.id.to_string()).collect(),
     };
     let (list, next, has_more) = changes::list(&s.db, &caller.tenant_id, &share_ids, cursor, limit).await?;
-    Ok(Json(ChangesPage {
-        changes: list.into_iter().map(Into::into).collect(),
-        cursor: next,
-        has_more,
-    }))
+    Ok(Json(ChangesPage { changes: list.into_iter().map(Into::into).collect(), cursor: next, has_more }))
 }

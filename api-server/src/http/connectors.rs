@@ -76,10 +76,7 @@ pub struct FilterBody {
 
 impl From<Filter> for FilterBody {
     fn from(f: Filter) -> Self {
-        FilterBody {
-            extensions: f.extensions,
-            patterns: f.patterns,
-        }
+        FilterBody { extensions: f.extensions, patterns: f.patterns }
     }
 }
 
@@ -394,15 +391,14 @@ impl Raw {
 
 /// Creates the target folder chain (as the caller) so the connector's root exists.
 async fn ensure_target(s: &AppState, caller: &Caller, share: &ShareId, segs: &[String]) -> ApiResult<()> {
-    nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), share.as_str(), segs)
-        .await
-        .map(|_| ())
-        .map_err(|e| match e.code {
+    nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), share.as_str(), segs).await.map(|_| ()).map_err(
+        |e| match e.code {
             // A file is in the way: the value is unusable, like any other invalid path.
             "NOT_A_FOLDER" => ApiError::validation("target_path", e.message).with_code("NOT_A_FOLDER"),
             _ if e.field.as_deref() == Some("path") => e.with_field("target_path"),
             _ => e,
-        })
+        },
+    )
 }
 
 /// The connector, if it is the caller's tenant's and the caller may manage it.
@@ -422,9 +418,8 @@ pub async fn create_connector(
     caller: Caller,
     ApiJson(body): ApiJson<CreateConnector>,
 ) -> ApiResult<(StatusCode, Json<ConnectorResponse>)> {
-    let share = crate::store::shares::get(&s.db, &caller.tenant_id, body.target_share_id.trim())
-        .await
-        .map_err(|e| {
+    let share =
+        crate::store::shares::get(&s.db, &caller.tenant_id, body.target_share_id.trim()).await.map_err(|e| {
             if e.status == StatusCode::NOT_FOUND {
                 ApiError::validation("target_share_id", "no share with that id in this tenant")
             } else {
@@ -517,18 +512,12 @@ pub async fn list_connectors(
             if ok {
                 out.push(ConnectorResponse::from(c));
                 if out.len() as i64 == limit {
-                    return Ok(Json(ConnectorList {
-                        connectors: out,
-                        next_cursor: Some(after),
-                    }));
+                    return Ok(Json(ConnectorList { connectors: out, next_cursor: Some(after) }));
                 }
             }
         }
         if exhausted {
-            return Ok(Json(ConnectorList {
-                connectors: out,
-                next_cursor: None,
-            }));
+            return Ok(Json(ConnectorList { connectors: out, next_cursor: None }));
         }
     }
 }
@@ -577,8 +566,11 @@ pub async fn update_connector(
         Patch::Absent => {}
         Patch::Value(v) if v.trim() == c.target_share_id.as_str() => {}
         _ => {
-            return Err(ApiError::validation("target_share_id", "is immutable; create a new connector for another share")
-                .with_code("FIELD_IMMUTABLE"))
+            return Err(ApiError::validation(
+                "target_share_id",
+                "is immutable; create a new connector for another share",
+            )
+            .with_code("FIELD_IMMUTABLE"))
         }
     }
     let password = match b.password {
@@ -601,7 +593,11 @@ pub async fn update_connector(
         username: not_null("username", b.username, cur.username)?,
         target_path: Some(not_null("target_path", b.target_path, cur.target_path.unwrap_or_default())?),
         sync_direction: Some(not_null("sync_direction", b.sync_direction, cur.sync_direction.unwrap_or_default())?),
-        sync_permissions: Some(not_null("sync_permissions", b.sync_permissions, cur.sync_permissions.unwrap_or_default())?),
+        sync_permissions: Some(not_null(
+            "sync_permissions",
+            b.sync_permissions,
+            cur.sync_permissions.unwrap_or_default(),
+        )?),
         sync_hidden_files: Some(not_null(
             "sync_hidden_files",
             b.sync_hidden_files,
@@ -643,7 +639,11 @@ pub async fn update_connector(
 /// stays; the SMB share is not touched.
 #[utoipa::path(delete, path = "/api/v1/smb-connectors/{id}", tag = "smb-connectors", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete_connector(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_connector(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let c = managed(&s, &caller, &id).await?;
     connectors::delete(&s.db, &c).await?;
     tracing::info!(connector.id = %c.id, "connector deleted");
@@ -700,7 +700,8 @@ pub async fn create_mapping(
     ApiJson(b): ApiJson<CreateMapping>,
 ) -> ApiResult<(StatusCode, Json<MappingResponse>)> {
     let c = managed(&s, &caller, &id).await?;
-    let m = mappings::check(&s.db, &caller.tenant_id, &b.identity_type, &b.smb_principal, &b.scaidrive_principal_id).await?;
+    let m = mappings::check(&s.db, &caller.tenant_id, &b.identity_type, &b.smb_principal, &b.scaidrive_principal_id)
+        .await?;
     let created = mappings::create(&s.db, &caller.tenant_id, &c.id, &m).await?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
@@ -724,15 +725,8 @@ pub async fn list_mappings(
     let c = managed(&s, &caller, &id).await?;
     let limit = limit(q.limit, 100, 1000)?;
     let list = mappings::list(&s.db, &c.id, q.cursor.as_deref(), limit).await?;
-    let next_cursor = if list.len() as i64 == limit {
-        list.last().map(|m| m.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(MappingList {
-        identity_mappings: list.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    let next_cursor = if list.len() as i64 == limit { list.last().map(|m| m.id.to_string()) } else { None };
+    Ok(Json(MappingList { identity_mappings: list.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 /// Removes an identity mapping.
@@ -772,12 +766,7 @@ pub struct ImportReport {
 }
 
 fn detail(e: ApiError) -> ErrorDetail {
-    ErrorDetail {
-        code: e.code.to_string(),
-        message: e.message,
-        field: e.field,
-        details: None,
-    }
+    ErrorDetail { code: e.code.to_string(), message: e.message, field: e.field, details: None }
 }
 
 /// Imports identity mappings from CSV: rows `smb_principal,scaidrive_principal_id[,identity_type]`
@@ -853,22 +842,12 @@ pub async fn import_mappings(
         rows.push((line, checked));
     }
     let outcomes = mappings::import(&s.db, &caller.tenant_id, &c.id, rows).await?;
-    let mut report = ImportReport {
-        created: 0,
-        skipped: 0,
-        rejected: 0,
-        rows: Vec::with_capacity(outcomes.len()),
-    };
+    let mut report = ImportReport { created: 0, skipped: 0, rejected: 0, rows: Vec::with_capacity(outcomes.len()) };
     for (line, o) in outcomes {
         report.rows.push(match o {
             RowOutcome::Created(id) => {
                 report.created += 1;
-                ImportRow {
-                    line,
-                    status: "created".into(),
-                    mapping_id: Some(id.to_string()),
-                    error: None,
-                }
+                ImportRow { line, status: "created".into(), mapping_id: Some(id.to_string()), error: None }
             }
             RowOutcome::Skipped(existing) => {
                 report.skipped += 1;
@@ -886,12 +865,7 @@ pub async fn import_mappings(
             }
             RowOutcome::Rejected(e) => {
                 report.rejected += 1;
-                ImportRow {
-                    line,
-                    status: "rejected".into(),
-                    mapping_id: None,
-                    error: Some(detail(e)),
-                }
+                ImportRow { line, status: "rejected".into(), mapping_id: None, error: Some(detail(e)) }
             }
         });
     }

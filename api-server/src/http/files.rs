@@ -98,10 +98,7 @@ impl From<Version> for VersionResponse {
             sha256: v.sha256,
             modified_at: rfc3339(v.modified_at),
             created_at: rfc3339(v.created_at),
-            actor: super::changes::ActorResponse {
-                kind: v.actor_type,
-                id: v.actor_id,
-            },
+            actor: super::changes::ActorResponse { kind: v.actor_type, id: v.actor_id },
         }
     }
 }
@@ -138,9 +135,7 @@ async fn parent_for(s: &AppState, caller: &Caller, share_id: &str, parent_id: &s
     let res = if parent_id == share_id {
         share_resource(share_id)
     } else {
-        let p = nodes::get(&s.db, &caller.tenant_id, parent_id)
-            .await
-            .map_err(|e| e.with_field("parent_id"))?;
+        let p = nodes::get(&s.db, &caller.tenant_id, parent_id).await.map_err(|e| e.with_field("parent_id"))?;
         if p.share_id != share_id {
             return Err(ApiError::not_found("parent folder").with_field("parent_id"));
         }
@@ -189,10 +184,7 @@ pub async fn create_folder(
             };
             (parent, name)
         }
-        (None, parent, Some(name)) => (
-            parent.clone().unwrap_or_else(|| share_id.clone()),
-            paths::name("name", name)?,
-        ),
+        (None, parent, Some(name)) => (parent.clone().unwrap_or_else(|| share_id.clone()), paths::name("name", name)?),
         (Some(_), _, _) => return Err(ApiError::validation("path", "give either path, or parent_id and name")),
         (None, _, None) => return Err(ApiError::validation("name", "name (or path) is required")),
     };
@@ -232,11 +224,7 @@ pub struct NodePage {
 async fn list_children(s: &AppState, parent_id: &str, parent_path: &str, q: ListQuery) -> ApiResult<NodePage> {
     let limit = limit(q.limit, 200, 1000)?;
     let list = nodes::children(&s.db, parent_id, q.cursor.as_deref(), limit).await?;
-    let next_cursor = if list.len() as i64 == limit {
-        list.last().map(|n| n.name.clone())
-    } else {
-        None
-    };
+    let next_cursor = if list.len() as i64 == limit { list.last().map(|n| n.name.clone()) } else { None };
     let base = parent_path.trim_end_matches('/');
     Ok(NodePage {
         items: list
@@ -295,9 +283,9 @@ pub async fn lookup(
 ) -> ApiResult<Json<NodeResponse>> {
     let share = shares::get(&s.db, &caller.tenant_id, &id).await?;
     let segs = paths::segments("path", &q.path)?;
-    let n = nodes::lookup_path(&s.db, share.id.as_str(), &segs)
-        .await?
-        .ok_or_else(|| ApiError::validation("path", "the share root is not an item; use GET /api/v1/shares/{id}/children"))?;
+    let n = nodes::lookup_path(&s.db, share.id.as_str(), &segs).await?.ok_or_else(|| {
+        ApiError::validation("path", "the share root is not an item; use GET /api/v1/shares/{id}/children")
+    })?;
     acl::require(&s.db, &caller, &node_resource(&n), perm::READ).await?;
     Ok(Json(node_response(n, paths::join(&segs), false)))
 }
@@ -310,7 +298,11 @@ pub struct TrashList {
 /// Items moved to trash in a share, newest first.
 #[utoipa::path(get, path = "/api/v1/shares/{id}/trash", tag = "files", params(("id" = String, Path)),
     responses((status = 200, body = TrashList)))]
-pub async fn share_trash(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<TrashList>> {
+pub async fn share_trash(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TrashList>> {
     let share = shares::get(&s.db, &caller.tenant_id, &id).await?;
     acl::require(&s.db, &caller, &share_resource(share.id.as_str()), perm::READ).await?;
     let mut items = Vec::new();
@@ -506,12 +498,14 @@ async fn stream_version(s: &AppState, name: &str, v: &Version, headers: &HeaderM
         Ok(None) => (StatusCode::OK, 0, size),
         Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
         Err(()) => {
-            let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_NOT_SATISFIABLE", "the requested range is outside the content")
-                .into_response();
-            r.headers_mut().insert(
-                http::header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
-            );
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_NOT_SATISFIABLE",
+                "the requested range is outside the content",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(http::header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"));
             return Ok(r);
         }
     };
@@ -544,7 +538,12 @@ async fn stream_version(s: &AppState, name: &str, v: &Version, headers: &HeaderM
 #[utoipa::path(get, path = "/api/v1/files/{id}/content", tag = "files", params(("id" = String, Path)),
     responses((status = 200, description = "the content"), (status = 206, description = "a range of it"),
         (status = 416, body = crate::error::ErrorBody)))]
-pub async fn download(State(s): State<AppState>, caller: Caller, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn download(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let n = node_for(&s, &caller, &id, Some(Kind::File), perm::READ).await?;
     let vid = n.current_version_id.clone().ok_or_else(|| ApiError::not_found("content"))?;
     let v = nodes::version(&s.db, &n.id, &vid).await?;
@@ -635,12 +634,14 @@ pub struct VersionList {
 /// A file's versions, newest first.
 #[utoipa::path(get, path = "/api/v1/files/{id}/versions", tag = "files", params(("id" = String, Path)),
     responses((status = 200, body = VersionList)))]
-pub async fn list_versions(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<VersionList>> {
+pub async fn list_versions(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VersionList>> {
     let n = node_for(&s, &caller, &id, Some(Kind::File), perm::READ).await?;
     let versions = nodes::versions(&s.db, &n.id).await?;
-    Ok(Json(VersionList {
-        versions: versions.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(VersionList { versions: versions.into_iter().map(Into::into).collect() }))
 }
 
 /// Downloads one version's content; supports a single `Range`.
@@ -737,11 +738,8 @@ async fn session(s: &AppState, caller: &Caller, id: &str) -> ApiResult<Session> 
 }
 
 async fn upload_response(s: &AppState, u: &Session) -> ApiResult<UploadResponse> {
-    let parent_path = if u.parent_id == u.share_id {
-        "/".to_string()
-    } else {
-        nodes::locate(&s.db, &u.parent_id).await?.path
-    };
+    let parent_path =
+        if u.parent_id == u.share_id { "/".to_string() } else { nodes::locate(&s.db, &u.parent_id).await?.path };
     let _ = &u.user_id;
     Ok(UploadResponse {
         id: u.id.clone(),
@@ -874,7 +872,10 @@ pub async fn upload_part(
         return Err(mismatch(u.received));
     }
     if u.received % CHUNK_SIZE as i64 != 0 {
-        return Err(ApiError::conflict("UPLOAD_FINISHED", "the last part was shorter than a part multiple; complete the upload"));
+        return Err(ApiError::conflict(
+            "UPLOAD_FINISHED",
+            "the last part was shorter than a part multiple; complete the upload",
+        ));
     }
     let part = ingest_body(&s, body).await?;
     if let Some(total) = u.total_size {
@@ -899,12 +900,14 @@ pub async fn upload_part(
         return Err(mismatch(cur.received));
     }
     for (i, c) in part.chunks.iter().enumerate() {
-        sqlx::query("INSERT INTO chunks (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-            .bind(&c.sha256)
-            .bind(c.size as i64)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO chunks (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&c.sha256)
+        .bind(c.size as i64)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO upload_chunks (upload_id, idx, sha256, size) VALUES ($1, $2, $3, $4)")
             .bind(&u.id)
             .bind(u.chunk_count + i as i64)
@@ -921,7 +924,11 @@ pub async fn upload_part(
 /// Where a resumable upload stands.
 #[utoipa::path(get, path = "/api/v1/uploads/{id}", tag = "uploads", params(("id" = String, Path)),
     responses((status = 200, body = UploadResponse)))]
-pub async fn upload_status(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<UploadResponse>> {
+pub async fn upload_status(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UploadResponse>> {
     let u = session(&s, &caller, &id).await?;
     Ok(Json(upload_response(&s, &u).await?))
 }
@@ -952,20 +959,14 @@ pub async fn complete_upload(
             .with_details(serde_json::json!({ "offset": u.received })));
         }
     }
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT sha256, size FROM upload_chunks WHERE upload_id = $1 ORDER BY idx")
-        .bind(&u.id)
-        .fetch_all(&s.db.pool)
-        .await?;
-    let chunks: Vec<ChunkRef> = rows
-        .into_iter()
-        .map(|(sha256, size)| ChunkRef { sha256, size: size as u64 })
-        .collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sha256, size FROM upload_chunks WHERE upload_id = $1 ORDER BY idx")
+            .bind(&u.id)
+            .fetch_all(&s.db.pool)
+            .await?;
+    let chunks: Vec<ChunkRef> = rows.into_iter().map(|(sha256, size)| ChunkRef { sha256, size: size as u64 }).collect();
     let sha256 = content::hash_chunks(s.content.as_ref(), &chunks).await?;
-    let content = Ingested {
-        size: u.received as u64,
-        sha256,
-        chunks,
-    };
+    let content = Ingested { size: u.received as u64, sha256, chunks };
     let c = nodes::commit_content(
         &s.db,
         &caller.tenant_id,

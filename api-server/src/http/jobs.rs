@@ -95,10 +95,8 @@ pub struct JobResponse {
 
 impl From<Job> for JobResponse {
     fn from(j: Job) -> Self {
-        let job_error = j.error_code.clone().map(|code| JobError {
-            code,
-            message: j.error_message.clone().unwrap_or_default(),
-        });
+        let job_error =
+            j.error_code.clone().map(|code| JobError { code, message: j.error_message.clone().unwrap_or_default() });
         JobResponse {
             progress: (j.status == "running").then(|| JobProgress {
                 phase: j.phase.clone(),
@@ -134,7 +132,11 @@ impl From<Job> for JobResponse {
 /// the job) while one is queued or running.
 #[utoipa::path(post, path = "/api/v1/smb-connectors/{id}/sync", tag = "smb-connectors", params(("id" = String, Path)),
     responses((status = 202, body = JobResponse), (status = 409, body = crate::error::ErrorBody)))]
-pub async fn trigger_sync(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<JobResponse>)> {
+pub async fn trigger_sync(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<JobResponse>)> {
     let c = managed(&s, &caller, &id).await?;
     let job = jobs::create_manual(&s.db, &c.tenant_id, c.id.as_str(), caller.user_id.as_str()).await?;
     if let Err(e) = fleet::publish_job(&s, &job).await {
@@ -173,10 +175,7 @@ pub async fn list_jobs(
     let limit = limit(q.limit, 50, 200)?;
     let list = jobs::list(&s.db, c.id.as_str(), q.cursor.as_deref(), limit).await?;
     let next_cursor = if list.len() as i64 == limit { list.last().map(|j| j.id.clone()) } else { None };
-    Ok(Json(JobList {
-        jobs: list.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    Ok(Json(JobList { jobs: list.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -319,10 +318,7 @@ impl From<FileState> for FileStateResponse {
                 checksum: f.drive_sha256,
             },
             last_synced_at: f.last_synced_at.map(rfc3339),
-            last_error: f.error_code.map(|code| JobError {
-                code,
-                message: f.error_message.unwrap_or_default(),
-            }),
+            last_error: f.error_code.map(|code| JobError { code, message: f.error_message.unwrap_or_default() }),
             path: f.path,
             kind: f.kind,
             status: f.status,
@@ -348,17 +344,19 @@ pub async fn list_file_states(
     let c = managed(&s, &caller, &id).await?;
     if let Some(st) = q.status.as_deref() {
         if !["synced", "pending", "error", "excluded", "conflict_resolved"].contains(&st) {
-            return Err(ApiError::validation("status", "must be synced, pending, error, excluded or conflict_resolved"));
+            return Err(ApiError::validation(
+                "status",
+                "must be synced, pending, error, excluded or conflict_resolved",
+            ));
         }
     }
     let prefix = q.path_prefix.as_deref().map(|p| p.trim_matches('/').to_string()).filter(|p| !p.is_empty());
     let lim = limit(q.limit, 200, 1000)?;
-    let list = file_states::list(&s.db, c.id.as_str(), q.status.as_deref(), prefix.as_deref(), q.cursor.as_deref(), lim).await?;
+    let list =
+        file_states::list(&s.db, c.id.as_str(), q.status.as_deref(), prefix.as_deref(), q.cursor.as_deref(), lim)
+            .await?;
     let next_cursor = if list.len() as i64 == lim { list.last().map(|f| f.path.clone()) } else { None };
-    Ok(Json(FileStateList {
-        file_states: list.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    Ok(Json(FileStateList { file_states: list.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -378,7 +376,12 @@ pub struct TestResponse {
     pub error: Option<TestError>,
 }
 
-async fn run_test(s: &AppState, tenant: &crate::ids::TenantId, connector_id: Option<&str>, t: conn_tests::PendingTest) -> ApiResult<(StatusCode, Json<TestResponse>)> {
+async fn run_test(
+    s: &AppState,
+    tenant: &crate::ids::TenantId,
+    connector_id: Option<&str>,
+    t: conn_tests::PendingTest,
+) -> ApiResult<(StatusCode, Json<TestResponse>)> {
     let id = t.id.clone();
     conn_tests::create(&s.db, &s.secrets, tenant, connector_id, &t).await?;
     let a = fleet::run_test(s, &id, TEST_TIMEOUT).await?;
@@ -412,7 +415,11 @@ fn test_id() -> String {
 /// the share and the base path, and checks write access when the direction writes to SMB).
 #[utoipa::path(post, path = "/api/v1/smb-connectors/{id}/test", tag = "smb-connectors", params(("id" = String, Path)),
     responses((status = 200, body = TestResponse), (status = 504, body = TestResponse)))]
-pub async fn test_connector(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<TestResponse>)> {
+pub async fn test_connector(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<TestResponse>)> {
     let c = managed(&s, &caller, &id).await?;
     let creds = connectors::decrypted_credentials(&s.db, &s.secrets, &c.id).await?;
     let st = &c.settings;
@@ -454,7 +461,11 @@ pub struct TestUnsaved {
 /// Tests a connection for a configuration that is not saved yet.
 #[utoipa::path(post, path = "/api/v1/smb-connectors/test", tag = "smb-connectors", request_body = TestUnsaved,
     responses((status = 200, body = TestResponse), (status = 504, body = TestResponse)))]
-pub async fn test_unsaved(State(s): State<AppState>, caller: Caller, ApiJson(b): ApiJson<TestUnsaved>) -> ApiResult<(StatusCode, Json<TestResponse>)> {
+pub async fn test_unsaved(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiJson(b): ApiJson<TestUnsaved>,
+) -> ApiResult<(StatusCode, Json<TestResponse>)> {
     match b.target_share_id.as_deref() {
         Some(share) => {
             let sh = shares::get(&s.db, &caller.tenant_id, share).await.map_err(|e| e.with_field("target_share_id"))?;

@@ -288,8 +288,5 @@ pub async fn check(
     let want = perm::from_names(&body.permissions)
         .map_err(|bad| ApiError::validation("permissions", format!("unknown permission '{bad}'")))?;
     let (_, bits) = effective_for(&s, &caller, &body.resource_type, &body.resource_id, body.user_id.as_deref()).await?;
-    Ok(Json(CheckResponse {
-        allowed: bits & want == want,
-        permissions: bits,
-    }))
+    Ok(Json(CheckResponse { allowed: bits & want == want, permissions: bits }))
 }

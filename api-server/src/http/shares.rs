@@ -75,7 +75,8 @@ pub async fn create_share(
     caller: Caller,
     ApiJson(body): ApiJson<CreateShare>,
 ) -> ApiResult<(StatusCode, Json<ShareResponse>)> {
-    let share = shares::create(&s.db, &caller.tenant_id, caller.user_id.as_str(), &body.name, &body.description).await?;
+    let share =
+        shares::create(&s.db, &caller.tenant_id, caller.user_id.as_str(), &body.name, &body.description).await?;
     Ok((StatusCode::CREATED, Json(share.into())))
 }
 
@@ -88,15 +89,17 @@ pub struct ShareList {
 #[utoipa::path(get, path = "/api/v1/shares", tag = "shares", responses((status = 200, body = ShareList)))]
 pub async fn list_shares(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<ShareList>> {
     let list = shares::list_visible(&s.db, &caller).await?;
-    Ok(Json(ShareList {
-        shares: list.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(ShareList { shares: list.into_iter().map(Into::into).collect() }))
 }
 
 /// A share (needs READ on it).
 #[utoipa::path(get, path = "/api/v1/shares/{id}", tag = "shares", params(("id" = String, Path)),
     responses((status = 200, body = ShareResponse), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_share(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<ShareResponse>> {
+pub async fn get_share(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ShareResponse>> {
     let share = shares::get(&s.db, &caller.tenant_id, &id).await?;
     acl::require(&s.db, &caller, &share_resource(share.id.as_str()), perm::READ).await?;
     Ok(Json(share.into()))
@@ -110,13 +113,15 @@ pub struct MemberList {
 /// A share's members (needs READ).
 #[utoipa::path(get, path = "/api/v1/shares/{id}/members", tag = "shares", params(("id" = String, Path)),
     responses((status = 200, body = MemberList)))]
-pub async fn list_members(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<MemberList>> {
+pub async fn list_members(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MemberList>> {
     let share = shares::get(&s.db, &caller.tenant_id, &id).await?;
     acl::require(&s.db, &caller, &share_resource(share.id.as_str()), perm::READ).await?;
     let members = shares::members(&s.db, &share.id).await?;
-    Ok(Json(MemberList {
-        members: members.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(MemberList { members: members.into_iter().map(Into::into).collect() }))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -2,7 +2,7 @@
 
 use sqlx::any::AnyRow;
 
-use super::{get_opt_i64, get_opt_str, get_i64, get_str};
+use super::{get_i64, get_opt_i64, get_opt_str, get_str};
 use crate::auth::{hash_token, new_token, Caller};
 use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
@@ -76,16 +76,11 @@ fn token_from(r: &AnyRow) -> TokenInfo {
 }
 
 pub fn validate_username(field: &str, s: &str) -> ApiResult<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    let ok = !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::validation(
-            field,
-            "must be 1-64 characters of letters, digits, '.', '_', '-' or '@'",
-        ))
+        Err(ApiError::validation(field, "must be 1-64 characters of letters, digits, '.', '_', '-' or '@'"))
     }
 }
 
@@ -111,11 +106,7 @@ pub fn validate_role(field: &str, role: Option<&str>) -> ApiResult<()> {
 
 pub async fn create_tenant(db: &Db, name: &str) -> ApiResult<Tenant> {
     validate_display("name", name, 128)?;
-    let t = Tenant {
-        id: TenantId::generate(),
-        name: name.to_string(),
-        created_at: now_ms(),
-    };
+    let t = Tenant { id: TenantId::generate(), name: name.to_string(), created_at: now_ms() };
     sqlx::query("INSERT INTO tenants (id, name, change_seq, created_at) VALUES ($1, $2, 0, $3)")
         .bind(t.id.as_str())
         .bind(&t.name)
@@ -126,9 +117,8 @@ pub async fn create_tenant(db: &Db, name: &str) -> ApiResult<Tenant> {
 }
 
 pub async fn list_tenants(db: &Db) -> ApiResult<Vec<Tenant>> {
-    let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
-        .fetch_all(&db.pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id").fetch_all(&db.pool).await?;
     Ok(rows
         .iter()
         .map(|r| Tenant {
@@ -222,12 +212,7 @@ pub async fn find_user(db: &Db, tenant: &TenantId, id_or_name: &str) -> ApiResul
 
 pub async fn create_group(db: &Db, tenant: &TenantId, name: &str) -> ApiResult<Group> {
     validate_display("name", name, 128)?;
-    let g = Group {
-        id: GroupId::generate(),
-        tenant_id: tenant.clone(),
-        name: name.to_string(),
-        created_at: now_ms(),
-    };
+    let g = Group { id: GroupId::generate(), tenant_id: tenant.clone(), name: name.to_string(), created_at: now_ms() };
     sqlx::query("INSERT INTO groups (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)")
         .bind(g.id.as_str())
         .bind(g.tenant_id.as_str())

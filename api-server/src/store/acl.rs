@@ -31,11 +31,7 @@ pub async fn resource(db: &Db, tenant: &TenantId, resource_type: &str, resource_
     match resource_type {
         "share" => {
             let s = crate::store::shares::get(db, tenant, resource_id).await?;
-            Ok(Resource {
-                resource_type: "share",
-                id: s.id.to_string(),
-                share_id: s.id.to_string(),
-            })
+            Ok(Resource { resource_type: "share", id: s.id.to_string(), share_id: s.id.to_string() })
         }
         "folder" | "file" => {
             let n = nodes::get(db, tenant, resource_id).await?;
@@ -63,11 +59,7 @@ pub fn node_resource(n: &nodes::Node) -> Resource {
 }
 
 pub fn share_resource(share_id: &str) -> Resource {
-    Resource {
-        resource_type: "share",
-        id: share_id.to_string(),
-        share_id: share_id.to_string(),
-    }
+    Resource { resource_type: "share", id: share_id.to_string(), share_id: share_id.to_string() }
 }
 
 #[derive(Clone, Debug)]
@@ -141,7 +133,9 @@ pub async fn validate_entry(db: &Db, tenant: &TenantId, e: &NewEntry, field: &st
         }
         "user" => "users",
         "group" => "groups",
-        _ => return Err(ApiError::validation(format!("{field}principal_type"), "must be 'user', 'group' or 'everyone'")),
+        _ => {
+            return Err(ApiError::validation(format!("{field}principal_type"), "must be 'user', 'group' or 'everyone'"))
+        }
     };
     let Some(pid) = &e.principal_id else {
         return Err(ApiError::validation(format!("{field}principal_id"), "is required for users and groups"));
@@ -152,7 +146,10 @@ pub async fn validate_entry(db: &Db, tenant: &TenantId, e: &NewEntry, field: &st
         .fetch_one(&db.pool)
         .await?;
     if n == 0 {
-        return Err(ApiError::validation(format!("{field}principal_id"), format!("no {} with that id in this tenant", e.principal_type)));
+        return Err(ApiError::validation(
+            format!("{field}principal_id"),
+            format!("no {} with that id in this tenant", e.principal_type),
+        ));
     }
     Ok(())
 }
@@ -200,7 +197,13 @@ pub async fn add_entry(db: &Db, tenant: &TenantId, res: &Resource, e: &NewEntry)
 }
 
 /// Replaces the whole ACL (validated by the caller).
-pub async fn replace(db: &Db, tenant: &TenantId, res: &Resource, inherit_from_parent: bool, entries: &[NewEntry]) -> ApiResult<()> {
+pub async fn replace(
+    db: &Db,
+    tenant: &TenantId,
+    res: &Resource,
+    inherit_from_parent: bool,
+    entries: &[NewEntry],
+) -> ApiResult<()> {
     let mut tx = db.pool.begin().await?;
     ensure_acl_row(&mut tx, tenant, res).await?;
     sqlx::query("UPDATE acls SET inherit_from_parent = $1 WHERE resource_id = $2")
@@ -246,11 +249,7 @@ pub struct Who<'a> {
 
 impl<'a> From<&'a Caller> for Who<'a> {
     fn from(c: &'a Caller) -> Self {
-        Who {
-            user_id: c.user_id.as_str(),
-            group_ids: &c.group_ids,
-            is_admin: c.is_admin(),
-        }
+        Who { user_id: c.user_id.as_str(), group_ids: &c.group_ids, is_admin: c.is_admin() }
     }
 }
 
@@ -261,11 +260,8 @@ pub async fn effective(db: &Db, who: &Who<'_>, res: &Resource) -> ApiResult<i64>
     }
     let role = crate::store::shares::role_bits(db, &res.share_id, who.user_id, who.group_ids).await?;
     // The chain of resource ids from the resource up to its share.
-    let mut chain_ids = if res.resource_type == "share" {
-        Vec::new()
-    } else {
-        nodes::locate(db, &res.id).await?.ancestry
-    };
+    let mut chain_ids =
+        if res.resource_type == "share" { Vec::new() } else { nodes::locate(db, &res.id).await?.ancestry };
     chain_ids.push(res.share_id.clone());
 
     let placeholders: Vec<String> = (1..=chain_ids.len()).map(|i| format!("${i}")).collect();
@@ -276,7 +272,8 @@ pub async fn effective(db: &Db, who: &Who<'_>, res: &Resource) -> ApiResult<i64>
     for id in &chain_ids {
         q = q.bind(id.as_str());
     }
-    let inherits: HashMap<String, bool> = q.fetch_all(&db.pool).await?.into_iter().map(|(id, i)| (id, i != 0)).collect();
+    let inherits: HashMap<String, bool> =
+        q.fetch_all(&db.pool).await?.into_iter().map(|(id, i)| (id, i != 0)).collect();
     let mut eq = sqlx::query(&sql_entries);
     for id in &chain_ids {
         eq = eq.bind(id.as_str());
@@ -303,10 +300,7 @@ pub async fn effective(db: &Db, who: &Who<'_>, res: &Resource) -> ApiResult<i64>
             entries: entries.remove(id).unwrap_or_default(),
         })
         .collect();
-    Ok(perm::resolve(role, &levels, &Subject {
-        user_id: who.user_id,
-        group_ids: who.group_ids,
-    }))
+    Ok(perm::resolve(role, &levels, &Subject { user_id: who.user_id, group_ids: who.group_ids }))
 }
 
 /// Fails with 403 unless `caller` holds `bit` on `res`.
@@ -315,10 +309,6 @@ pub async fn require(db: &Db, caller: &Caller, res: &Resource, bit: i64) -> ApiR
     if have & bit == bit {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!(
-            "{} permission on this {} is required",
-            perm::name_of(bit),
-            res.resource_type
-        )))
+        Err(ApiError::forbidden(format!("{} permission on this {} is required", perm::name_of(bit), res.resource_type)))
     }
 }

@@ -115,7 +115,13 @@ pub async fn next_position(tx: &mut Tx<'_>, tenant: &TenantId) -> ApiResult<i64>
     Ok(pos)
 }
 
-pub async fn record(tx: &mut Tx<'_>, tenant: &TenantId, position: i64, actor: &Actor, c: NewChange<'_>) -> ApiResult<()> {
+pub async fn record(
+    tx: &mut Tx<'_>,
+    tenant: &TenantId,
+    position: i64,
+    actor: &Actor,
+    c: NewChange<'_>,
+) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO changes (tenant_id, position, id, share_id, node_id, node_type, change_type, name,
             parent_id, path, old_parent_id, old_path, version_id, size, sha256, actor_type, actor_id, created_at)

@@ -21,7 +21,13 @@ pub struct PendingTest {
     pub check_write: bool,
 }
 
-pub async fn create(db: &Db, secrets: &SecretBox, tenant: &TenantId, connector_id: Option<&str>, t: &PendingTest) -> ApiResult<()> {
+pub async fn create(
+    db: &Db,
+    secrets: &SecretBox,
+    tenant: &TenantId,
+    connector_id: Option<&str>,
+    t: &PendingTest,
+) -> ApiResult<()> {
     sqlx::query(
         "INSERT INTO connection_tests (id, tenant_id, connector_id, server_host, server_port, share_name, base_path, domain,
             username, password_sealed, check_write, created_at)
@@ -56,7 +62,9 @@ pub async fn fetch(db: &Db, secrets: &SecretBox, id: &str) -> ApiResult<Option<P
     let Some((server_host, server_port, share_name, base_path, domain, username, sealed, check_write)) = row else {
         return Ok(None);
     };
-    let password = secrets.open(id, &sealed).map_err(|_| ApiError::internal("a pending test's credentials could not be opened"))?;
+    let password = secrets
+        .open(id, &sealed)
+        .map_err(|_| ApiError::internal("a pending test's credentials could not be opened"))?;
     Ok(Some(PendingTest {
         id: id.to_string(),
         server_host,

@@ -110,10 +110,7 @@ impl Filter {
                 .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                 .unwrap_or_default()
         };
-        Filter {
-            extensions: list("extensions"),
-            patterns: list("patterns"),
-        }
+        Filter { extensions: list("extensions"), patterns: list("patterns") }
     }
 }
 
@@ -190,7 +187,8 @@ fn connector_from(r: &AnyRow) -> Connector {
             sync_system_files: flag("sync_system_files"),
             include_patterns: get_opt_str(r, "include_patterns").map(|s| Filter::from_json(&s)),
             exclude_patterns: get_opt_str(r, "exclude_patterns").map(|s| Filter::from_json(&s)),
-            conflict_resolution: ConflictResolution::parse(&get_str(r, "conflict_resolution")).unwrap_or(DEFAULT_CONFLICT),
+            conflict_resolution: ConflictResolution::parse(&get_str(r, "conflict_resolution"))
+                .unwrap_or(DEFAULT_CONFLICT),
             sync_interval_minutes: get_i64(r, "sync_interval_minutes"),
             max_delete_percent: get_i64(r, "max_delete_percent"),
         },
@@ -373,12 +371,12 @@ pub async fn delete(db: &Db, c: &Connector) -> ApiResult<()> {
         .await?;
     sqlx::query("UPDATE leases SET released = 1 WHERE connector_id = $1").bind(c.id.as_str()).execute(&mut *tx).await?;
     for table in ["file_states", "connector_cursors"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE connector_id = $1")).bind(c.id.as_str()).execute(&mut *tx).await?;
+        sqlx::query(&format!("DELETE FROM {table} WHERE connector_id = $1"))
+            .bind(c.id.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
-    sqlx::query("DELETE FROM identity_mappings WHERE connector_id = $1")
-        .bind(c.id.as_str())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("DELETE FROM identity_mappings WHERE connector_id = $1").bind(c.id.as_str()).execute(&mut *tx).await?;
     let r = sqlx::query("DELETE FROM connectors WHERE id = $1 AND tenant_id = $2")
         .bind(c.id.as_str())
         .bind(c.tenant_id.as_str())
@@ -404,19 +402,14 @@ pub async fn decrypted_credentials(db: &Db, secrets: &SecretBox, id: &ConnectorI
     let password = secrets
         .open(id.as_str(), &get_str(&row, "password_sealed"))
         .map_err(|e| ApiError::internal(format_args!("connector {id}: credentials do not open: {e}")))?;
-    Ok(Credentials {
-        domain: get_opt_str(&row, "domain"),
-        username: get_str(&row, "username"),
-        password,
-    })
+    Ok(Credentials { domain: get_opt_str(&row, "domain"), username: get_str(&row, "username"), password })
 }
 
 /// Fails when the database holds secrets sealed with a key other than `secrets`' (a replica
 /// started with the wrong key, or a rotation whose new key was not installed).
 pub async fn check_key(db: &Db, secrets: &SecretBox) -> anyhow::Result<()> {
-    let ids: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT secret_key_id FROM connectors")
-        .fetch_all(&db.pool)
-        .await?;
+    let ids: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT secret_key_id FROM connectors").fetch_all(&db.pool).await?;
     if let Some((other,)) = ids.iter().find(|(k,)| k != secrets.key_id()) {
         anyhow::bail!(
             "the database holds connector credentials sealed with secret key {other}, but this server's key is {} \
@@ -433,16 +426,17 @@ pub async fn check_key(db: &Db, secrets: &SecretBox) -> anyhow::Result<()> {
 pub async fn rotate_key(db: &Db, old: &SecretBox, new: &SecretBox) -> anyhow::Result<u64> {
     use anyhow::Context;
     let mut tx = db.pool.begin().await?;
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, password_sealed FROM connectors ORDER BY id")
-        .fetch_all(&mut *tx)
-        .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, password_sealed FROM connectors ORDER BY id").fetch_all(&mut *tx).await?;
     let mut n = 0;
     for (id, sealed) in rows {
         if SecretBox::key_id_of(&sealed) == Some(new.key_id()) {
             new.open(&id, &sealed).with_context(|| format!("connector {id}: checking its secret under the new key"))?;
             continue;
         }
-        let plain = old.open(&id, &sealed).with_context(|| format!("connector {id}: opening its secret with the current key"))?;
+        let plain = old
+            .open(&id, &sealed)
+            .with_context(|| format!("connector {id}: opening its secret with the current key"))?;
         sqlx::query("UPDATE connectors SET password_sealed = $1, secret_key_id = $2 WHERE id = $3")
             .bind(new.seal(&id, &plain))
             .bind(new.key_id())
@@ -722,10 +716,7 @@ pub mod validate {
         if exts.is_empty() && pats.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Filter {
-            extensions: exts,
-            patterns: pats,
-        }))
+        Ok(Some(Filter { extensions: exts, patterns: pats }))
     }
 }
 

@@ -135,7 +135,14 @@ pub async fn report(db: &Db, connector_id: &str, job_id: &str, fence: &Fence, st
 }
 
 /// A page of a connector's file states, by path, filtered by status and path prefix.
-pub async fn list(db: &Db, connector_id: &str, status: Option<&str>, prefix: Option<&str>, after: Option<&str>, limit: i64) -> ApiResult<Vec<FileState>> {
+pub async fn list(
+    db: &Db,
+    connector_id: &str,
+    status: Option<&str>,
+    prefix: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> ApiResult<Vec<FileState>> {
     let rows = sqlx::query(
         "SELECT * FROM file_states WHERE connector_id = $1 AND ($2 = '' OR status = $2)
             AND ($3 = '' OR path = $3 OR substr(path, 1, length($4)) = $4) AND path > $5

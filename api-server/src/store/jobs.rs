@@ -112,10 +112,7 @@ pub async fn get(db: &Db, id: &str) -> ApiResult<Option<Job>> {
 
 /// A job of a connector (404 otherwise).
 pub async fn get_for(db: &Db, connector_id: &str, id: &str) -> ApiResult<Job> {
-    get(db, id)
-        .await?
-        .filter(|j| j.connector_id == connector_id)
-        .ok_or_else(|| ApiError::not_found("job"))
+    get(db, id).await?.filter(|j| j.connector_id == connector_id).ok_or_else(|| ApiError::not_found("job"))
 }
 
 pub async fn active(db: &Db, connector_id: &str) -> ApiResult<Option<Job>> {
@@ -128,14 +125,13 @@ pub async fn active(db: &Db, connector_id: &str) -> ApiResult<Option<Job>> {
 
 /// A connector's jobs, newest first, before `before` (a job id from the previous page).
 pub async fn list(db: &Db, connector_id: &str, before: Option<&str>, limit: i64) -> ApiResult<Vec<Job>> {
-    let rows = sqlx::query(
-        "SELECT * FROM jobs WHERE connector_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3",
-    )
-    .bind(connector_id)
-    .bind(before.unwrap_or(""))
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?;
+    let rows =
+        sqlx::query("SELECT * FROM jobs WHERE connector_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
+            .bind(connector_id)
+            .bind(before.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&db.pool)
+            .await?;
     Ok(rows.iter().map(job_from).collect())
 }
 
@@ -169,7 +165,9 @@ pub async fn create_manual(db: &Db, tenant: &TenantId, connector_id: &str, reque
         Ok(_) => {}
         Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
             // Lost a race with another trigger.
-            let a = active(db, connector_id).await?.ok_or_else(|| ApiError::conflict("SYNC_ALREADY_RUNNING", "a job is already queued"))?;
+            let a = active(db, connector_id)
+                .await?
+                .ok_or_else(|| ApiError::conflict("SYNC_ALREADY_RUNNING", "a job is already queued"))?;
             return Err(running_conflict(&a));
         }
         Err(e) => return Err(e.into()),
@@ -220,7 +218,12 @@ pub async fn schedule_due(db: &Db, now: i64) -> ApiResult<Vec<Decision>> {
                 .await?;
         let id = JobId::generate().to_string();
         let (status, reason) = match &running {
-            Some((rid, rstatus)) => ("skipped", Some(format!("the previous run ({rid}) is still {rstatus}; this due run was skipped rather than overlap"))),
+            Some((rid, rstatus)) => (
+                "skipped",
+                Some(format!(
+                    "the previous run ({rid}) is still {rstatus}; this due run was skipped rather than overlap"
+                )),
+            ),
             None => ("queued", None),
         };
         let finished = (status == "skipped").then_some(now);
@@ -259,7 +262,13 @@ pub async fn mark_published(db: &Db, id: &str) -> ApiResult<()> {
 ///   `republish_ms`.
 /// Publishing again is safe: claims are idempotent, finished jobs refuse a claim, and the
 /// lease keeps runs apart.
-pub async fn needing_publish(db: &Db, now: i64, fresh_before: i64, all_queued: bool, republish_ms: i64) -> ApiResult<Vec<Job>> {
+pub async fn needing_publish(
+    db: &Db,
+    now: i64,
+    fresh_before: i64,
+    all_queued: bool,
+    republish_ms: i64,
+) -> ApiResult<Vec<Job>> {
     let rows = sqlx::query(
         "SELECT j.* FROM jobs j WHERE
             (j.status = 'queued' AND ($1 = 1 OR (j.published_at IS NULL AND j.requested_at < $2)))
@@ -288,13 +297,20 @@ pub enum ClaimRefusal {
 
 /// Binds a job to a lease (idempotent for the same lease; a newer lease takes over a job left
 /// running by a stale one, with `attempt` + 1).
-pub async fn claim(db: &Db, id: &str, fence: &Fence, worker_id_hint: Option<&str>) -> ApiResult<Result<Job, ClaimRefusal>> {
+pub async fn claim(
+    db: &Db,
+    id: &str,
+    fence: &Fence,
+    worker_id_hint: Option<&str>,
+) -> ApiResult<Result<Job, ClaimRefusal>> {
     let mut tx = db.pool.begin().await?;
     let lease = match leases::validate_tx(&mut tx, fence).await? {
         Ok(l) => l,
         Err(r) => return Ok(Err(ClaimRefusal::Lease(r))),
     };
-    let Some(job) = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?.map(|r| job_from(&r)) else {
+    let Some(job) =
+        sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?.map(|r| job_from(&r))
+    else {
         return Ok(Err(ClaimRefusal::NotFound));
     };
     if job.connector_id != lease.connector_id {
@@ -325,7 +341,8 @@ pub async fn claim(db: &Db, id: &str, fence: &Fence, worker_id_hint: Option<&str
         .bind(&job.connector_id)
         .execute(&mut *tx)
         .await?;
-    let out = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await.map(|r| job_from(&r))?;
+    let out =
+        sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await.map(|r| job_from(&r))?;
     tx.commit().await?;
     Ok(Ok(out))
 }
@@ -370,19 +387,21 @@ pub async fn report_progress(db: &Db, id: &str, fence: &Fence, p: Progress<'_>) 
     if r.rows_affected() == 0 {
         return Err(ApiError::conflict("JOB_NOT_CLAIMED", "this job is not running under this lease"));
     }
-    let (cancel, reason): (i64, Option<String>) = sqlx::query_as("SELECT cancel_requested, cancel_reason FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (cancel, reason): (i64, Option<String>) =
+        sqlx::query_as("SELECT cancel_requested, cancel_reason FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     Ok((cancel != 0, reason))
 }
 
 pub async fn cancel_state(db: &Db, id: &str) -> ApiResult<(bool, Option<String>)> {
-    let row: Option<(i64, Option<String>)> = sqlx::query_as("SELECT cancel_requested, cancel_reason FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
+    let row: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT cancel_requested, cancel_reason FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?;
     row.map(|(c, r)| (c != 0, r)).ok_or_else(|| ApiError::not_found("job"))
 }
 
@@ -536,7 +555,9 @@ pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiRe
     let (status, message) = match o.status {
         "completed" if c.files_failed == 0 => ("idle", format!("last run {id} completed")),
         "completed" => ("idle", format!("last run {id} completed with {} file errors", c.files_failed)),
-        "failed" => ("error", format!("{}: {}", o.error_code.unwrap_or("FAILED"), o.error_message.unwrap_or("the run failed"))),
+        "failed" => {
+            ("error", format!("{}: {}", o.error_code.unwrap_or("FAILED"), o.error_message.unwrap_or("the run failed")))
+        }
         "cancelled" => ("idle", format!("last run {id} was cancelled")),
         _ => ("idle", format!("last run {id} was interrupted; the next run continues")),
     };

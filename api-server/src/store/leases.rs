@@ -83,15 +83,18 @@ pub async fn acquire(db: &Db, connector_id: &str, worker_id: &str, ttl_ms: i64) 
     let now = now_ms();
     let ttl = clamp_ttl(ttl_ms);
     let mut tx = db.pool.begin().await?;
-    sqlx::query("INSERT INTO lease_counters (connector_id, last_token) VALUES ($1, 0) ON CONFLICT (connector_id) DO NOTHING")
-        .bind(connector_id)
-        .execute(&mut *tx)
-        .await?;
-    let (token,): (i64,) =
-        sqlx::query_as("UPDATE lease_counters SET last_token = last_token + 1 WHERE connector_id = $1 RETURNING last_token")
-            .bind(connector_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    sqlx::query(
+        "INSERT INTO lease_counters (connector_id, last_token) VALUES ($1, 0) ON CONFLICT (connector_id) DO NOTHING",
+    )
+    .bind(connector_id)
+    .execute(&mut *tx)
+    .await?;
+    let (token,): (i64,) = sqlx::query_as(
+        "UPDATE lease_counters SET last_token = last_token + 1 WHERE connector_id = $1 RETURNING last_token",
+    )
+    .bind(connector_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let held: Option<(i64,)> = sqlx::query_as(
         "SELECT expires_at FROM leases WHERE connector_id = $1 AND released = 0 AND expires_at >= $2
          ORDER BY fencing_token DESC LIMIT 1",
@@ -195,11 +198,7 @@ pub async fn renew(db: &Db, fence: &Fence, ttl_ms: Option<i64>) -> ApiResult<Res
     if r.rows_affected() == 0 {
         return Ok(Err(Refusal::Expired));
     }
-    Ok(Ok(Lease {
-        expires_at: now + ttl,
-        ttl_ms: ttl,
-        ..lease
-    }))
+    Ok(Ok(Lease { expires_at: now + ttl, ttl_ms: ttl, ..lease }))
 }
 
 /// Ends a lease; true if it was live.

@@ -60,10 +60,7 @@ pub fn parse_principal(raw: &str) -> Result<Principal, String> {
     let b = t.as_bytes();
     if b.len() > 2 && (b[0] == b'S' || b[0] == b's') && b[1] == b'-' && b[2].is_ascii_digit() {
         let sid = parse_sid(t)?;
-        return Ok(Principal {
-            display: sid.clone(),
-            key: sid,
-        });
+        return Ok(Principal { display: sid.clone(), key: sid });
     }
     let (domain, name) = match t.split_once('\\') {
         Some((d, n)) => (Some(d), n),
@@ -89,15 +86,14 @@ pub fn parse_principal(raw: &str) -> Result<Principal, String> {
         Some(d) => format!("{}\\{}", d.to_lowercase(), name.to_lowercase()),
         None => name.to_lowercase(),
     };
-    Ok(Principal {
-        display: t.to_string(),
-        key,
-    })
+    Ok(Principal { display: t.to_string(), key })
 }
 
 /// Validates a SID string and returns its canonical form.
 pub fn parse_sid(s: &str) -> Result<String, String> {
-    let err = || "not a valid SID (expected S-1-<authority>-<sub-authority>..., e.g. S-1-5-21-1004336348-1177238915-682003330-512)".to_string();
+    let err = || {
+        "not a valid SID (expected S-1-<authority>-<sub-authority>..., e.g. S-1-5-21-1004336348-1177238915-682003330-512)".to_string()
+    };
     let mut parts = s.split('-');
     let first = parts.next().ok_or_else(err)?;
     if !first.eq_ignore_ascii_case("s") {
@@ -175,11 +171,7 @@ pub async fn check(
             format!("no {identity_type} with that id in this tenant"),
         ));
     }
-    Ok(NewMapping {
-        identity_type: identity_type.to_string(),
-        principal,
-        scaidrive_principal_id: pid.to_string(),
-    })
+    Ok(NewMapping { identity_type: identity_type.to_string(), principal, scaidrive_principal_id: pid.to_string() })
 }
 
 async fn existing(tx: &mut Tx<'_>, connector: &ConnectorId, key: &str) -> ApiResult<Option<String>> {
@@ -198,7 +190,13 @@ fn duplicate(existing_id: &str) -> ApiError {
         .with_details(serde_json::json!({"mapping_id": existing_id}))
 }
 
-async fn insert(tx: &mut Tx<'_>, tenant: &TenantId, connector: &ConnectorId, m: &NewMapping, now: i64) -> ApiResult<Mapping> {
+async fn insert(
+    tx: &mut Tx<'_>,
+    tenant: &TenantId,
+    connector: &ConnectorId,
+    m: &NewMapping,
+    now: i64,
+) -> ApiResult<Mapping> {
     let id = MappingId::generate();
     sqlx::query(
         "INSERT INTO identity_mappings (id, connector_id, tenant_id, identity_type, smb_principal, smb_principal_key,
@@ -230,11 +228,13 @@ async fn insert(tx: &mut Tx<'_>, tenant: &TenantId, connector: &ConnectorId, m: 
 }
 
 async fn touch_connector(tx: &mut Tx<'_>, connector: &ConnectorId, now: i64) -> ApiResult<()> {
-    sqlx::query("UPDATE connectors SET mappings_version = mappings_version + 1, mappings_changed_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(connector.as_str())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE connectors SET mappings_version = mappings_version + 1, mappings_changed_at = $1 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(connector.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -392,7 +392,9 @@ mod tests {
         assert_eq!(sid.key, "S-1-5-21-1004336348-1177238915-682003330-512");
         assert_eq!(sid.display, sid.key);
         assert_eq!(parse_sid("S-1-0x000000000005-32-544").unwrap(), "S-1-5-32-544");
-        for bad in ["S-1-5", "S-2-5-21", "S-1-5-x", "S-1-5-21-99999999999", "S-1-", "\\alice", "CORP\\", "a*b", "CORP\\a\\b"] {
+        for bad in
+            ["S-1-5", "S-2-5-21", "S-1-5-x", "S-1-5-21-99999999999", "S-1-", "\\alice", "CORP\\", "a*b", "CORP\\a\\b"]
+        {
             assert!(parse_principal(bad).is_err(), "{bad}");
         }
     }

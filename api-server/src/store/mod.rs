@@ -6,11 +6,11 @@
 pub mod accounts;
 pub mod acl;
 pub mod changes;
-pub mod jobs;
-pub mod leases;
 pub mod conn_tests;
 pub mod connectors;
 pub mod file_states;
+pub mod jobs;
+pub mod leases;
 pub mod mappings;
 pub mod nodes;
 pub mod shares;

@@ -208,10 +208,11 @@ pub async fn children(db: &Db, parent_id: &str, after: Option<&str>, limit: i64)
 
 /// Items moved to trash themselves (not their descendants), newest first.
 pub async fn trash(db: &Db, share_id: &str) -> ApiResult<Vec<Node>> {
-    let rows = sqlx::query("SELECT * FROM nodes WHERE share_id = $1 AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id")
-        .bind(share_id)
-        .fetch_all(&db.pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT * FROM nodes WHERE share_id = $1 AND deleted_at IS NOT NULL ORDER BY deleted_at DESC, id")
+            .bind(share_id)
+            .fetch_all(&db.pool)
+            .await?;
     Ok(rows.iter().map(node_from).collect())
 }
 
@@ -247,7 +248,14 @@ fn name_taken(name: &str) -> ApiError {
 }
 
 /// Creates a folder. `name` must already be validated (NFC).
-pub async fn create_folder(db: &Db, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str) -> ApiResult<Node> {
+pub async fn create_folder(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    share_id: &str,
+    parent_id: &str,
+    name: &str,
+) -> ApiResult<Node> {
     let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let parent_path = live_parent(&mut tx, tenant, share_id, parent_id).await?;
     if child_tx(&mut tx, parent_id, name).await?.is_some() {
@@ -255,26 +263,40 @@ pub async fn create_folder(db: &Db, tenant: &TenantId, actor: &Actor, share_id: 
     }
     let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name, pos).await?;
     let path = child_path(&parent_path, name);
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id,
-        node_id: &node.id,
-        node_type: "folder",
-        change_type: ChangeType::Created,
-        name,
-        parent_id,
-        path: &path,
-        old_parent_id: None,
-        old_path: None,
-        version_id: None,
-        size: None,
-        sha256: None,
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id,
+            node_id: &node.id,
+            node_type: "folder",
+            change_type: ChangeType::Created,
+            name,
+            parent_id,
+            path: &path,
+            old_parent_id: None,
+            old_path: None,
+            version_id: None,
+            size: None,
+            sha256: None,
+        },
+    )
     .await?;
     tx.commit().await?;
     Ok(node)
 }
 
-async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_id: &str, parent_id: &str, name: &str, pos: i64) -> ApiResult<Node> {
+async fn insert_folder(
+    tx: &mut Tx<'_>,
+    tenant: &TenantId,
+    actor: &Actor,
+    share_id: &str,
+    parent_id: &str,
+    name: &str,
+    pos: i64,
+) -> ApiResult<Node> {
     let now = now_ms();
     let node = Node {
         id: FolderId::generate().to_string(),
@@ -316,12 +338,22 @@ async fn insert_folder(tx: &mut Tx<'_>, tenant: &TenantId, actor: &Actor, share_
 
 /// Makes sure every folder of `segs` exists under the share root, creating the missing ones,
 /// and returns the id of the last (the share id for an empty path).
-pub async fn ensure_folders(db: &Db, tenant: &TenantId, actor: &Actor, share_id: &str, segs: &[String]) -> ApiResult<String> {
+pub async fn ensure_folders(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    share_id: &str,
+    segs: &[String],
+) -> ApiResult<String> {
     let mut parent = share_id.to_string();
     for s in segs {
         match child(db, &parent, s).await? {
             Some(n) if n.kind == Kind::Folder => parent = n.id,
-            Some(_) => return Err(ApiError::conflict("NOT_A_FOLDER", format!("'{s}' is a file, not a folder")).with_field("path")),
+            Some(_) => {
+                return Err(
+                    ApiError::conflict("NOT_A_FOLDER", format!("'{s}' is a file, not a folder")).with_field("path")
+                )
+            }
             None => match create_folder(db, tenant, actor, share_id, &parent, s).await {
                 Ok(n) => parent = n.id,
                 // Created concurrently by someone else: use theirs.
@@ -424,12 +456,14 @@ pub async fn commit_content(
     }
 
     for c in &content.chunks {
-        sqlx::query("INSERT INTO chunks (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING")
-            .bind(&c.sha256)
-            .bind(c.size as i64)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO chunks (sha256, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(&c.sha256)
+        .bind(c.size as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     }
 
     let created = existing.is_none();
@@ -488,22 +522,30 @@ pub async fn commit_content(
     .execute(&mut *tx)
     .await?;
     let path = locate_tx(&mut tx, &file_id).await?.path;
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id,
-        node_id: &file_id,
-        node_type: "file",
-        change_type: if created { ChangeType::Created } else { ChangeType::Updated },
-        name: &name,
-        parent_id: &parent_id,
-        path: &path,
-        old_parent_id: None,
-        old_path: None,
-        version_id: Some(&version.id),
-        size: Some(version.size),
-        sha256: Some(&version.sha256),
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id,
+            node_id: &file_id,
+            node_type: "file",
+            change_type: if created { ChangeType::Created } else { ChangeType::Updated },
+            name: &name,
+            parent_id: &parent_id,
+            path: &path,
+            old_parent_id: None,
+            old_path: None,
+            version_id: Some(&version.id),
+            size: Some(version.size),
+            sha256: Some(&version.sha256),
+        },
+    )
     .await?;
-    let node = get_tx(&mut tx, tenant, &file_id).await?.ok_or_else(|| ApiError::internal("file vanished in its own transaction"))?;
+    let node = get_tx(&mut tx, tenant, &file_id)
+        .await?
+        .ok_or_else(|| ApiError::internal("file vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(Committed { node, version, created })
 }
@@ -555,26 +597,36 @@ pub async fn version(db: &Db, file_id: &str, version_id: &str) -> ApiResult<Vers
 }
 
 pub async fn version_chunks(db: &Db, version_id: &str) -> ApiResult<Vec<ChunkRef>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT sha256, size FROM version_chunks WHERE version_id = $1 ORDER BY idx")
-        .bind(version_id)
-        .fetch_all(&db.pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(sha256, size)| ChunkRef { sha256, size: size as u64 })
-        .collect())
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sha256, size FROM version_chunks WHERE version_id = $1 ORDER BY idx")
+            .bind(version_id)
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(rows.into_iter().map(|(sha256, size)| ChunkRef { sha256, size: size as u64 }).collect())
 }
 
 /// Restores an old version as a new version on top (its content is not copied: the new
 /// version names the same chunks).
-pub async fn restore_version(db: &Db, tenant: &TenantId, actor: &Actor, file: &Node, old: &Version) -> ApiResult<Committed> {
+pub async fn restore_version(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    file: &Node,
+    old: &Version,
+) -> ApiResult<Committed> {
     let chunks = version_chunks(db, &old.id).await?;
-    let content = Ingested {
-        size: old.size as u64,
-        sha256: old.sha256.clone(),
-        chunks,
-    };
-    commit_content(db, tenant, actor, &file.share_id, Target::Existing { file_id: &file.id }, &content, Expect::Any, Some(old.modified_at)).await
+    let content = Ingested { size: old.size as u64, sha256: old.sha256.clone(), chunks };
+    commit_content(
+        db,
+        tenant,
+        actor,
+        &file.share_id,
+        Target::Existing { file_id: &file.id },
+        &content,
+        Expect::Any,
+        Some(old.modified_at),
+    )
+    .await
 }
 
 /// Renames and/or moves an item. `new_parent_id` may be the share id (the root).
@@ -595,8 +647,11 @@ pub async fn rename_move(
     }
     if let Some(base) = base_version_id {
         if cur.current_version_id.as_deref() != Some(base) {
-            return Err(ApiError::conflict("VERSION_CONFLICT", "the item changed since the version this write is based on")
-                .with_field("base_version_id"));
+            return Err(ApiError::conflict(
+                "VERSION_CONFLICT",
+                "the item changed since the version this write is based on",
+            )
+            .with_field("base_version_id"));
         }
     }
     let name = new_name.unwrap_or(&cur.name).to_string();
@@ -609,7 +664,8 @@ pub async fn rename_move(
     if parent != cur.share_id && cur.kind == Kind::Folder {
         let anc = locate_tx(&mut tx, &parent).await?.ancestry;
         if anc.iter().any(|a| a == &cur.id) {
-            return Err(ApiError::validation("parent_id", "a folder cannot move into itself or its own subfolder").with_code("INVALID_MOVE"));
+            return Err(ApiError::validation("parent_id", "a folder cannot move into itself or its own subfolder")
+                .with_code("INVALID_MOVE"));
         }
     }
     if let Some(other) = child_tx(&mut tx, &parent, &name).await? {
@@ -632,28 +688,42 @@ pub async fn rename_move(
         })?;
     let path = child_path(&parent_path, &name);
     let moved = parent != cur.parent_id;
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id: &cur.share_id,
-        node_id: &cur.id,
-        node_type: cur.kind.as_str(),
-        change_type: if moved { ChangeType::Moved } else { ChangeType::Renamed },
-        name: &name,
-        parent_id: &parent,
-        path: &path,
-        old_parent_id: Some(&cur.parent_id),
-        old_path: Some(&old_loc.path),
-        version_id: cur.current_version_id.as_deref(),
-        size: None,
-        sha256: None,
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id: &cur.share_id,
+            node_id: &cur.id,
+            node_type: cur.kind.as_str(),
+            change_type: if moved { ChangeType::Moved } else { ChangeType::Renamed },
+            name: &name,
+            parent_id: &parent,
+            path: &path,
+            old_parent_id: Some(&cur.parent_id),
+            old_path: Some(&old_loc.path),
+            version_id: cur.current_version_id.as_deref(),
+            size: None,
+            sha256: None,
+        },
+    )
     .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    let out = get_tx(&mut tx, tenant, &cur.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(out)
 }
 
 /// Moves an item (and with it everything inside) to trash.
-pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base_version_id: Option<&str>) -> ApiResult<Node> {
+pub async fn delete(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    node: &Node,
+    base_version_id: Option<&str>,
+) -> ApiResult<Node> {
     let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     let loc = locate_tx(&mut tx, &cur.id).await?;
@@ -662,8 +732,11 @@ pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base
     }
     if let Some(base) = base_version_id {
         if cur.current_version_id.as_deref() != Some(base) {
-            return Err(ApiError::conflict("VERSION_CONFLICT", "the item changed since the version this delete is based on")
-                .with_field("base_version_id"));
+            return Err(ApiError::conflict(
+                "VERSION_CONFLICT",
+                "the item changed since the version this delete is based on",
+            )
+            .with_field("base_version_id"));
         }
     }
     let now = now_ms();
@@ -674,22 +747,30 @@ pub async fn delete(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, base
         .bind(pos)
         .execute(&mut *tx)
         .await?;
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id: &cur.share_id,
-        node_id: &cur.id,
-        node_type: cur.kind.as_str(),
-        change_type: ChangeType::Deleted,
-        name: &cur.name,
-        parent_id: &cur.parent_id,
-        path: &loc.path,
-        old_parent_id: None,
-        old_path: None,
-        version_id: cur.current_version_id.as_deref(),
-        size: None,
-        sha256: None,
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id: &cur.share_id,
+            node_id: &cur.id,
+            node_type: cur.kind.as_str(),
+            change_type: ChangeType::Deleted,
+            name: &cur.name,
+            parent_id: &cur.parent_id,
+            path: &loc.path,
+            old_parent_id: None,
+            old_path: None,
+            version_id: cur.current_version_id.as_deref(),
+            size: None,
+            sha256: None,
+        },
+    )
     .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    let out = get_tx(&mut tx, tenant, &cur.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(out)
 }
@@ -709,33 +790,43 @@ pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> 
         return Err(name_taken(&cur.name));
     }
     let now = now_ms();
-    sqlx::query("UPDATE nodes SET deleted_at = NULL, deleted_by = NULL, updated_at = $1, last_change = $3 WHERE id = $2")
-        .bind(now)
-        .bind(&cur.id)
-        .bind(pos)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            err if err.code == "ALREADY_EXISTS" => name_taken(&cur.name),
-            err => err,
-        })?;
+    sqlx::query(
+        "UPDATE nodes SET deleted_at = NULL, deleted_by = NULL, updated_at = $1, last_change = $3 WHERE id = $2",
+    )
+    .bind(now)
+    .bind(&cur.id)
+    .bind(pos)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match ApiError::from(e) {
+        err if err.code == "ALREADY_EXISTS" => name_taken(&cur.name),
+        err => err,
+    })?;
     let path = locate_tx(&mut tx, &cur.id).await?.path;
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id: &cur.share_id,
-        node_id: &cur.id,
-        node_type: cur.kind.as_str(),
-        change_type: ChangeType::Created,
-        name: &cur.name,
-        parent_id: &cur.parent_id,
-        path: &path,
-        old_parent_id: None,
-        old_path: None,
-        version_id: cur.current_version_id.as_deref(),
-        size: Some(cur.size),
-        sha256: cur.sha256.as_deref(),
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id: &cur.share_id,
+            node_id: &cur.id,
+            node_type: cur.kind.as_str(),
+            change_type: ChangeType::Created,
+            name: &cur.name,
+            parent_id: &cur.parent_id,
+            path: &path,
+            old_parent_id: None,
+            old_path: None,
+            version_id: cur.current_version_id.as_deref(),
+            size: Some(cur.size),
+            sha256: cur.sha256.as_deref(),
+        },
+    )
     .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    let out = get_tx(&mut tx, tenant, &cur.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(out)
 }
@@ -756,22 +847,30 @@ pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, m
         .execute(&mut *tx)
         .await?;
     let loc = locate_tx(&mut tx, &cur.id).await?;
-    changes::record(&mut tx, tenant, pos, actor, NewChange {
-        share_id: &cur.share_id,
-        node_id: &cur.id,
-        node_type: cur.kind.as_str(),
-        change_type: ChangeType::Updated,
-        name: &cur.name,
-        parent_id: &cur.parent_id,
-        path: &loc.path,
-        old_parent_id: None,
-        old_path: None,
-        version_id: cur.current_version_id.as_deref(),
-        size: Some(cur.size),
-        sha256: cur.sha256.as_deref(),
-    })
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id: &cur.share_id,
+            node_id: &cur.id,
+            node_type: cur.kind.as_str(),
+            change_type: ChangeType::Updated,
+            name: &cur.name,
+            parent_id: &cur.parent_id,
+            path: &loc.path,
+            old_parent_id: None,
+            old_path: None,
+            version_id: cur.current_version_id.as_deref(),
+            size: Some(cur.size),
+            sha256: cur.sha256.as_deref(),
+        },
+    )
     .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    let out = get_tx(&mut tx, tenant, &cur.id)
+        .await?
+        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     tx.commit().await?;
     Ok(out)
 }
@@ -779,7 +878,13 @@ pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, m
 /// The subtree under `parent_id` (the share id for the whole share), parents before
 /// children, ordered by path (byte order), after `after_path`; paths are relative to the
 /// parent and start with "/".
-pub async fn subtree(db: &Db, parent_id: &str, after_path: &str, include_deleted: bool, limit: i64) -> ApiResult<Vec<(Node, String)>> {
+pub async fn subtree(
+    db: &Db,
+    parent_id: &str,
+    after_path: &str,
+    include_deleted: bool,
+    limit: i64,
+) -> ApiResult<Vec<(Node, String)>> {
     let live = if include_deleted { "" } else { " AND deleted_at IS NULL" };
     let live_n = if include_deleted { "" } else { " AND n.deleted_at IS NULL" };
     let collate = if db.backend == crate::db::Backend::Postgres { " COLLATE \"C\"" } else { "" };

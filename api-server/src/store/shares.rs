@@ -141,18 +141,21 @@ pub async fn members(db: &Db, share: &ShareId) -> ApiResult<Vec<Member>> {
 }
 
 /// Adds a member or changes its role. The principal must be a user or group of the tenant.
-pub async fn set_member(db: &Db, share: &Share, principal_type: &str, principal_id: &str, role: Role) -> ApiResult<Member> {
+pub async fn set_member(
+    db: &Db,
+    share: &Share,
+    principal_type: &str,
+    principal_id: &str,
+    role: Role,
+) -> ApiResult<Member> {
     let table = match principal_type {
         "user" => "users",
         "group" => "groups",
         _ => return Err(ApiError::validation("principal_type", "must be 'user' or 'group'")),
     };
     let sql = format!("SELECT COUNT(*) FROM {table} WHERE id = $1 AND tenant_id = $2");
-    let (n,): (i64,) = sqlx::query_as(&sql)
-        .bind(principal_id)
-        .bind(share.tenant_id.as_str())
-        .fetch_one(&db.pool)
-        .await?;
+    let (n,): (i64,) =
+        sqlx::query_as(&sql).bind(principal_id).bind(share.tenant_id.as_str()).fetch_one(&db.pool).await?;
     if n == 0 {
         return Err(ApiError::validation("principal_id", format!("no {principal_type} with that id in this tenant")));
     }
@@ -191,10 +194,11 @@ pub async fn remove_member(db: &Db, share: &Share, principal_id: &str) -> ApiRes
 
 /// The union of the share-role permissions of a user and the user's groups.
 pub async fn role_bits(db: &Db, share: &str, user_id: &str, group_ids: &[String]) -> ApiResult<i64> {
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT principal_id, role FROM share_members WHERE share_id = $1")
-        .bind(share)
-        .fetch_all(&db.pool)
-        .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT principal_id, role FROM share_members WHERE share_id = $1")
+            .bind(share)
+            .fetch_all(&db.pool)
+            .await?;
     Ok(rows
         .iter()
         .filter(|(p, _)| p == user_id || group_ids.contains(p))

@@ -87,10 +87,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            body: body.into(),
-            ..Self::default()
-        }
+        Self { body: body.into(), ..Self::default() }
     }
 
     /// Adds a header (builder style).
@@ -175,12 +172,7 @@ impl Delivery {
             reply_to: self.reply_to.take(),
             correlation_id: self.correlation_id.take(),
         };
-        settler
-            .settle(Outcome::Reject {
-                message,
-                reason: reason.into(),
-            })
-            .await
+        settler.settle(Outcome::Reject { message, reason: reason.into() }).await
     }
 
     /// The reason given to [`reject`](Self::reject), on a message read from a dead-letter queue.
@@ -189,9 +181,7 @@ impl Delivery {
     }
 
     fn take_settler(&mut self) -> Box<dyn Settle> {
-        self.settler
-            .take()
-            .expect("a Delivery is settled at most once (settling consumes it)")
+        self.settler.take().expect("a Delivery is settled at most once (settling consumes it)")
     }
 }
 
@@ -235,10 +225,7 @@ pub struct Consumer {
 
 impl Consumer {
     pub(crate) fn new(queue: &str, backend: Box<dyn ConsumerBackend>) -> Self {
-        Self {
-            queue: queue.to_owned(),
-            backend,
-        }
+        Self { queue: queue.to_owned(), backend }
     }
 
     /// The next delivery. Waits while the queue is empty or `prefetch` deliveries are
@@ -255,9 +242,7 @@ impl Consumer {
 
 impl fmt::Debug for Consumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Consumer")
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
+        f.debug_struct("Consumer").field("queue", &self.queue).finish_non_exhaustive()
     }
 }
 

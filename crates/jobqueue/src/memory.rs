@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 
 use crate::reply::Replies;
 use crate::{
-    check_prefetch, dead_letter_queue, Consumer, ConsumerBackend, Delivery, Error, JobQueue,
-    Message, Outcome, Result, Settle, ORIGINAL_QUEUE_HEADER, REJECT_REASON_HEADER,
+    check_prefetch, dead_letter_queue, Consumer, ConsumerBackend, Delivery, Error, JobQueue, Message, Outcome, Result,
+    Settle, ORIGINAL_QUEUE_HEADER, REJECT_REASON_HEADER,
 };
 
 /// In-process [`JobQueue`]. Cheap to clone; clones share the queues.
@@ -47,11 +47,7 @@ struct Stored {
 
 impl Queue {
     fn new(dead_letter: Option<String>) -> Self {
-        Self {
-            ready: VecDeque::new(),
-            changed: Arc::new(Notify::new()),
-            dead_letter,
-        }
+        Self { ready: VecDeque::new(), changed: Arc::new(Notify::new()), dead_letter }
     }
 }
 
@@ -64,20 +60,14 @@ impl Broker {
     fn declare(&self, name: &str, dead_letter: Option<String>) {
         let mut queues = self.lock();
         if let Some(dlq) = &dead_letter {
-            queues
-                .entry(dlq.clone())
-                .or_insert_with(|| Queue::new(None));
+            queues.entry(dlq.clone()).or_insert_with(|| Queue::new(None));
         }
-        queues
-            .entry(name.to_owned())
-            .or_insert_with(|| Queue::new(dead_letter));
+        queues.entry(name.to_owned()).or_insert_with(|| Queue::new(dead_letter));
     }
 
     fn enqueue(&self, name: &str, stored: Stored, front: bool) -> Result<()> {
         let mut queues = self.lock();
-        let queue = queues
-            .get_mut(name)
-            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
+        let queue = queues.get_mut(name).ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
         if front {
             queue.ready.push_front(stored);
         } else {
@@ -116,14 +106,7 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn publish(&self, queue: &str, message: Message) -> Result<()> {
-        self.broker.enqueue(
-            queue,
-            Stored {
-                message,
-                deliveries: 0,
-            },
-            false,
-        )
+        self.broker.enqueue(queue, Stored { message, deliveries: 0 }, false)
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
@@ -142,16 +125,12 @@ impl JobQueue for MemoryQueue {
 
     async fn depth(&self, queue: &str) -> Result<u64> {
         let queues = self.broker.lock();
-        let queue = queues
-            .get(queue)
-            .ok_or_else(|| Error::QueueNotFound(queue.to_owned()))?;
+        let queue = queues.get(queue).ok_or_else(|| Error::QueueNotFound(queue.to_owned()))?;
         Ok(queue.ready.len() as u64)
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        self.replies
-            .request(self, 0, || self.open_reply_queue(), queue, message, timeout)
-            .await
+        self.replies.request(self, 0, || self.open_reply_queue(), queue, message, timeout).await
     }
 }
 
@@ -182,9 +161,7 @@ impl ConsumerBackend for MemoryConsumer {
             if self.unsettled.load(Ordering::SeqCst) < self.prefetch {
                 let taken = {
                     let mut queues = self.broker.lock();
-                    queues
-                        .get_mut(&self.queue)
-                        .and_then(|q| q.ready.pop_front())
+                    queues.get_mut(&self.queue).and_then(|q| q.ready.pop_front())
                 };
                 if let Some(mut stored) = taken {
                     stored.deliveries += 1;
@@ -248,34 +225,16 @@ impl Settle for MemorySettler {
                 Ok(())
             }
             Outcome::Requeue => self.requeue(),
-            Outcome::Reject {
-                mut message,
-                reason,
-            } => {
-                let dead_letter = self
-                    .broker
-                    .lock()
-                    .get(&self.queue)
-                    .and_then(|q| q.dead_letter.clone());
+            Outcome::Reject { mut message, reason } => {
+                let dead_letter = self.broker.lock().get(&self.queue).and_then(|q| q.dead_letter.clone());
                 let Some(dlq) = dead_letter else {
                     let error = Error::QueueNotFound(dead_letter_queue(&self.queue));
                     self.requeue()?;
                     return Err(error);
                 };
-                message
-                    .headers
-                    .insert(REJECT_REASON_HEADER.to_owned(), reason);
-                message
-                    .headers
-                    .insert(ORIGINAL_QUEUE_HEADER.to_owned(), self.queue.clone());
-                if let Err(error) = self.broker.enqueue(
-                    &dlq,
-                    Stored {
-                        message,
-                        deliveries: 0,
-                    },
-                    false,
-                ) {
+                message.headers.insert(REJECT_REASON_HEADER.to_owned(), reason);
+                message.headers.insert(ORIGINAL_QUEUE_HEADER.to_owned(), self.queue.clone());
+                if let Err(error) = self.broker.enqueue(&dlq, Stored { message, deliveries: 0 }, false) {
                     self.requeue()?;
                     return Err(error);
                 }

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::acker::Acker;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::publisher_confirm::Confirmation;
@@ -31,8 +31,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 
 use crate::reply::Replies;
 use crate::{
-    check_prefetch, dead_letter_queue, Consumer, ConsumerBackend, Delivery, Error, JobQueue,
-    Message, Outcome, Result, Settle, ORIGINAL_QUEUE_HEADER, REJECT_REASON_HEADER,
+    check_prefetch, dead_letter_queue, Consumer, ConsumerBackend, Delivery, Error, JobQueue, Message, Outcome, Result,
+    Settle, ORIGINAL_QUEUE_HEADER, REJECT_REASON_HEADER,
 };
 
 /// The direct exchange every declared queue dead-letters through, routing key = queue name.
@@ -95,9 +95,7 @@ pub struct RabbitQueue {
 
 impl fmt::Debug for RabbitQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitQueue")
-            .field("target", &self.link.target)
-            .finish_non_exhaustive()
+        f.debug_struct("RabbitQueue").field("target", &self.link.target).finish_non_exhaustive()
     }
 }
 
@@ -136,9 +134,7 @@ impl Link {
             // Only the publisher channel broke (a channel-level error): replace it and keep
             // the connection, which consumers are using.
             let publisher = l.connection.create_channel().await?;
-            publisher
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
             tracing::warn!(amqp.target = %self.target, "publisher channel replaced");
             l.publisher = publisher;
             return Ok(l.clone());
@@ -168,19 +164,10 @@ impl Link {
             }
         };
         let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         tracing::info!(amqp.target = %self.target, "AMQP connection open");
-        let epoch = self
-            .opened
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
-        Ok(Live {
-            epoch,
-            connection: Arc::new(connection),
-            publisher,
-        })
+        let epoch = self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Ok(Live { epoch, connection: Arc::new(connection), publisher })
     }
 
     /// Publishes with `mandatory`, so an unroutable message comes back as an error instead of
@@ -198,8 +185,7 @@ impl Link {
         loop {
             attempt += 1;
             let live = self.live().await?;
-            let result =
-                publish_once(&live, exchange, routing_key, message, properties.clone()).await;
+            let result = publish_once(&live, exchange, routing_key, message, properties.clone()).await;
             match result {
                 Err(Error::Amqp(error)) if attempt == 1 && !live.usable() => {
                     tracing::warn!(%error, queue.name = routing_key, "publish failed on a lost connection; retrying once");
@@ -217,15 +203,9 @@ async fn publish_once(
     message: &Message,
     properties: BasicProperties,
 ) -> Result<()> {
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
-    let confirm = live
-        .publisher
-        .basic_publish(exchange, routing_key, options, &message.body, properties)
-        .await?
-        .await?;
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let confirm =
+        live.publisher.basic_publish(exchange, routing_key, options, &message.body, properties).await?.await?;
     match confirm {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         // Returned as unroutable: no queue is bound under this name.
@@ -236,15 +216,9 @@ async fn publish_once(
 
 fn properties(message: &Message, extra_headers: &[(&str, &str)]) -> BasicProperties {
     let mut headers = FieldTable::default();
-    let all = message
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let all = message.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     for (key, value) in all.chain(extra_headers.iter().copied()) {
-        headers.insert(
-            ShortString::from(key.to_owned()),
-            AMQPValue::LongString(LongString::from(value.to_owned())),
-        );
+        headers.insert(ShortString::from(key.to_owned()), AMQPValue::LongString(LongString::from(value.to_owned())));
     }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2) // persistent
@@ -261,9 +235,7 @@ fn properties(message: &Message, extra_headers: &[(&str, &str)]) -> BasicPropert
 /// Maps a broker `NOT_FOUND` to [`Error::QueueNotFound`].
 fn not_found(error: lapin::Error, queue: &str) -> Error {
     match &error {
-        lapin::Error::ProtocolError(e)
-            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
-        {
+        lapin::Error::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) => {
             Error::QueueNotFound(queue.to_owned())
         }
         _ => Error::Amqp(error),
@@ -274,35 +246,19 @@ impl RabbitQueue {
     /// Connects (bounded by `config.connect_timeout`) and fails early if the broker is
     /// unreachable or refuses the credentials.
     pub async fn connect(config: RabbitConfig) -> Result<Self> {
-        let uri: AMQPUri = config
-            .url
-            .parse()
-            .map_err(|e: String| Error::Config(format!("cannot parse the AMQP URL: {e}")))?;
-        let target = format!(
-            "{}:{}/{}",
-            uri.authority.host, uri.authority.port, uri.vhost
-        );
-        let link = Arc::new(Link {
-            uri,
-            target,
-            config,
-            live: tokio::sync::Mutex::new(None),
-            opened: Default::default(),
-        });
+        let uri: AMQPUri =
+            config.url.parse().map_err(|e: String| Error::Config(format!("cannot parse the AMQP URL: {e}")))?;
+        let target = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+        let link =
+            Arc::new(Link { uri, target, config, live: tokio::sync::Mutex::new(None), opened: Default::default() });
         link.live().await?;
-        Ok(Self {
-            link,
-            replies: Arc::new(Replies::default()),
-        })
+        Ok(Self { link, replies: Arc::new(Replies::default()) })
     }
 
     fn queue_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
         if self.link.config.queue_type == QueueType::Quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString(LongString::from("quorum".to_owned())),
-            );
+            arguments.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum".to_owned())));
         }
         arguments
     }
@@ -312,14 +268,8 @@ impl RabbitQueue {
         let channel = live.connection.create_channel().await?;
         // Server-named, exclusive to this connection: it disappears with the connection,
         // and then the reply listener ends and the next request opens a new one.
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("", options, FieldTable::default())
-            .await?;
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("", options, FieldTable::default()).await?;
         let name = queue.name().as_str().to_owned();
         let consumer = self.consume(&name, 64).await?;
         Ok((name, consumer))
@@ -332,43 +282,26 @@ impl JobQueue for RabbitQueue {
     async fn declare(&self, queue: &str) -> Result<()> {
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         channel
             .exchange_declare(
                 DEAD_LETTER_EXCHANGE,
                 ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
         let dlq = dead_letter_queue(queue);
+        channel.queue_declare(&dlq, durable, self.queue_arguments()).await?;
         channel
-            .queue_declare(&dlq, durable, self.queue_arguments())
-            .await?;
-        channel
-            .queue_bind(
-                &dlq,
-                DEAD_LETTER_EXCHANGE,
-                queue,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_bind(&dlq, DEAD_LETTER_EXCHANGE, queue, QueueBindOptions::default(), FieldTable::default())
             .await?;
         let mut arguments = self.queue_arguments();
         arguments.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE.to_owned())),
         );
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(queue.to_owned())),
-        );
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(queue.to_owned())));
         channel.queue_declare(queue, durable, arguments).await?;
         tracing::debug!("declared queue and dead-letter queue");
         Ok(())
@@ -382,26 +315,15 @@ impl JobQueue for RabbitQueue {
         check_prefetch(prefetch)?;
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await?;
+        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
         let tag = format!("jobqueue-{}", ulid::Ulid::new());
         let consumer = channel
-            .basic_consume(
-                queue,
-                &tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(queue, &tag, BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|e| not_found(e, queue))?;
         tracing::debug!(queue.name = queue, consumer.tag = %tag, prefetch, "consuming");
-        let backend = RabbitConsumer {
-            link: self.link.clone(),
-            channel,
-            consumer: Some(consumer),
-            queue: queue.to_owned(),
-        };
+        let backend =
+            RabbitConsumer { link: self.link.clone(), channel, consumer: Some(consumer), queue: queue.to_owned() };
         Ok(Consumer::new(queue, Box::new(backend)))
     }
 
@@ -409,30 +331,16 @@ impl JobQueue for RabbitQueue {
         let live = self.link.live().await?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = live.connection.create_channel().await?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue, options, FieldTable::default())
-            .await
-            .map_err(|e| not_found(e, queue))?;
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared =
+            channel.queue_declare(queue, options, FieldTable::default()).await.map_err(|e| not_found(e, queue))?;
         Ok(u64::from(declared.message_count()))
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
         // Make sure the connection is up first: a reply queue from an older connection is gone.
         let epoch = self.link.live().await?.epoch;
-        self.replies
-            .request(
-                self,
-                epoch,
-                || self.open_reply_queue(),
-                queue,
-                message,
-                timeout,
-            )
-            .await
+        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
     }
 }
 
@@ -467,13 +375,7 @@ impl ConsumerBackend for RabbitConsumer {
 
 impl RabbitConsumer {
     fn delivery(&self, delivery: lapin::message::Delivery) -> Delivery {
-        let lapin::message::Delivery {
-            redelivered,
-            properties,
-            data,
-            acker,
-            ..
-        } = delivery;
+        let lapin::message::Delivery { redelivered, properties, data, acker, .. } = delivery;
         let (headers, broker_count) = read_headers(properties.headers().as_ref());
         // x-delivery-count counts earlier failed deliveries; absent on a first delivery.
         let delivery_count = match broker_count {
@@ -484,14 +386,8 @@ impl RabbitConsumer {
         Delivery {
             body: data,
             headers,
-            reply_to: properties
-                .reply_to()
-                .as_ref()
-                .map(|s| s.as_str().to_owned()),
-            correlation_id: properties
-                .correlation_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned()),
+            reply_to: properties.reply_to().as_ref().map(|s| s.as_str().to_owned()),
+            correlation_id: properties.correlation_id().as_ref().map(|s| s.as_str().to_owned()),
             queue: self.queue.clone(),
             redelivered,
             delivery_count,
@@ -541,10 +437,7 @@ struct RabbitSettler {
     queue: String,
 }
 
-const REQUEUE: BasicNackOptions = BasicNackOptions {
-    multiple: false,
-    requeue: true,
-};
+const REQUEUE: BasicNackOptions = BasicNackOptions { multiple: false, requeue: true };
 
 #[async_trait]
 impl Settle for RabbitSettler {
@@ -556,14 +449,8 @@ impl Settle for RabbitSettler {
                 // basic.reject would dead-letter natively but cannot carry our reason, so the
                 // message is republished to the dead-letter exchange, then acked. A crash in
                 // between leaves it both dead-lettered and redelivered: at least once.
-                let extra = [
-                    (REJECT_REASON_HEADER, reason.as_str()),
-                    (ORIGINAL_QUEUE_HEADER, self.queue.as_str()),
-                ];
-                let moved = self
-                    .link
-                    .publish(DEAD_LETTER_EXCHANGE, &self.queue, &message, &extra)
-                    .await;
+                let extra = [(REJECT_REASON_HEADER, reason.as_str()), (ORIGINAL_QUEUE_HEADER, self.queue.as_str())];
+                let moved = self.link.publish(DEAD_LETTER_EXCHANGE, &self.queue, &message, &extra).await;
                 match moved {
                     Ok(()) => {
                         self.acker.ack(BasicAckOptions::default()).await?;
@@ -572,9 +459,7 @@ impl Settle for RabbitSettler {
                     }
                     Err(error) => {
                         let error = match error {
-                            Error::QueueNotFound(_) => {
-                                Error::QueueNotFound(dead_letter_queue(&self.queue))
-                            }
+                            Error::QueueNotFound(_) => Error::QueueNotFound(dead_letter_queue(&self.queue)),
                             other => other,
                         };
                         let _ = self.acker.nack(REQUEUE).await;

@@ -43,10 +43,7 @@ struct Unregister {
 
 impl Drop for Unregister {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .expect("reply map poisoned")
-            .remove(&self.correlation_id);
+        self.pending.lock().expect("reply map poisoned").remove(&self.correlation_id);
     }
 }
 
@@ -71,14 +68,8 @@ impl Replies {
         let reply_to = self.listen(epoch, open_reply_queue).await?;
         let correlation_id = ulid::Ulid::new().to_string();
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .expect("reply map poisoned")
-            .insert(correlation_id.clone(), tx);
-        let _unregister = Unregister {
-            pending: self.pending.clone(),
-            correlation_id: correlation_id.clone(),
-        };
+        self.pending.lock().expect("reply map poisoned").insert(correlation_id.clone(), tx);
+        let _unregister = Unregister { pending: self.pending.clone(), correlation_id: correlation_id.clone() };
 
         message.reply_to = Some(reply_to);
         message.correlation_id = Some(correlation_id.clone());
@@ -108,11 +99,7 @@ impl Replies {
         }
         let (queue, consumer) = open_reply_queue().await?;
         let task = tokio::spawn(route_replies(consumer, self.pending.clone()));
-        *listener = Some(Listener {
-            queue: queue.clone(),
-            epoch,
-            task,
-        });
+        *listener = Some(Listener { queue: queue.clone(), epoch, task });
         Ok(queue)
     }
 }
@@ -126,10 +113,8 @@ async fn route_replies(mut consumer: Consumer, pending: Pending) {
                 return;
             }
         };
-        let waiter = delivery
-            .correlation_id
-            .as_ref()
-            .and_then(|id| pending.lock().expect("reply map poisoned").remove(id));
+        let waiter =
+            delivery.correlation_id.as_ref().and_then(|id| pending.lock().expect("reply map poisoned").remove(id));
         let reply = Message {
             body: delivery.body.clone(),
             headers: delivery.headers.clone(),

@@ -43,40 +43,20 @@ async fn run(args: &[&str]) -> Result<(), String> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "rabbitmqctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(format!("rabbitmqctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
     }
 }
 
 impl TestVhost {
     /// Creates a uniquely named vhost and grants the test user full rights on it.
     pub async fn create() -> Result<Self, String> {
-        let name = format!(
-            "jobqueue-test-{}",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
+        let name = format!("jobqueue-test-{}", ulid::Ulid::new().to_string().to_lowercase());
         let user = env_or("JOBQUEUE_TEST_AMQP_USER", "guest");
         let password = env_or("JOBQUEUE_TEST_AMQP_PASSWORD", "guest");
         let addr = env_or("JOBQUEUE_TEST_AMQP_ADDR", "127.0.0.1:5672");
         run(&["add_vhost", &name]).await?;
-        let vhost = Self {
-            url: format!("amqp://{user}:{password}@{addr}/{name}"),
-            name,
-            deleted: false,
-        };
-        run(&[
-            "set_permissions",
-            "-p",
-            &vhost.name,
-            &user,
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .await?;
+        let vhost = Self { url: format!("amqp://{user}:{password}@{addr}/{name}"), name, deleted: false };
+        run(&["set_permissions", "-p", &vhost.name, &user, ".*", ".*", ".*"]).await?;
         Ok(vhost)
     }
 
@@ -92,13 +72,7 @@ impl TestVhost {
     /// Force-closes every client connection to this vhost, as a broker restart or a network
     /// cut would; for testing recovery.
     pub async fn close_connections(&self) -> Result<(), String> {
-        run(&[
-            "close_all_connections",
-            "-p",
-            &self.name,
-            "test: simulated connection loss",
-        ])
-        .await
+        run(&["close_all_connections", "-p", &self.name, "test: simulated connection loss"]).await
     }
 
     /// Deletes the vhost now and reports failure (drop only warns).
@@ -114,9 +88,7 @@ impl Drop for TestVhost {
             return;
         }
         // Blocking is acceptable here: this runs at the end of a test.
-        let status = Command::new(rabbitmqctl())
-            .args(["delete_vhost", &self.name])
-            .output();
+        let status = Command::new(rabbitmqctl()).args(["delete_vhost", &self.name]).output();
         match status {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use jobqueue::testing::TestVhost;
 use jobqueue::{
-    dead_letter_queue, Consumer, Delivery, Error, JobQueue, MemoryQueue, Message, QueueType,
-    RabbitConfig, RabbitQueue, ORIGINAL_QUEUE_HEADER,
+    dead_letter_queue, Consumer, Delivery, Error, JobQueue, MemoryQueue, Message, QueueType, RabbitConfig, RabbitQueue,
+    ORIGINAL_QUEUE_HEADER,
 };
 
 /// Long enough for a broker round trip to have happened, short enough to keep tests quick.
@@ -29,29 +29,15 @@ struct Fixture {
 
 async fn memory() -> Fixture {
     let queue = MemoryQueue::new();
-    Fixture {
-        jobs: Arc::new(queue.clone()),
-        other: Arc::new(queue),
-        _vhost: None,
-        counts_redeliveries: true,
-    }
+    Fixture { jobs: Arc::new(queue.clone()), other: Arc::new(queue), _vhost: None, counts_redeliveries: true }
 }
 
 async fn rabbit_with(queue_type: QueueType) -> Fixture {
-    let vhost = TestVhost::create()
-        .await
-        .expect("a local RabbitMQ with rabbitmqctl");
-    let config = |name: &str| RabbitConfig {
-        connection_name: name.to_owned(),
-        queue_type,
-        ..RabbitConfig::new(vhost.url())
-    };
-    let jobs = RabbitQueue::connect(config("test-publisher"))
-        .await
-        .expect("connect");
-    let other = RabbitQueue::connect(config("test-worker"))
-        .await
-        .expect("connect");
+    let vhost = TestVhost::create().await.expect("a local RabbitMQ with rabbitmqctl");
+    let config =
+        |name: &str| RabbitConfig { connection_name: name.to_owned(), queue_type, ..RabbitConfig::new(vhost.url()) };
+    let jobs = RabbitQueue::connect(config("test-publisher")).await.expect("connect");
+    let other = RabbitQueue::connect(config("test-worker")).await.expect("connect");
     Fixture {
         jobs: Arc::new(jobs),
         other: Arc::new(other),
@@ -90,10 +76,7 @@ async fn assert_depth(jobs: &dyn JobQueue, queue: &str, expected: u64) {
         if depth == expected {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "depth of {queue} is {depth}, expected {expected}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "depth of {queue} is {depth}, expected {expected}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -122,10 +105,7 @@ async fn published_message_is_consumed_once_and_acked(f: Fixture) {
 async fn messages_come_in_publish_order(f: Fixture) {
     declared(&f, "jobs").await;
     for i in 0..5 {
-        f.jobs
-            .publish("jobs", Message::new(format!("m{i}")))
-            .await
-            .unwrap();
+        f.jobs.publish("jobs", Message::new(format!("m{i}"))).await.unwrap();
     }
     let mut consumer = f.other.consume("jobs", 5).await.unwrap();
     for i in 0..5 {
@@ -139,10 +119,7 @@ async fn headers_and_body_round_trip(f: Fixture) {
     declared(&f, "jobs").await;
     let body: Vec<u8> = (0..=255).collect();
     let message = Message::new(body.clone())
-        .with_header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
+        .with_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .with_header("job.id", "01J0000000000000000000000")
         .with_header("unicode", "é✓");
     f.jobs.publish("jobs", message.clone()).await.unwrap();
@@ -156,10 +133,7 @@ async fn headers_and_body_round_trip(f: Fixture) {
 
 async fn nacked_message_comes_back_marked_redelivered(f: Fixture) {
     declared(&f, "jobs").await;
-    f.jobs
-        .publish("jobs", Message::new("job").with_header("k", "v"))
-        .await
-        .unwrap();
+    f.jobs.publish("jobs", Message::new("job").with_header("k", "v")).await.unwrap();
     let mut consumer = f.other.consume("jobs", 1).await.unwrap();
     let first = next(&mut consumer).await;
     assert!(!first.redelivered);
@@ -206,10 +180,7 @@ async fn dropped_delivery_goes_to_another_consumer(f: Fixture) {
 async fn consumer_dropped_mid_flight_redelivers_all_it_held(f: Fixture) {
     declared(&f, "jobs").await;
     for i in 0..3 {
-        f.jobs
-            .publish("jobs", Message::new(format!("m{i}")))
-            .await
-            .unwrap();
+        f.jobs.publish("jobs", Message::new(format!("m{i}"))).await.unwrap();
     }
     let mut a = f.other.consume("jobs", 3).await.unwrap();
     let mut held = Vec::new();
@@ -230,10 +201,7 @@ async fn consumer_dropped_mid_flight_redelivers_all_it_held(f: Fixture) {
     }
     bodies.sort();
     assert_eq!(bodies, ["m0", "m1", "m2"]);
-    assert!(
-        redelivered >= 2,
-        "the two held messages are marked redelivered"
-    );
+    assert!(redelivered >= 2, "the two held messages are marked redelivered");
     nothing_more(&mut b).await;
 }
 
@@ -252,10 +220,7 @@ async fn delivery_in_hand_can_be_acked_after_its_consumer_is_dropped(f: Fixture)
 async fn prefetch_bounds_unsettled_deliveries(f: Fixture) {
     declared(&f, "jobs").await;
     for i in 0..3 {
-        f.jobs
-            .publish("jobs", Message::new(format!("m{i}")))
-            .await
-            .unwrap();
+        f.jobs.publish("jobs", Message::new(format!("m{i}"))).await.unwrap();
     }
     let mut consumer = f.other.consume("jobs", 1).await.unwrap();
     let first = next(&mut consumer).await;
@@ -281,18 +246,12 @@ async fn prefetch_bounds_unsettled_deliveries(f: Fixture) {
 
 async fn prefetch_zero_is_refused(f: Fixture) {
     declared(&f, "jobs").await;
-    assert!(matches!(
-        f.jobs.consume("jobs", 0).await,
-        Err(Error::InvalidPrefetch)
-    ));
+    assert!(matches!(f.jobs.consume("jobs", 0).await, Err(Error::InvalidPrefetch)));
 }
 
 async fn rejected_message_lands_in_dead_letter_queue_with_reason(f: Fixture) {
     declared(&f, "jobs").await;
-    f.jobs
-        .publish("jobs", Message::new("poison").with_header("job.id", "j1"))
-        .await
-        .unwrap();
+    f.jobs.publish("jobs", Message::new("poison").with_header("job.id", "j1")).await.unwrap();
     let mut consumer = f.other.consume("jobs", 1).await.unwrap();
     let d = next(&mut consumer).await;
     d.reject("unparsable job payload").await.unwrap();
@@ -306,10 +265,7 @@ async fn rejected_message_lands_in_dead_letter_queue_with_reason(f: Fixture) {
     let d = next(&mut dead).await;
     assert_eq!(d.body, b"poison");
     assert_eq!(d.reject_reason(), Some("unparsable job payload"));
-    assert_eq!(
-        d.headers.get(ORIGINAL_QUEUE_HEADER).map(String::as_str),
-        Some("jobs")
-    );
+    assert_eq!(d.headers.get(ORIGINAL_QUEUE_HEADER).map(String::as_str), Some("jobs"));
     assert_eq!(d.headers.get("job.id").map(String::as_str), Some("j1"));
     d.ack().await.unwrap();
     assert_depth(&*f.jobs, &dlq, 0).await;
@@ -319,10 +275,7 @@ async fn depth_counts_ready_messages_only(f: Fixture) {
     declared(&f, "jobs").await;
     assert_depth(&*f.jobs, "jobs", 0).await;
     for i in 0..3 {
-        f.jobs
-            .publish("jobs", Message::new(format!("m{i}")))
-            .await
-            .unwrap();
+        f.jobs.publish("jobs", Message::new(format!("m{i}"))).await.unwrap();
     }
     assert_depth(&*f.jobs, "jobs", 3).await;
     let mut consumer = f.other.consume("jobs", 1).await.unwrap();
@@ -335,18 +288,9 @@ async fn depth_counts_ready_messages_only(f: Fixture) {
 
 async fn undeclared_queue_is_an_error(f: Fixture) {
     let published = f.jobs.publish("nowhere", Message::new("x")).await;
-    assert!(
-        matches!(published, Err(Error::QueueNotFound(ref q)) if q == "nowhere"),
-        "{published:?}"
-    );
-    assert!(matches!(
-        f.jobs.depth("nowhere").await,
-        Err(Error::QueueNotFound(_))
-    ));
-    assert!(matches!(
-        f.jobs.consume("nowhere", 1).await,
-        Err(Error::QueueNotFound(_))
-    ));
+    assert!(matches!(published, Err(Error::QueueNotFound(ref q)) if q == "nowhere"), "{published:?}");
+    assert!(matches!(f.jobs.depth("nowhere").await, Err(Error::QueueNotFound(_))));
+    assert!(matches!(f.jobs.consume("nowhere", 1).await, Err(Error::QueueNotFound(_))));
     // ...and the queue object still works afterwards.
     declared(&f, "jobs").await;
     f.jobs.publish("jobs", Message::new("x")).await.unwrap();
@@ -367,11 +311,7 @@ async fn request_gets_the_reply_of_a_worker(f: Fixture) {
         }
     });
     for ping in ["a", "b"] {
-        let reply = f
-            .jobs
-            .request("rpc", Message::new(ping), PATIENCE)
-            .await
-            .unwrap();
+        let reply = f.jobs.request("rpc", Message::new(ping), PATIENCE).await.unwrap();
         assert_eq!(reply.body, format!("pong:{ping}").as_bytes());
         assert_eq!(reply.headers.get("status").map(String::as_str), Some("ok"));
     }
@@ -381,10 +321,7 @@ async fn request_gets_the_reply_of_a_worker(f: Fixture) {
 async fn request_without_answer_times_out(f: Fixture) {
     declared(&f, "rpc").await;
     let started = std::time::Instant::now();
-    let result = f
-        .jobs
-        .request("rpc", Message::new("ping"), Duration::from_millis(300))
-        .await;
+    let result = f.jobs.request("rpc", Message::new("ping"), Duration::from_millis(300)).await;
     assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // The unanswered request is still queued; answering it late harms nobody.
@@ -393,15 +330,9 @@ async fn request_without_answer_times_out(f: Fixture) {
     f.other.reply(&d, Message::new("late")).await.unwrap();
     d.ack().await.unwrap();
     // A plain delivery cannot be replied to.
-    f.jobs
-        .publish("rpc", Message::new("not a request"))
-        .await
-        .unwrap();
+    f.jobs.publish("rpc", Message::new("not a request")).await.unwrap();
     let d = next(&mut consumer).await;
-    assert!(matches!(
-        f.other.reply(&d, Message::new("x")).await,
-        Err(Error::NoReplyTo)
-    ));
+    assert!(matches!(f.other.reply(&d, Message::new("x")).await, Err(Error::NoReplyTo)));
     d.ack().await.unwrap();
 }
 

@@ -9,11 +9,7 @@ use jobqueue::{Error, JobQueue, Message, QueueType, RabbitConfig, RabbitQueue};
 const PATIENCE: Duration = Duration::from_secs(10);
 
 async fn connect(vhost: &TestVhost, name: &str, queue_type: QueueType) -> RabbitQueue {
-    let config = RabbitConfig {
-        connection_name: name.to_owned(),
-        queue_type,
-        ..RabbitConfig::new(vhost.url())
-    };
+    let config = RabbitConfig { connection_name: name.to_owned(), queue_type, ..RabbitConfig::new(vhost.url()) };
     RabbitQueue::connect(config).await.expect("connect")
 }
 
@@ -22,49 +18,28 @@ async fn lost_connection(queue_type: QueueType) {
     let api = connect(&vhost, "api", queue_type).await;
     let worker = connect(&vhost, "worker", queue_type).await;
     api.declare("jobs").await.unwrap();
-    api.publish("jobs", Message::new("in-flight"))
-        .await
-        .unwrap();
+    api.publish("jobs", Message::new("in-flight")).await.unwrap();
 
     let mut consumer = worker.consume("jobs", 1).await.unwrap();
-    let held = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let held = tokio::time::timeout(PATIENCE, consumer.next()).await.unwrap().unwrap().unwrap();
     assert!(!held.redelivered);
 
     vhost.close_connections().await.unwrap();
 
     // The consumer reports the loss, then ends; the caller re-subscribes.
-    let ended = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .expect("consumer notices");
+    let ended = tokio::time::timeout(PATIENCE, consumer.next()).await.expect("consumer notices");
     assert!(matches!(ended, Some(Err(_)) | None), "{ended:?}");
-    assert!(tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .unwrap()
-        .is_none());
+    assert!(tokio::time::timeout(PATIENCE, consumer.next()).await.unwrap().is_none());
     // Settling on the dead channel is an error, not a panic; the broker requeued it anyway.
     assert!(held.ack().await.is_err());
 
     // Both queue objects reconnect on their next call.
-    api.publish("jobs", Message::new("after"))
-        .await
-        .expect("publish reconnects");
+    api.publish("jobs", Message::new("after")).await.expect("publish reconnects");
     let mut consumer = worker.consume("jobs", 2).await.expect("consume reconnects");
-    let first = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(PATIENCE, consumer.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.body, b"in-flight");
     assert!(first.redelivered);
-    let second = tokio::time::timeout(PATIENCE, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let second = tokio::time::timeout(PATIENCE, consumer.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(second.body, b"after");
     first.ack().await.unwrap();
     second.ack().await.unwrap();
@@ -72,21 +47,12 @@ async fn lost_connection(queue_type: QueueType) {
     // Request/reply recovers too, though its reply queue died with the connection.
     api.declare("rpc").await.unwrap();
     let before = tokio::spawn(respond(worker.clone()));
-    let reply = api
-        .request("rpc", Message::new("ping"), PATIENCE)
-        .await
-        .unwrap();
+    let reply = api.request("rpc", Message::new("ping"), PATIENCE).await.unwrap();
     assert_eq!(reply.body, b"pong");
     vhost.close_connections().await.unwrap();
-    tokio::time::timeout(PATIENCE, before)
-        .await
-        .expect("responder sees the loss")
-        .unwrap();
+    tokio::time::timeout(PATIENCE, before).await.expect("responder sees the loss").unwrap();
     let _after = tokio::spawn(respond(worker.clone()));
-    let reply = api
-        .request("rpc", Message::new("ping"), PATIENCE)
-        .await
-        .expect("request after reconnect");
+    let reply = api.request("rpc", Message::new("ping"), PATIENCE).await.expect("request after reconnect");
     assert_eq!(reply.body, b"pong");
 }
 
@@ -113,9 +79,7 @@ async fn lost_connection_requeues_held_messages_and_queues_reconnect_quorum() {
 async fn password_never_shows_in_errors_or_debug() {
     let config = RabbitConfig::new("amqp://guest:s3cr3t-pw@127.0.0.1:5672/%2f");
     assert!(!format!("{config:?}").contains("s3cr3t-pw"));
-    let error = RabbitQueue::connect(config)
-        .await
-        .expect_err("wrong password");
+    let error = RabbitQueue::connect(config).await.expect_err("wrong password");
     assert!(matches!(error, Error::Connect(_)), "{error:?}");
     assert!(!error.to_string().contains("s3cr3t-pw"), "{error}");
     assert!(!format!("{error:?}").contains("s3cr3t-pw"), "{error:?}");
@@ -129,20 +93,13 @@ async fn unreachable_broker_fails_fast() {
         ..RabbitConfig::new("amqp://guest:guest@127.0.0.1:1/%2f")
     };
     let started = std::time::Instant::now();
-    let error = RabbitQueue::connect(config)
-        .await
-        .expect_err("nothing listens");
+    let error = RabbitQueue::connect(config).await.expect_err("nothing listens");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(
-        matches!(error, Error::Connect(_) | Error::Config(_)),
-        "{error:?}"
-    );
+    assert!(matches!(error, Error::Connect(_) | Error::Config(_)), "{error:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_url_is_a_config_error() {
-    let error = RabbitQueue::connect(RabbitConfig::new("not a url"))
-        .await
-        .expect_err("bad url");
+    let error = RabbitQueue::connect(RabbitConfig::new("not a url")).await.expect_err("bad url");
     assert!(matches!(error, Error::Config(_)), "{error:?}");
 }

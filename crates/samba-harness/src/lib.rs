@@ -186,13 +186,7 @@ impl SambaBuilder {
         run(Command::new("chown").arg(format!("{0}:{0}", TestUser::ServiceAccount.name())).arg(&share))?;
         run(Command::new("chmod").arg("0777").arg(&share))?;
 
-        let mut server = SambaServer {
-            root,
-            port: 0,
-            options: self,
-            child: None,
-            _dir: dir,
-        };
+        let mut server = SambaServer { root, port: 0, options: self, child: None, _dir: dir };
         // A port picked by binding :0 may be taken by someone else before smbd binds it: retry.
         let mut last_err = None;
         for _ in 0..5 {
@@ -290,11 +284,7 @@ impl SambaServer {
 
     /// The credentials of one of the fixed accounts.
     pub fn user(&self, user: TestUser) -> Credentials {
-        Credentials {
-            domain: DOMAIN.to_string(),
-            user: user.name().to_string(),
-            password: user.password().to_string(),
-        }
+        Credentials { domain: DOMAIN.to_string(), user: user.name().to_string(), password: user.password().to_string() }
     }
 
     /// Whether smbd is running (not stopped by [`stop`](Self::stop) and not exited).
@@ -340,11 +330,8 @@ impl SambaServer {
     }
 
     fn signal_group(&self, sig: &str) -> Result<()> {
-        let pgid = self
-            .child
-            .as_ref()
-            .map(|c| c.id())
-            .ok_or_else(|| HarnessError::Command("smbd is not running".into()))?;
+        let pgid =
+            self.child.as_ref().map(|c| c.id()).ok_or_else(|| HarnessError::Command("smbd is not running".into()))?;
         run(Command::new("kill").args([sig, "--", &format!("-{pgid}")]))
     }
 
@@ -359,10 +346,7 @@ impl SambaServer {
     /// `chown -R` a path (under the share) to the service account, so that files a test wrote
     /// directly on disk as root are writable and deletable over SMB.
     pub fn give_to_service_account(&self, path: impl AsRef<Path>) -> Result<()> {
-        run(Command::new("chown")
-            .arg("-R")
-            .arg(format!("{0}:{0}", TestUser::ServiceAccount.name()))
-            .arg(path.as_ref()))
+        run(Command::new("chown").arg("-R").arg(format!("{0}:{0}", TestUser::ServiceAccount.name())).arg(path.as_ref()))
     }
 
     /// The tail (last ~8 KiB) of smbd's log files, for error messages.
@@ -459,10 +443,7 @@ impl SambaServer {
 
     fn spawn_and_wait(&mut self) -> Result<()> {
         let log_dir = self.root.join("log");
-        let stdout = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_dir.join("smbd.stdout"))?;
+        let stdout = std::fs::OpenOptions::new().create(true).append(true).open(log_dir.join("smbd.stdout"))?;
         let stderr = stdout.try_clone()?;
         let child = Command::new("smbd")
             .arg("-s")
@@ -564,9 +545,7 @@ fn free_port() -> Result<u16> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .map_err(|e| HarnessError::Command(format!("{cmd:?}: {e}")))?;
+    let out = cmd.output().map_err(|e| HarnessError::Command(format!("{cmd:?}: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smb::{
-    Connection, ConnectionConfig, CreateDisposition, CreateOptions, FileAccessMask, FileCreateArgs,
-    Guid, Resource, Session, Tree, UncPath,
+    Connection, ConnectionConfig, CreateDisposition, CreateOptions, FileAccessMask, FileCreateArgs, Guid, Resource,
+    Session, Tree, UncPath,
 };
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, info, warn};
@@ -73,8 +73,7 @@ impl Conn {
 
     /// Too many credits lost, or no credits left with nothing in flight to bring more.
     pub(crate) fn worn_out(&self) -> bool {
-        self.credits.lost() >= LOST_CREDITS_LIMIT
-            || (self.credits.available() < 1 && self.credits.outstanding() <= 0)
+        self.credits.lost() >= LOST_CREDITS_LIMIT || (self.credits.available() < 1 && self.credits.outstanding() <= 0)
     }
 
     pub(crate) fn mark_broken(&self) {
@@ -290,10 +289,7 @@ impl SmbClient {
             .map_err(|e| classify_connect(e, &cfg.share))?;
         let username = sspi::Username::new_down_level_logon_name(&cfg.username, &cfg.domain)
             .map_err(|e| SmbError::other(format!("invalid user name: {e}")))?;
-        let identity = sspi::AuthIdentity {
-            username,
-            password: cfg.password.expose().to_string().into(),
-        };
+        let identity = sspi::AuthIdentity { username, password: cfg.password.expose().to_string().into() };
         let session = connection.authenticate(identity).await.map_err(|e| match classify_connect(e, &cfg.share) {
             SmbError::Other { status: None, .. } => SmbError::AuthFailed { status: None },
             other => other,
@@ -302,10 +298,7 @@ impl SmbClient {
             .and_then(|u| u.with_share(&cfg.share))
             .map_err(|e| SmbError::other(format!("invalid share name: {e}")))?;
         let tree = session.tree_connect(&unc).await.map_err(|e| classify_connect(e, &cfg.share))?;
-        let neg = &connection
-            .conn_info()
-            .ok_or_else(|| SmbError::other("connection not negotiated"))?
-            .negotiation;
+        let neg = &connection.conn_info().ok_or_else(|| SmbError::other("connection not negotiated"))?.negotiation;
         let (max_read, max_write, max_transact) = (neg.max_read_size, neg.max_write_size, neg.max_transact_size);
         self.inner.connects.fetch_add(1, Ordering::SeqCst);
         info!(
@@ -384,12 +377,8 @@ impl SmbClient {
         attributes: smb::FileAttributes,
     ) -> Result<Resource> {
         let smb_path = to_smb_path(path)?;
-        let args = FileCreateArgs {
-            disposition,
-            attributes,
-            options,
-            desired_access: access(access_bits | am::SYNCHRONIZE),
-        };
+        let args =
+            FileCreateArgs { disposition, attributes, options, desired_access: access(access_bits | am::SYNCHRONIZE) };
         conn.tree.create(&smb_path, &args).await.map_err(|e| classify(e, path))
     }
 }

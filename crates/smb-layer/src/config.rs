@@ -80,11 +80,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            io_depth: 4,
-            io_chunk: 1024 * 1024,
-            max_ops_in_flight: 64,
-        }
+        Limits { io_depth: 4, io_chunk: 1024 * 1024, max_ops_in_flight: 64 }
     }
 }
 

@@ -210,22 +210,16 @@ pub(crate) fn from_status(status: u32, path: &str, detail: String) -> SmbError {
         // LOGON_FAILURE, WRONG_PASSWORD, NO_SUCH_USER, ACCOUNT_RESTRICTION, INVALID_LOGON_HOURS,
         // INVALID_WORKSTATION, PASSWORD_EXPIRED, ACCOUNT_DISABLED, PASSWORD_MUST_CHANGE,
         // ACCOUNT_EXPIRED, ACCOUNT_LOCKED_OUT
-        0xC000_006D | 0xC000_006A | 0xC000_0064 | 0xC000_006E | 0xC000_006F | 0xC000_0070
-        | 0xC000_0071 | 0xC000_0072 | 0xC000_0224 | 0xC000_0193 | 0xC000_0234 => {
-            SmbError::AuthFailed { status: st }
-        }
+        0xC000_006D | 0xC000_006A | 0xC000_0064 | 0xC000_006E | 0xC000_006F | 0xC000_0070 | 0xC000_0071
+        | 0xC000_0072 | 0xC000_0224 | 0xC000_0193 | 0xC000_0234 => SmbError::AuthFailed { status: st },
         0xC000_00CC => SmbError::ShareNotFound { share: path, status: st },
         // OBJECT_NAME_NOT_FOUND, OBJECT_PATH_NOT_FOUND, NO_SUCH_FILE, DELETE_PENDING treated
         // as gone.
         0xC000_0034 | 0xC000_003A | 0xC000_000F => SmbError::PathNotFound { path, status: st },
         // ACCESS_DENIED, MEDIA_WRITE_PROTECTED, CANNOT_DELETE, PRIVILEGE_NOT_HELD
-        0xC000_0022 | 0xC000_00A2 | 0xC000_0121 | 0xC000_0061 => {
-            SmbError::AccessDenied { path, status: st }
-        }
+        0xC000_0022 | 0xC000_00A2 | 0xC000_0121 | 0xC000_0061 => SmbError::AccessDenied { path, status: st },
         // SHARING_VIOLATION, FILE_LOCK_CONFLICT, LOCK_NOT_GRANTED, DELETE_PENDING
-        0xC000_0043 | 0xC000_0054 | 0xC000_0055 | 0xC000_0056 => {
-            SmbError::SharingViolation { path, status: st }
-        }
+        0xC000_0043 | 0xC000_0054 | 0xC000_0055 | 0xC000_0056 => SmbError::SharingViolation { path, status: st },
         0xC000_0103 => SmbError::NotADirectory { path, status: st },
         0xC000_0035 => SmbError::AlreadyExists { path, status: st },
         0xC000_0101 => SmbError::DirectoryNotEmpty { path, status: st },
@@ -264,10 +258,7 @@ fn status_in_text(text: &str) -> Option<u32> {
 
 fn io_is_connection(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind::*;
-    matches!(
-        kind,
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected | TimedOut
-    )
+    matches!(kind, ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected | TimedOut)
 }
 
 /// Classifies a library error raised while operating on `path` of an established connection.
@@ -275,18 +266,14 @@ pub(crate) fn classify(err: smb::Error, path: &str) -> SmbError {
     use smb::Error as E;
     let detail = err.to_string();
     match err {
-        E::ReceivedErrorMessage(status, _) | E::UnexpectedMessageStatus(status) => {
-            from_status(status, path, detail)
-        }
+        E::ReceivedErrorMessage(status, _) | E::UnexpectedMessageStatus(status) => from_status(status, path, detail),
         E::ConnectionStopped | E::OperationTimeout(..) | E::TransportError(_) => {
             SmbError::ConnectionLost { detail, status: None }
         }
         E::IoError(e) => classify_io(e, path),
         E::MissingPermissions(_) => SmbError::AccessDenied { path: path.to_string(), status: None },
         E::SspiError(_) => SmbError::AuthFailed { status: None },
-        E::TranformFailed(_) | E::SignatureVerificationFailed => {
-            SmbError::ConnectionLost { detail, status: None }
-        }
+        E::TranformFailed(_) | E::SignatureVerificationFailed => SmbError::ConnectionLost { detail, status: None },
         E::AcquireError(_) | E::LockError | E::JoinError(_) | E::MessageProcessingError(_) => {
             SmbError::ConnectionLost { detail, status: None }
         }
@@ -323,10 +310,9 @@ pub(crate) fn classify_connect(err: smb::Error, share: &str) -> SmbError {
     match err {
         smb::Error::TransportError(t) => SmbError::Unreachable { detail: t.to_string(), status: None },
         smb::Error::IoError(e) => SmbError::Unreachable { detail: e.to_string(), status: None },
-        smb::Error::OperationTimeout(..) => SmbError::Unreachable {
-            detail: "timed out during negotiation".into(),
-            status: None,
-        },
+        smb::Error::OperationTimeout(..) => {
+            SmbError::Unreachable { detail: "timed out during negotiation".into(), status: None }
+        }
         other => classify(other, share),
     }
 }
@@ -347,10 +333,7 @@ mod tests {
     #[test]
     fn codes_are_stable() {
         assert_eq!(from_status(0xC000_006D, "", String::new()).code(), "CONNECTOR_AUTH_FAILED");
-        assert_eq!(
-            SmbError::Unreachable { detail: String::new(), status: None }.code(),
-            "CONNECTOR_UNREACHABLE"
-        );
+        assert_eq!(SmbError::Unreachable { detail: String::new(), status: None }.code(), "CONNECTOR_UNREACHABLE");
         let e = from_status(0xC000_0043, "a/b", String::new());
         assert!(matches!(e, SmbError::SharingViolation { .. }));
         assert_eq!(e.nt_status(), Some(NtStatus::SHARING_VIOLATION));

@@ -113,7 +113,8 @@ async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) 
             }
             continue; // current() moves to a fresh connection
         }
-        let r = tokio::time::timeout(timeout, file.read_block(&mut buf[filled..], offset + filled as u64, None, false)).await;
+        let r = tokio::time::timeout(timeout, file.read_block(&mut buf[filled..], offset + filled as u64, None, false))
+            .await;
         let n = match r {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(lost_or(&conn, classify_io(e, &h.path))),
@@ -167,8 +168,7 @@ impl SmbClient {
         let (conn, file, size) = self
             .run(&path, |conn| async move {
                 let file = Handle::open(&client, &conn, &p, write, write).await?;
-                let info: smb::FileNetworkOpenInformation =
-                    file.query_info().await.map_err(|e| classify(e, &p))?;
+                let info: smb::FileNetworkOpenInformation = file.query_info().await.map_err(|e| classify(e, &p))?;
                 Ok((conn, file, info.end_of_file))
             })
             .await?;
@@ -201,10 +201,13 @@ impl SmbClient {
                 futures::future::ready(Some(r))
             })
             .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
-            .chain(futures::stream::once(async move {
-                let _ = h.close().await;
-                Ok(Bytes::new())
-            }).filter(|_| futures::future::ready(false)));
+            .chain(
+                futures::stream::once(async move {
+                    let _ = h.close().await;
+                    Ok(Bytes::new())
+                })
+                .filter(|_| futures::future::ready(false)),
+            );
         Ok(stream)
     }
 

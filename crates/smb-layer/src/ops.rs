@@ -8,9 +8,7 @@ use smb::{CreateDisposition, CreateOptions, Resource, ResourceHandle};
 use crate::client::{am, Conn, SmbClient};
 use crate::error::{classify, Result, SmbError};
 use crate::path::{file_name, normalize, to_smb_path};
-use crate::types::{
-    Ace, AceFlags, AceKind, DirEntry, FileAttributes, FileTime, SdControl, SecurityDescriptor,
-};
+use crate::types::{Ace, AceFlags, AceKind, DirEntry, FileAttributes, FileTime, SdControl, SecurityDescriptor};
 
 /// Which times to set; `None` leaves a time unchanged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -259,10 +257,7 @@ impl SmbClient {
                 .with_owner_security_information(true)
                 .with_group_security_information(true)
                 .with_dacl_security_information(true);
-            let res = handle_of(&r)?
-                .query_security_info(info)
-                .await
-                .map_err(|e| classify(e, &path));
+            let res = handle_of(&r)?.query_security_info(info).await.map_err(|e| classify(e, &path));
             let closed = close(&r, &path).await;
             let sd = res?;
             closed?;
@@ -291,10 +286,7 @@ impl SmbClient {
         let p2 = path.clone();
         self.run(&p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, access).await?;
-            let res = handle_of(&r)?
-                .set_security_info(smb_sd, info)
-                .await
-                .map_err(|e| classify(e, &path));
+            let res = handle_of(&r)?.set_security_info(smb_sd, info).await.map_err(|e| classify(e, &path));
             let closed = close(&r, &path).await;
             res.and(closed)
         })

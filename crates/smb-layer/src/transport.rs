@@ -100,9 +100,7 @@ impl CreditStats {
         }
         let charge = u16::from_le_bytes([first[6], first[7]]).max(1) as i64;
         if command == SMB2_READ || command == SMB2_WRITE {
-            let _ = self
-                .reserved
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| Some((r - charge).max(0)));
+            let _ = self.reserved.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| Some((r - charge).max(0)));
         }
         self.available.fetch_sub(charge, Ordering::SeqCst);
         self.outstanding.fetch_add(1, Ordering::SeqCst);
@@ -173,7 +171,11 @@ fn map_io(e: std::io::Error) -> TransportError {
 }
 
 impl SmbTransport for NodelayTcp {
-    fn connect<'a>(&'a mut self, _server_name: &'a str, address: SocketAddr) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn connect<'a>(
+        &'a mut self,
+        _server_name: &'a str,
+        address: SocketAddr,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
         self.connect_to(address).boxed()
     }
 
@@ -184,10 +186,7 @@ impl SmbTransport for NodelayTcp {
     fn split(self: Box<Self>) -> Result<(Box<dyn SmbTransportRead>, Box<dyn SmbTransportWrite>), TransportError> {
         let stream = self.stream.ok_or(TransportError::NotConnected)?;
         let (r, w) = stream.into_split();
-        Ok((
-            Box::new(Reader { r, stats: self.stats.clone() }),
-            Box::new(Writer { w, stats: self.stats }),
-        ))
+        Ok((Box::new(Reader { r, stats: self.stats.clone() }), Box::new(Writer { w, stats: self.stats })))
     }
 
     fn remote_address(&self) -> Result<SocketAddr, TransportError> {

@@ -34,7 +34,11 @@ impl SmbClient {
     ///
     /// The stream ends with an `Err` when the watch breaks (connection lost, server cleanup);
     /// re-subscribe and rescan then. Dropping the stream cancels the watch.
-    pub async fn watch(&self, path: &str, recursive: bool) -> Result<impl Stream<Item = Result<ChangeEvent>> + Send + 'static> {
+    pub async fn watch(
+        &self,
+        path: &str,
+        recursive: bool,
+    ) -> Result<impl Stream<Item = Result<ChangeEvent>> + Send + 'static> {
         let path = normalize(path);
         let conn = self.dedicated_conn().await?;
         let r = tokio::time::timeout(

@@ -217,7 +217,10 @@ async fn security_descriptor_round_trips_and_is_enforced() {
     let dacl = after.dacl.clone().unwrap();
     for w in &wanted {
         assert!(
-            dacl.iter().any(|a| a.kind == w.kind && a.sid == w.sid && a.access_mask == w.access_mask && a.flags.0 & 0x0f == w.flags.0),
+            dacl.iter().any(|a| a.kind == w.kind
+                && a.sid == w.sid
+                && a.access_mask == w.access_mask
+                && a.flags.0 & 0x0f == w.flags.0),
             "missing {w:?} in {dacl:?}"
         );
     }

@@ -68,7 +68,10 @@ async fn measure_library_transport_without_nodelay() {
     let t = Instant::now();
     for _ in 0..n {
         let r = client
-            .create_file(&file, &FileCreateArgs::make_open_existing(FileAccessMask::new().with_file_read_attributes(true)))
+            .create_file(
+                &file,
+                &FileCreateArgs::make_open_existing(FileAccessMask::new().with_file_read_attributes(true)),
+            )
             .await
             .unwrap();
         drop(r);
@@ -80,7 +83,10 @@ async fn measure_library_transport_without_nodelay() {
     for _ in 0..n {
         c.stat("probe.txt").await.unwrap();
     }
-    println!("our transport: stat (open + 2 queries + close) {:.2} ms each", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "our transport: stat (open + 2 queries + close) {:.2} ms each",
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64
+    );
 }
 
 async fn client_for_compare(s: &samba_harness::SambaServer) -> SmbClient {

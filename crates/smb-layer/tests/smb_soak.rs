@@ -16,7 +16,10 @@ const GIB: u64 = 1024 * 1024 * 1024;
 const PIECE: usize = 1024 * 1024;
 
 /// A deterministic 1 MiB-piece source of `total` bytes, hashing what it yields.
-fn source(total: u64, hasher: std::sync::Arc<std::sync::Mutex<Sha256>>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+fn source(
+    total: u64,
+    hasher: std::sync::Arc<std::sync::Mutex<Sha256>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
     let pieces = total.div_ceil(PIECE as u64);
     futures::stream::iter(0..pieces).map(move |i| {
         let len = (total - i * PIECE as u64).min(PIECE as u64) as usize;

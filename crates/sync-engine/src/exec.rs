@@ -41,11 +41,7 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions {
-            max_transfers: 4,
-            cancel: CancellationToken::new(),
-            synced_at: FileTime(0),
-        }
+        ExecOptions { max_transfers: 4, cancel: CancellationToken::new(), synced_at: FileTime(0) }
     }
 }
 
@@ -84,10 +80,7 @@ pub async fn execute(
         state,
         opts,
         report: Mutex::new(ExecReport::default()),
-        progress: Mutex::new(Progress {
-            actions_total: plan.actions.len() as u64,
-            ..Progress::default()
-        }),
+        progress: Mutex::new(Progress { actions_total: plan.actions.len() as u64, ..Progress::default() }),
     };
     if let Some(g) = &plan.blocked {
         // Job-level outcome (code DELETE_GUARD_TRIGGERED): the caller records it on the job.
@@ -152,10 +145,7 @@ impl Moved {
 }
 
 fn changed(path: &RelPath, what: &str) -> ReplicaError {
-    ReplicaError::new(
-        codes::SMB_CHANGED,
-        format!("{path}: {what}; retried next run"),
-    )
+    ReplicaError::new(codes::SMB_CHANGED, format!("{path}: {what}; retried next run"))
 }
 
 /// Wraps a stream so that its bytes are hashed and counted as they pass.
@@ -230,12 +220,8 @@ impl Executor<'_> {
         match res {
             Ok(_) => {
                 if let Action::Skip { path, code, reason } = a {
-                    let issue = FileIssue {
-                        path: path.clone(),
-                        code: code.clone(),
-                        message: reason.clone(),
-                        is_error: false,
-                    };
+                    let issue =
+                        FileIssue { path: path.clone(), code: code.clone(), message: reason.clone(), is_error: false };
                     self.state.report_issue(&issue).await;
                     self.report.lock().expect("unpoisoned").skipped.push(issue);
                 }
@@ -259,10 +245,7 @@ impl Executor<'_> {
             Action::CreateDriveFolder { path, smb } => {
                 let d = self.drive.create_folder(path, smb.last_write).await?;
                 if d.kind != ItemKind::Dir {
-                    return Err(ReplicaError::new(
-                        codes::KIND_MISMATCH,
-                        format!("{path} is a file on ScaiDrive"),
-                    ));
+                    return Err(ReplicaError::new(codes::KIND_MISMATCH, format!("{path} is a file on ScaiDrive")));
                 }
                 self.put(SyncedState {
                     path: path.clone(),
@@ -276,10 +259,7 @@ impl Executor<'_> {
             Action::MkdirSmb { path, drive } => {
                 let s = self.smb.mkdir(path).await?;
                 if s.kind != ItemKind::Dir {
-                    return Err(ReplicaError::new(
-                        codes::KIND_MISMATCH,
-                        format!("{path} is a file on SMB"),
-                    ));
+                    return Err(ReplicaError::new(codes::KIND_MISMATCH, format!("{path} is a file on SMB")));
                 }
                 self.put(SyncedState {
                     path: path.clone(),
@@ -290,17 +270,8 @@ impl Executor<'_> {
                 })
                 .await?;
             }
-            Action::MoveOnDrive {
-                node_id,
-                from: _,
-                to,
-                base_version_id,
-                state_from,
-                record,
-            } => {
-                self.drive
-                    .move_node(node_id, to, base_version_id.as_ref())
-                    .await?;
+            Action::MoveOnDrive { node_id, from: _, to, base_version_id, state_from, record } => {
+                self.drive.move_node(node_id, to, base_version_id.as_ref()).await?;
                 if let Some(from) = state_from {
                     self.state.rebase(from, to).await?;
                 }
@@ -308,13 +279,7 @@ impl Executor<'_> {
                     self.put(rec.clone()).await?;
                 }
             }
-            Action::RenameOnSmb {
-                from,
-                to,
-                expected_file_id,
-                state_from,
-                record,
-            } => {
+            Action::RenameOnSmb { from, to, expected_file_id, state_from, record } => {
                 let s = self.smb.rename(from, to, *expected_file_id).await?;
                 if let Some(sf) = state_from {
                     self.state.rebase(sf, to).await?;
@@ -322,10 +287,7 @@ impl Executor<'_> {
                 if let Some(rec) = record {
                     // A rename touches the SMB change time: record the new one.
                     let mut rec = rec.clone();
-                    if s.file_id == rec.smb.file_id
-                        && s.size == rec.smb.size
-                        && s.last_write == rec.smb.last_write
-                    {
+                    if s.file_id == rec.smb.file_id && s.size == rec.smb.size && s.last_write == rec.smb.last_write {
                         rec.smb.change_time = s.change_time;
                     }
                     self.put(rec).await?;
@@ -337,73 +299,37 @@ impl Executor<'_> {
                     self.put(rec.clone()).await?;
                 }
             }
-            Action::RestoreOnDrive {
-                path: _,
-                node_id,
-                record,
-            } => {
+            Action::RestoreOnDrive { path: _, node_id, record } => {
                 self.drive.restore(node_id, None).await?;
                 if let Some(rec) = record {
                     self.put(rec.clone()).await?;
                 }
             }
-            Action::UploadToDrive {
-                path,
-                base_version_id,
-                smb_expected,
-            } => {
-                let (st, m) = self
-                    .upload(path, base_version_id.clone(), smb_expected)
-                    .await?;
+            Action::UploadToDrive { path, base_version_id, smb_expected } => {
+                let (st, m) = self.upload(path, base_version_id.clone(), smb_expected).await?;
                 self.put(st).await?;
                 return Ok(m);
             }
-            Action::DownloadToSmb {
-                path,
-                drive,
-                smb_expected,
-                preserve_smb,
-            } => {
-                return self
-                    .download(path, drive, smb_expected.as_ref(), *preserve_smb)
-                    .await;
+            Action::DownloadToSmb { path, drive, smb_expected, preserve_smb } => {
+                return self.download(path, drive, smb_expected.as_ref(), *preserve_smb).await;
             }
-            Action::Conflict {
-                path,
-                resolution,
-                smb_expected,
-                drive,
-            } => {
+            Action::Conflict { path, resolution, smb_expected, drive } => {
                 return self.conflict(path, resolution, smb_expected, drive).await;
             }
-            Action::TrashOnDrive {
-                path,
-                kind: _,
-                node_id,
-                base_version_id,
-            } => {
+            Action::TrashOnDrive { path, kind: _, node_id, base_version_id } => {
                 self.drive.trash(node_id, base_version_id.as_ref()).await?;
                 self.state.forget(path).await?;
             }
-            Action::DeleteOnSmb {
-                path,
-                kind,
-                expected,
-                preserve,
-            } => {
+            Action::DeleteOnSmb { path, kind, expected, preserve } => {
                 let mut m = Moved::default();
                 if *preserve && *kind == ItemKind::Dir {
                     let d = self.drive.create_folder(path, FileTime(0)).await?;
                     self.drive.trash(&d.node_id, None).await?;
                 } else if *preserve {
-                    let e = expected
-                        .as_ref()
-                        .ok_or_else(|| changed(path, "no expectation"))?;
+                    let e = expected.as_ref().ok_or_else(|| changed(path, "no expectation"))?;
                     let (st, up) = self.upload(path, None, e).await?;
                     m.add(up);
-                    self.drive
-                        .trash(&st.drive.node_id, st.drive.version_id.as_ref())
-                        .await?;
+                    self.drive.trash(&st.drive.node_id, st.drive.version_id.as_ref()).await?;
                 }
                 self.smb.delete(path, *kind, expected.as_ref()).await?;
                 self.state.forget(path).await?;
@@ -424,11 +350,7 @@ impl Executor<'_> {
         base_version_id: Option<VersionId>,
         expected: &SmbExpect,
     ) -> Result<(SyncedState, Moved), ReplicaError> {
-        let before = self
-            .smb
-            .stat(path)
-            .await?
-            .ok_or_else(|| changed(path, "vanished"))?;
+        let before = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished"))?;
         if before.kind != ItemKind::File || !expected.matches(&before) {
             return Err(changed(path, "changed since it was listed"));
         }
@@ -436,19 +358,10 @@ impl Executor<'_> {
         if size != before.size {
             return Err(changed(path, "size changed while reading"));
         }
-        let spec = UploadSpec {
-            path: path.clone(),
-            base_version_id,
-            size,
-            sha256: sha,
-            modified_at: before.last_write,
-        };
+        let spec =
+            UploadSpec { path: path.clone(), base_version_id, size, sha256: sha, modified_at: before.last_write };
         let committed = self.drive.upload(&spec, self.smb.read(path).await?).await?;
-        let after = self
-            .smb
-            .stat(path)
-            .await?
-            .ok_or_else(|| changed(path, "vanished while reading"))?;
+        let after = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished while reading"))?;
         if after != before {
             return Err(changed(path, "changed while being read"));
         }
@@ -465,15 +378,7 @@ impl Executor<'_> {
             drive: DriveSide::of(&committed.item),
             last_synced_at: FileTime(0),
         };
-        let m = if committed.unchanged {
-            Moved::default()
-        } else {
-            Moved {
-                up: size,
-                down: 0,
-                files: 1,
-            }
-        };
+        let m = if committed.unchanged { Moved::default() } else { Moved { up: size, down: 0, files: 1 } };
         Ok((st, m))
     }
 
@@ -498,42 +403,22 @@ impl Executor<'_> {
                 self.put(st).await?;
                 return Ok(m);
             }
-            let restored = self
-                .drive
-                .restore(&drive.node_id, drive.version_id.as_ref())
-                .await?;
+            let restored = self.drive.restore(&drive.node_id, drive.version_id.as_ref()).await?;
             drive = DriveSide::of(&restored);
-            expected = Some(SmbExpect {
-                file_id: st.smb.file_id,
-                size: st.smb.size,
-                last_write: st.smb.last_write,
-            });
+            expected = Some(SmbExpect { file_id: st.smb.file_id, size: st.smb.size, last_write: st.smb.last_write });
         }
-        let (head, body) = self
-            .drive
-            .download(&drive.node_id, drive.version_id.as_ref())
-            .await?;
+        let (head, body) = self.drive.download(&drive.node_id, drive.version_id.as_ref()).await?;
         if Some(&head.version_id) != drive.version_id.as_ref() {
-            return Err(ReplicaError::new(
-                codes::VERSION_CONFLICT,
-                format!("{path}: ScaiDrive sent another version"),
-            ));
+            return Err(ReplicaError::new(codes::VERSION_CONFLICT, format!("{path}: ScaiDrive sent another version")));
         }
         let (body, acc) = tap(body);
         let temp = self.smb.write_temp(path, body).await?;
         let (sha, size) = finish(&acc);
         if sha != head.sha256 || size != head.size {
             let _ = self.smb.discard_temp(&temp).await;
-            return Err(ReplicaError::new(
-                codes::CHECKSUM_MISMATCH,
-                format!("{path}: downloaded bytes do not match"),
-            ));
+            return Err(ReplicaError::new(codes::CHECKSUM_MISMATCH, format!("{path}: downloaded bytes do not match")));
         }
-        let item = match self
-            .smb
-            .commit_temp(&temp, path, expected.as_ref(), drive.modified_at)
-            .await
-        {
+        let item = match self.smb.commit_temp(&temp, path, expected.as_ref(), drive.modified_at).await {
             Ok(i) => i,
             Err(e) => {
                 let _ = self.smb.discard_temp(&temp).await;
@@ -548,11 +433,7 @@ impl Executor<'_> {
             last_synced_at: FileTime(0),
         })
         .await?;
-        m.add(Moved {
-            up: 0,
-            down: size,
-            files: 1,
-        });
+        m.add(Moved { up: 0, down: size, files: 1 });
         Ok(m)
     }
 
@@ -563,11 +444,7 @@ impl Executor<'_> {
         smb_expected: &SmbExpect,
         drive: &DriveSide,
     ) -> Result<Moved, ReplicaError> {
-        let now = self
-            .smb
-            .stat(path)
-            .await?
-            .ok_or_else(|| changed(path, "vanished"))?;
+        let now = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished"))?;
         if !smb_expected.matches(&now) {
             return Err(changed(path, "changed since it was listed"));
         }
@@ -589,21 +466,14 @@ impl Executor<'_> {
         }
         match resolution {
             Resolution::SmbWins => {
-                let (st, m) = self
-                    .upload(path, drive.version_id.clone(), smb_expected)
-                    .await?;
+                let (st, m) = self.upload(path, drive.version_id.clone(), smb_expected).await?;
                 self.put(st).await?;
                 Ok(m)
             }
             Resolution::DriveWins => self.download(path, drive, Some(smb_expected), true).await,
             Resolution::KeepBoth { conflict_path } => {
-                let moved = self
-                    .drive
-                    .move_node(&drive.node_id, conflict_path, drive.version_id.as_ref())
-                    .await?;
-                let mut m = self
-                    .download(conflict_path, &DriveSide::of(&moved), None, false)
-                    .await?;
+                let moved = self.drive.move_node(&drive.node_id, conflict_path, drive.version_id.as_ref()).await?;
+                let mut m = self.download(conflict_path, &DriveSide::of(&moved), None, false).await?;
                 let (st, up) = self.upload(path, None, smb_expected).await?;
                 self.put(st).await?;
                 m.add(up);

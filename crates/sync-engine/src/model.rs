@@ -74,10 +74,7 @@ pub struct RelPath(String);
 impl RelPath {
     /// Validates and NFC-normalises `s`.
     pub fn new(s: &str) -> Result<RelPath, PathError> {
-        let err = |reason| PathError {
-            path: s.to_string(),
-            reason,
-        };
+        let err = |reason| PathError { path: s.to_string(), reason };
         if s.is_empty() {
             return Err(err("empty"));
         }
@@ -127,9 +124,7 @@ impl RelPath {
 
     /// Whether `self` is strictly inside folder `dir`.
     pub fn is_inside(&self, dir: &RelPath) -> bool {
-        self.0.len() > dir.0.len()
-            && self.0.starts_with(&dir.0)
-            && self.0.as_bytes()[dir.0.len()] == b'/'
+        self.0.len() > dir.0.len() && self.0.starts_with(&dir.0) && self.0.as_bytes()[dir.0.len()] == b'/'
     }
 
     /// Whether `self` is `dir` or inside it.
@@ -160,14 +155,7 @@ impl RelPath {
 
     /// The key of this path in a case-insensitive namespace (SMB): NFC, then lower-cased.
     pub fn key(&self) -> PathKey {
-        PathKey(
-            self.0
-                .chars()
-                .flat_map(char::to_lowercase)
-                .collect::<String>()
-                .nfc()
-                .collect(),
-        )
+        PathKey(self.0.chars().flat_map(char::to_lowercase).collect::<String>().nfc().collect())
     }
 }
 
@@ -403,28 +391,21 @@ pub struct BaseState {
 impl SmbSnapshot {
     /// Builds a snapshot from items.
     pub fn from_items(items: impl IntoIterator<Item = SmbItem>) -> Self {
-        SmbSnapshot {
-            items: items.into_iter().map(|i| (i.path.clone(), i)).collect(),
-        }
+        SmbSnapshot { items: items.into_iter().map(|i| (i.path.clone(), i)).collect() }
     }
 }
 
 impl DriveSnapshot {
     /// Builds a snapshot from live items.
     pub fn from_items(items: impl IntoIterator<Item = DriveItem>) -> Self {
-        DriveSnapshot {
-            items: items.into_iter().map(|i| (i.path.clone(), i)).collect(),
-            trashed: BTreeMap::new(),
-        }
+        DriveSnapshot { items: items.into_iter().map(|i| (i.path.clone(), i)).collect(), trashed: BTreeMap::new() }
     }
 }
 
 impl BaseState {
     /// Builds a base from states.
     pub fn from_states(states: impl IntoIterator<Item = SyncedState>) -> Self {
-        BaseState {
-            entries: states.into_iter().map(|s| (s.path.clone(), s)).collect(),
-        }
+        BaseState { entries: states.into_iter().map(|s| (s.path.clone(), s)).collect() }
     }
 }
 
@@ -538,16 +519,10 @@ fn globset(patterns: &[String]) -> Result<Option<GlobSet>, FilterError> {
             .case_insensitive(true)
             .literal_separator(true)
             .build()
-            .map_err(|e| FilterError {
-                pattern: p.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| FilterError { pattern: p.clone(), message: e.to_string() })?;
         b.add(g);
     }
-    b.build().map(Some).map_err(|e| FilterError {
-        pattern: patterns.join(","),
-        message: e.to_string(),
-    })
+    b.build().map(Some).map_err(|e| FilterError { pattern: patterns.join(","), message: e.to_string() })
 }
 
 impl Filters {
@@ -592,8 +567,7 @@ impl Filters {
         if kind == ItemKind::Dir || (self.include_ext.is_empty() && self.include.is_none()) {
             return true;
         }
-        Self::ext(path.name()).is_some_and(|e| self.include_ext.contains(&e))
-            || Self::glob_hit(&self.include, path)
+        Self::ext(path.name()).is_some_and(|e| self.include_ext.contains(&e)) || Self::glob_hit(&self.include, path)
     }
 
     /// Whether the item at `path` is out of scope by name rules, looking at the path and
@@ -601,16 +575,13 @@ impl Filters {
     pub fn excludes_path(&self, path: &RelPath, kind: ItemKind) -> bool {
         self.excludes_name(path, kind)
             || !self.includes(path, kind)
-            || path
-                .ancestors()
-                .any(|a| self.excludes_name(&a, ItemKind::Dir))
+            || path.ancestors().any(|a| self.excludes_name(&a, ItemKind::Dir))
     }
 
     /// Whether the walker should neither sync nor descend this SMB folder (its ancestors are
     /// assumed already checked by the walker).
     pub fn excludes_dir(&self, item: &SmbItem, settings: &Settings) -> bool {
-        item.kind == ItemKind::Dir
-            && (self.excludes_name(&item.path, ItemKind::Dir) || attr_excluded(item, settings))
+        item.kind == ItemKind::Dir && (self.excludes_name(&item.path, ItemKind::Dir) || attr_excluded(item, settings))
     }
 
     /// Whether an SMB item is out of scope: by name rules (including ancestors) or attributes.
@@ -633,20 +604,13 @@ pub fn windows_name_problem(name: &str) -> Option<&'static str> {
     if name.encode_utf16().count() > 255 {
         return Some("NAME_TOO_LONG");
     }
-    if name.chars().any(|c| {
-        matches!(c, '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*') || (c as u32) < 32
-    }) {
+    if name.chars().any(|c| matches!(c, '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*') || (c as u32) < 32) {
         return Some("NAME_INVALID_CHARACTER");
     }
     if name.ends_with('.') || name.ends_with(' ') {
         return Some("NAME_TRAILING_DOT_OR_SPACE");
     }
-    let stem = name
-        .split('.')
-        .next()
-        .unwrap_or("")
-        .trim_end()
-        .to_ascii_uppercase();
+    let stem = name.split('.').next().unwrap_or("").trim_end().to_ascii_uppercase();
     let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
         || ((stem.starts_with("COM") || stem.starts_with("LPT"))
             && stem.len() == 4
@@ -674,10 +638,7 @@ mod tests {
         assert!(p("a/b/c").is_inside(&p("a")));
         assert!(!p("ab/c").is_inside(&p("a")));
         assert_eq!(p("a/b/c").rebase(&p("a/b"), &p("x")), Some(p("x/c")));
-        assert_eq!(
-            p("a/b/c").ancestors().collect::<Vec<_>>(),
-            vec![p("a/b"), p("a")]
-        );
+        assert_eq!(p("a/b/c").ancestors().collect::<Vec<_>>(), vec![p("a/b"), p("a")]);
     }
 
     #[test]
@@ -733,9 +694,6 @@ mod tests {
         ] {
             assert_eq!(windows_name_problem(n), code, "{n}");
         }
-        assert_eq!(
-            windows_name_problem(&"x".repeat(256)),
-            Some("NAME_TOO_LONG")
-        );
+        assert_eq!(windows_name_problem(&"x".repeat(256)), Some("NAME_TOO_LONG"));
     }
 }

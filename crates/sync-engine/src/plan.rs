@@ -194,9 +194,7 @@ impl Action {
             | Action::RenameOnSmb { .. }
             | Action::RebaseState { .. }
             | Action::RestoreOnDrive { .. } => Phase::Structure,
-            Action::UploadToDrive { .. }
-            | Action::DownloadToSmb { .. }
-            | Action::Conflict { .. } => Phase::Transfer,
+            Action::UploadToDrive { .. } | Action::DownloadToSmb { .. } | Action::Conflict { .. } => Phase::Transfer,
             Action::TrashOnDrive { .. } | Action::DeleteOnSmb { .. } => Phase::Destroy,
             Action::ForgetState { .. } => Phase::Forget,
             Action::RecordState { .. } | Action::Skip { .. } => Phase::Bookkeeping,
@@ -216,9 +214,7 @@ impl Action {
             | Action::DeleteOnSmb { path, .. }
             | Action::ForgetState { path }
             | Action::Skip { path, .. } => path,
-            Action::MoveOnDrive { to, .. }
-            | Action::RenameOnSmb { to, .. }
-            | Action::RebaseState { to, .. } => to,
+            Action::MoveOnDrive { to, .. } | Action::RenameOnSmb { to, .. } | Action::RebaseState { to, .. } => to,
             Action::RecordState { state } => &state.path,
         }
     }
@@ -252,19 +248,12 @@ pub struct Plan {
 impl Plan {
     /// Whether the plan changes nothing (only skips).
     pub fn is_noop(&self) -> bool {
-        self.actions
-            .iter()
-            .all(|a| matches!(a, Action::Skip { .. }))
+        self.actions.iter().all(|a| matches!(a, Action::Skip { .. }))
     }
 }
 
 /// Plans one run. See the module and crate documentation.
-pub fn plan(
-    smb: &SmbSnapshot,
-    drive: &DriveSnapshot,
-    base: &BaseState,
-    settings: &Settings,
-) -> Plan {
+pub fn plan(smb: &SmbSnapshot, drive: &DriveSnapshot, base: &BaseState, settings: &Settings) -> Plan {
     Planner::new(smb, drive, base, settings).run()
 }
 
@@ -317,9 +306,7 @@ fn drive_state(d: Option<&DriveItem>, b: Option<&SyncedState>) -> St {
         (Some(_), None) => St::Created,
         (None, Some(_)) => St::Deleted,
         (Some(d), Some(b)) => {
-            if d.node_id != b.drive.node_id
-                || (d.kind == ItemKind::File && d.version_id != b.drive.version_id)
-            {
+            if d.node_id != b.drive.node_id || (d.kind == ItemKind::File && d.version_id != b.drive.version_id) {
                 St::Changed
             } else {
                 St::Same
@@ -335,20 +322,12 @@ fn conflict_name(path: &RelPath, n: u32) -> RelPath {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    let suffix = if n == 1 {
-        " (conflict)".to_string()
-    } else {
-        format!(" (conflict {n})")
-    };
+    let suffix = if n == 1 { " (conflict)".to_string() } else { format!(" (conflict {n})") };
     RelPath::child_of(path.parent().as_ref(), &format!("{stem}{suffix}{ext}")).expect("valid name")
 }
 
 fn prefix_range<V>(m: &BTreeMap<PathKey, V>, root: &PathKey) -> Vec<PathKey> {
-    let mut out: Vec<PathKey> = m
-        .get_key_value(root)
-        .map(|(k, _)| k.clone())
-        .into_iter()
-        .collect();
+    let mut out: Vec<PathKey> = m.get_key_value(root).map(|(k, _)| k.clone()).into_iter().collect();
     let start = format!("{}/", root.as_str());
     out.extend(
         m.range(PathKey::from_raw(start.clone())..)
@@ -370,15 +349,11 @@ fn rebase_ci(path: &RelPath, from: &RelPath, to: &RelPath) -> RelPath {
 
 fn has_strict_descendant(set: &BTreeSet<PathKey>, root: &PathKey) -> bool {
     let start = format!("{}/", root.as_str());
-    set.range(PathKey::from_raw(start.clone())..)
-        .next()
-        .is_some_and(|k| k.as_str().starts_with(&start))
+    set.range(PathKey::from_raw(start.clone())..).next().is_some_and(|k| k.as_str().starts_with(&start))
 }
 
 fn key_ancestors(k: &PathKey) -> impl Iterator<Item = PathKey> + '_ {
-    k.as_str()
-        .match_indices('/')
-        .map(move |(i, _)| PathKey::from_raw(k.as_str()[..i].to_string()))
+    k.as_str().match_indices('/').map(move |(i, _)| PathKey::from_raw(k.as_str()[..i].to_string()))
 }
 
 struct Planner<'a> {
@@ -422,12 +397,7 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(
-        smb: &SmbSnapshot,
-        drive: &'a DriveSnapshot,
-        base: &BaseState,
-        settings: &'a Settings,
-    ) -> Self {
+    fn new(smb: &SmbSnapshot, drive: &'a DriveSnapshot, base: &BaseState, settings: &'a Settings) -> Self {
         let mut p = Planner {
             settings,
             trashed: &drive.trashed,
@@ -470,11 +440,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             if item.reparse {
-                p.skip(
-                    &item.path,
-                    codes::REPARSE_POINT,
-                    "symbolic link or reparse point: not followed",
-                );
+                p.skip(&item.path, codes::REPARSE_POINT, "symbolic link or reparse point: not followed");
                 p.oos.insert(key.clone());
                 p.survive_smb.insert(key);
                 continue;
@@ -490,15 +456,10 @@ impl<'a> Planner<'a> {
         // ScaiDrive: parents before children; of case-only twins, the one SMB or the base
         // knows by its exact name wins, else the first in byte order.
         let writes_smb = settings.direction != Direction::SmbToDrive;
-        let known =
-            |path: &RelPath| smb.items.contains_key(path) || base.entries.contains_key(path);
+        let known = |path: &RelPath| smb.items.contains_key(path) || base.entries.contains_key(path);
         let mut drive_items: Vec<&DriveItem> = drive.items.values().collect();
         drive_items.sort_by(|a, b| {
-            (a.path.depth(), !known(&a.path), &a.path).cmp(&(
-                b.path.depth(),
-                !known(&b.path),
-                &b.path,
-            ))
+            (a.path.depth(), !known(&a.path), &a.path).cmp(&(b.path.depth(), !known(&b.path), &b.path))
         });
         let mut twin_roots: Vec<RelPath> = Vec::new();
         for item in drive_items {
@@ -518,11 +479,7 @@ impl<'a> Planner<'a> {
             }
             if writes_smb {
                 if let Some(code) = windows_name_problem(item.path.name()) {
-                    p.skip(
-                        &item.path,
-                        code,
-                        "this ScaiDrive name cannot be used on SMB",
-                    );
+                    p.skip(&item.path, code, "this ScaiDrive name cannot be used on SMB");
                     p.oos.insert(key.clone());
                     p.survive_drive.insert(key);
                     continue;
@@ -545,9 +502,7 @@ impl<'a> Planner<'a> {
         for (i, st) in base.entries.values().enumerate() {
             let key = st.path.key();
             if p.in_oos(&key) || p.w.contains_key(&key) {
-                p.books.push(Action::ForgetState {
-                    path: st.path.clone(),
-                });
+                p.books.push(Action::ForgetState { path: st.path.clone() });
                 continue;
             }
             p.w.insert(key, (i, st.clone()));
@@ -583,11 +538,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let path = self.vs[&k].path.clone();
-            self.skip(
-                &path,
-                codes::KIND_MISMATCH,
-                "a file on one side and a folder on the other",
-            );
+            self.skip(&path, codes::KIND_MISMATCH, "a file on one side and a folder on the other");
             self.set_aside(&k);
         }
     }
@@ -603,9 +554,7 @@ impl<'a> Planner<'a> {
     /// Whether an entity below `dir` (in the synced state) was already moved in this plan: it
     /// must not be dragged along again by a move of `dir`.
     fn moved_below(&self, dir: &RelPath) -> bool {
-        prefix_range(&self.w, &dir.key())
-            .iter()
-            .any(|k| self.w[k].1.path != *dir && self.moved.contains(&self.w[k].0))
+        prefix_range(&self.w, &dir.key()).iter().any(|k| self.w[k].1.path != *dir && self.moved.contains(&self.w[k].0))
     }
 
     fn planned_within(&self, dir: &RelPath) -> bool {
@@ -614,16 +563,11 @@ impl<'a> Planner<'a> {
     }
 
     fn in_oos(&self, key: &PathKey) -> bool {
-        !self.oos.is_empty()
-            && (self.oos.contains(key) || key_ancestors(key).any(|a| self.oos.contains(&a)))
+        !self.oos.is_empty() && (self.oos.contains(key) || key_ancestors(key).any(|a| self.oos.contains(&a)))
     }
 
     fn skip(&mut self, path: &RelPath, code: &str, reason: &str) {
-        self.skips.push(Action::Skip {
-            path: path.clone(),
-            code: code.to_string(),
-            reason: reason.to_string(),
-        });
+        self.skips.push(Action::Skip { path: path.clone(), code: code.to_string(), reason: reason.to_string() });
     }
 
     fn run(mut self) -> Plan {
@@ -638,18 +582,11 @@ impl<'a> Planner<'a> {
     // Moves and renames, by identity (SMB file id, ScaiDrive node id), shallowest first.
 
     fn replay_moves(&mut self) {
-        let mut order: Vec<(usize, RelPath, usize)> = self
-            .w
-            .values()
-            .map(|(i, st)| (st.path.depth(), st.path.clone(), *i))
-            .collect();
+        let mut order: Vec<(usize, RelPath, usize)> =
+            self.w.values().map(|(i, st)| (st.path.depth(), st.path.clone(), *i)).collect();
         order.sort();
         for (_, _, idx) in order {
-            let Some((key, b)) = self
-                .w
-                .iter()
-                .find(|(_, (i, _))| *i == idx)
-                .map(|(k, (_, b))| (k.clone(), b.clone()))
+            let Some((key, b)) = self.w.iter().find(|(_, (i, _))| *i == idx).map(|(k, (_, b))| (k.clone(), b.clone()))
             else {
                 continue;
             };
@@ -690,8 +627,7 @@ impl<'a> Planner<'a> {
                 }
                 (Direction::Bidirectional, Some(sp), Some(dp)) => {
                     // Only ScaiDrive moved, or both moved and ScaiDrive wins conflicts.
-                    let drive_wins = d_moved
-                        && (!s_moved || self.settings.conflict == ConflictStrategy::DriveWins);
+                    let drive_wins = d_moved && (!s_moved || self.settings.conflict == ConflictStrategy::DriveWins);
                     if drive_wins {
                         self.try_rename_smb(idx, &key, &b, &sp, &dp);
                     } else {
@@ -743,10 +679,7 @@ impl<'a> Planner<'a> {
 
     fn rebase_w(&mut self, from: &RelPath, to: &RelPath) {
         let keys = prefix_range(&self.w, &from.key());
-        let moved: Vec<(usize, SyncedState)> = keys
-            .iter()
-            .map(|k| self.w.remove(k).expect("present"))
-            .collect();
+        let moved: Vec<(usize, SyncedState)> = keys.iter().map(|k| self.w.remove(k).expect("present")).collect();
         for (i, mut st) in moved {
             st.path = rebase_ci(&st.path, from, to);
             self.w.insert(st.path.key(), (i, st));
@@ -755,10 +688,7 @@ impl<'a> Planner<'a> {
 
     fn rebase_vd(&mut self, from: &RelPath, to: &RelPath) {
         let keys = prefix_range(&self.vd, &from.key());
-        let moved: Vec<DriveItem> = keys
-            .iter()
-            .map(|k| self.vd.remove(k).expect("present"))
-            .collect();
+        let moved: Vec<DriveItem> = keys.iter().map(|k| self.vd.remove(k).expect("present")).collect();
         let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
         for (mut d, was_planned) in moved.into_iter().zip(moved_planned) {
             d.path = rebase_ci(&d.path, from, to);
@@ -773,10 +703,7 @@ impl<'a> Planner<'a> {
 
     fn rebase_vs(&mut self, from: &RelPath, to: &RelPath) {
         let keys = prefix_range(&self.vs, &from.key());
-        let moved: Vec<SmbItem> = keys
-            .iter()
-            .map(|k| self.vs.remove(k).expect("present"))
-            .collect();
+        let moved: Vec<SmbItem> = keys.iter().map(|k| self.vs.remove(k).expect("present")).collect();
         let moved_planned: Vec<bool> = keys.iter().map(|k| self.planned.remove(k)).collect();
         for (mut s, was_planned) in moved.into_iter().zip(moved_planned) {
             s.path = rebase_ci(&s.path, from, to);
@@ -797,10 +724,7 @@ impl<'a> Planner<'a> {
         let mut rec = b.clone();
         rec.path = to.clone();
         if let Some(s) = self.vs.get(&to.key()) {
-            if s.file_id == b.smb.file_id
-                && s.size == b.smb.size
-                && s.last_write == b.smb.last_write
-            {
+            if s.file_id == b.smb.file_id && s.size == b.smb.size && s.last_write == b.smb.last_write {
                 rec.smb.change_time = s.change_time;
             }
         }
@@ -815,11 +739,7 @@ impl<'a> Planner<'a> {
         self.rebase_w(&b.path, to);
         self.w.insert(to.key(), (idx, rec.clone()));
         let _ = key;
-        self.structure.push(Action::RebaseState {
-            from: b.path.clone(),
-            to: to.clone(),
-            record: Some(rec),
-        });
+        self.structure.push(Action::RebaseState { from: b.path.clone(), to: to.clone(), record: Some(rec) });
     }
 
     /// Makes sure folder `dir` exists on ScaiDrive by then (creating missing ones that SMB has).
@@ -839,10 +759,7 @@ impl<'a> Planner<'a> {
                 return false;
             }
         }
-        self.structure.push(Action::CreateDriveFolder {
-            path: dir.clone(),
-            smb: SmbSide::of(&s, None),
-        });
+        self.structure.push(Action::CreateDriveFolder { path: dir.clone(), smb: SmbSide::of(&s, None) });
         self.vd.insert(
             k.clone(),
             DriveItem {
@@ -881,10 +798,7 @@ impl<'a> Planner<'a> {
             Some(parent) => parent.path.join(dir.name()).expect("valid"),
             None => d.path.clone(),
         };
-        self.structure.push(Action::MkdirSmb {
-            path: spath.clone(),
-            drive: DriveSide::of(&d),
-        });
+        self.structure.push(Action::MkdirSmb { path: spath.clone(), drive: DriveSide::of(&d) });
         self.vs.insert(
             k.clone(),
             SmbItem {
@@ -903,14 +817,7 @@ impl<'a> Planner<'a> {
         true
     }
 
-    fn try_move_drive(
-        &mut self,
-        idx: usize,
-        key: &PathKey,
-        b: &SyncedState,
-        from: &RelPath,
-        to: &RelPath,
-    ) -> bool {
+    fn try_move_drive(&mut self, idx: usize, key: &PathKey, b: &SyncedState, from: &RelPath, to: &RelPath) -> bool {
         let _ = key;
         let tk = to.key();
         if to.is_inside(from) || !self.w_can_rebase(idx, &b.path, to) || self.moved_below(&b.path) {
@@ -950,14 +857,7 @@ impl<'a> Planner<'a> {
         true
     }
 
-    fn try_rename_smb(
-        &mut self,
-        idx: usize,
-        key: &PathKey,
-        b: &SyncedState,
-        from: &RelPath,
-        to: &RelPath,
-    ) -> bool {
+    fn try_rename_smb(&mut self, idx: usize, key: &PathKey, b: &SyncedState, from: &RelPath, to: &RelPath) -> bool {
         let _ = key;
         // SMB keeps the spelling of an existing parent folder.
         let canon = match to.parent().and_then(|pp| self.vs.get(&pp.key())) {
@@ -1011,9 +911,7 @@ impl<'a> Planner<'a> {
         let mismatches: Vec<PathKey> = self
             .vs
             .iter()
-            .filter(|(k, s)| {
-                !self.planned.contains(*k) && self.vd.get(*k).is_some_and(|d| d.path != s.path)
-            })
+            .filter(|(k, s)| !self.planned.contains(*k) && self.vd.get(*k).is_some_and(|d| d.path != s.path))
             .map(|(k, _)| k.clone())
             .collect();
         for k in mismatches {
@@ -1024,11 +922,7 @@ impl<'a> Planner<'a> {
                 continue; // aligned with a parent
             }
             let (sp, dp) = (s.path.clone(), d.path.clone());
-            let new_path = &if self.settings.direction == Direction::DriveToSmb {
-                dp.clone()
-            } else {
-                sp.clone()
-            };
+            let new_path = &if self.settings.direction == Direction::DriveToSmb { dp.clone() } else { sp.clone() };
             // The states below follow the new spelling.
             // The states below follow the new spelling (there may be several old ones).
             let spellings: BTreeSet<RelPath> = prefix_range(&self.w, &k)
@@ -1045,11 +939,7 @@ impl<'a> Planner<'a> {
                 let first = spellings.iter().next().expect("non-empty").clone();
                 self.rebase_w(&first, new_path);
                 for old in spellings {
-                    self.structure.push(Action::RebaseState {
-                        from: old,
-                        to: new_path.clone(),
-                        record: None,
-                    });
+                    self.structure.push(Action::RebaseState { from: old, to: new_path.clone(), record: None });
                 }
             }
             let has_own_state = self.w.contains_key(&k);
@@ -1110,13 +1000,7 @@ impl<'a> Planner<'a> {
     // Per-path three-way reconciliation, descendants before their folders.
 
     fn reconcile(&mut self) {
-        let keys: BTreeSet<PathKey> = self
-            .vs
-            .keys()
-            .chain(self.vd.keys())
-            .chain(self.w.keys())
-            .cloned()
-            .collect();
+        let keys: BTreeSet<PathKey> = self.vs.keys().chain(self.vd.keys()).chain(self.w.keys()).cloned().collect();
         for key in keys.into_iter().rev() {
             if self.planned.contains(&key) {
                 // The creation records the new state; an older one under another spelling goes.
@@ -1158,20 +1042,13 @@ impl<'a> Planner<'a> {
             }
             if let (Some(s), Some(d)) = (&s, &d) {
                 if s.kind != d.kind {
-                    self.skip(
-                        &s.path,
-                        codes::KIND_MISMATCH,
-                        "a file on one side and a folder on the other",
-                    );
+                    self.skip(&s.path, codes::KIND_MISMATCH, "a file on one side and a folder on the other");
                     self.survive_smb.insert(key.clone());
                     self.survive_drive.insert(key);
                     continue;
                 }
             }
-            let final_path = s
-                .as_ref()
-                .map(|s| s.path.clone())
-                .or(d.as_ref().map(|d| d.path.clone()));
+            let final_path = s.as_ref().map(|s| s.path.clone()).or(d.as_ref().map(|d| d.path.clone()));
             self.cur_orig = self.w.get(&key).map(|(i, _)| self.orig[*i].clone());
             if let Some(old) = dropped_base.as_ref().or(b.as_ref()) {
                 if final_path.as_ref() != Some(&old.path) && (s.is_some() || d.is_some()) {
@@ -1180,9 +1057,7 @@ impl<'a> Planner<'a> {
                     self.books.push(Action::ForgetState { path });
                 }
             }
-            let kind = now_kind
-                .or(b.as_ref().map(|b| b.kind))
-                .or(dropped_base.as_ref().map(|b| b.kind));
+            let kind = now_kind.or(b.as_ref().map(|b| b.kind)).or(dropped_base.as_ref().map(|b| b.kind));
             match kind {
                 Some(ItemKind::Dir) => self.reconcile_dir(&key, s, d, b, dropped_base.is_some()),
                 Some(ItemKind::File) => self.reconcile_file(&key, s, d, b),
@@ -1233,15 +1108,10 @@ impl<'a> Planner<'a> {
                 let keep = match dir {
                     Direction::SmbToDrive => true,
                     Direction::DriveToSmb => has_strict_descendant(&self.survive_smb, key),
-                    Direction::Bidirectional => {
-                        !drive_deleted || has_strict_descendant(&self.survive_smb, key)
-                    }
+                    Direction::Bidirectional => !drive_deleted || has_strict_descendant(&self.survive_smb, key),
                 };
                 if keep {
-                    self.creates.push(Action::CreateDriveFolder {
-                        path: s.path.clone(),
-                        smb: SmbSide::of(&s, None),
-                    });
+                    self.creates.push(Action::CreateDriveFolder { path: s.path.clone(), smb: SmbSide::of(&s, None) });
                     self.survive_smb.insert(key.clone());
                     self.survive_drive.insert(key.clone());
                 } else {
@@ -1264,15 +1134,10 @@ impl<'a> Planner<'a> {
                 let keep = match dir {
                     Direction::SmbToDrive => false,
                     Direction::DriveToSmb => true,
-                    Direction::Bidirectional => {
-                        !smb_deleted || has_strict_descendant(&self.survive_drive, key)
-                    }
+                    Direction::Bidirectional => !smb_deleted || has_strict_descendant(&self.survive_drive, key),
                 };
                 if keep {
-                    self.creates.push(Action::MkdirSmb {
-                        path: d.path.clone(),
-                        drive: DriveSide::of(&d),
-                    });
+                    self.creates.push(Action::MkdirSmb { path: d.path.clone(), drive: DriveSide::of(&d) });
                     self.survive_smb.insert(key.clone());
                     self.survive_drive.insert(key.clone());
                 } else {
@@ -1425,13 +1290,7 @@ impl<'a> Planner<'a> {
         self.both_survive(key);
     }
 
-    fn reconcile_file(
-        &mut self,
-        key: &PathKey,
-        s: Option<SmbItem>,
-        d: Option<DriveItem>,
-        b: Option<SyncedState>,
-    ) {
+    fn reconcile_file(&mut self, key: &PathKey, s: Option<SmbItem>, d: Option<DriveItem>, b: Option<SyncedState>) {
         use St::*;
         let ss = smb_state(s.as_ref(), b.as_ref());
         let ds = drive_state(d.as_ref(), b.as_ref());
@@ -1467,9 +1326,7 @@ impl<'a> Planner<'a> {
                 (Same, Same, Some(s), Some(d)) => self.unchanged(key, s, d, b.as_ref()),
                 (Changed, Same, Some(s), Some(d)) => self.upload(key, s, d.version_id.clone()),
                 (Same, Changed, Some(s), Some(d)) => self.download(key, d, Some(s), false),
-                (Changed | Created, Changed | Created, Some(s), Some(d)) => {
-                    self.conflict(key, s, d)
-                }
+                (Changed | Created, Changed | Created, Some(s), Some(d)) => self.conflict(key, s, d),
                 (Created, Absent, Some(s), None) => self.upload(key, s, None),
                 (Absent, Created, None, Some(d)) => self.download(key, d, None, false),
                 (Deleted, Same, None, Some(d)) => self.trash_drive(d),
@@ -1496,40 +1353,27 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self) -> Plan {
         let by_path = |a: &Action, b: &Action| a.path().cmp(b.path());
-        self.creates
-            .sort_by(|a, b| (a.path().depth(), a.path()).cmp(&(b.path().depth(), b.path())));
+        self.creates.sort_by(|a, b| (a.path().depth(), a.path()).cmp(&(b.path().depth(), b.path())));
         self.restores.sort_by(by_path);
         self.transfers.sort_by(by_path);
         self.destroys.sort_by(|a, b| {
-            (std::cmp::Reverse(a.path().depth()), a.path())
-                .cmp(&(std::cmp::Reverse(b.path().depth()), b.path()))
+            (std::cmp::Reverse(a.path().depth()), a.path()).cmp(&(std::cmp::Reverse(b.path().depth()), b.path()))
         });
-        let (mut forgets, mut books): (Vec<Action>, Vec<Action>) = self
-            .books
-            .into_iter()
-            .partition(|a| matches!(a, Action::ForgetState { .. }));
+        let (mut forgets, mut books): (Vec<Action>, Vec<Action>) =
+            self.books.into_iter().partition(|a| matches!(a, Action::ForgetState { .. }));
         forgets.sort_by(by_path);
         forgets.dedup();
         books.sort_by(by_path);
         books.dedup();
         self.skips.sort_by(by_path);
-        let tracked = self
-            .w
-            .values()
-            .filter(|(_, st)| st.kind == ItemKind::File)
-            .count();
+        let tracked = self.w.values().filter(|(_, st)| st.kind == ItemKind::File).count();
         let blocked = if self.would_delete > 0 && self.settings.max_delete_percent < 100 {
-            let pct = if tracked == 0 {
-                100
-            } else {
-                (self.would_delete * 100).div_ceil(tracked).min(100)
-            };
-            (self.would_delete * 100 > self.settings.max_delete_percent as usize * tracked)
-                .then_some(DeleteGuard {
-                    would_delete: self.would_delete,
-                    tracked,
-                    percent: pct as u8,
-                })
+            let pct = if tracked == 0 { 100 } else { (self.would_delete * 100).div_ceil(tracked).min(100) };
+            (self.would_delete * 100 > self.settings.max_delete_percent as usize * tracked).then_some(DeleteGuard {
+                would_delete: self.would_delete,
+                tracked,
+                percent: pct as u8,
+            })
         } else {
             None
         };

@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::model::{
-    DriveItem, FileTime, ItemKind, NodeId, RelPath, Sha256, SmbItem, SyncedState, VersionId,
-};
+use crate::model::{DriveItem, FileTime, ItemKind, NodeId, RelPath, Sha256, SmbItem, SyncedState, VersionId};
 
 /// File content as a stream of chunks.
 pub type ByteStream = BoxStream<'static, Result<Bytes, ReplicaError>>;
@@ -30,10 +28,7 @@ pub struct ReplicaError {
 impl ReplicaError {
     /// A new error.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        ReplicaError {
-            code: code.into(),
-            message: message.into(),
-        }
+        ReplicaError { code: code.into(), message: message.into() }
     }
 }
 
@@ -75,11 +70,7 @@ pub struct SmbExpect {
 impl SmbExpect {
     /// The expectation that `item` is unchanged.
     pub fn of(item: &SmbItem) -> Self {
-        SmbExpect {
-            file_id: item.file_id,
-            size: item.size,
-            last_write: item.last_write,
-        }
+        SmbExpect { file_id: item.file_id, size: item.size, last_write: item.last_write }
     }
 
     /// Whether `item` still matches.
@@ -112,11 +103,7 @@ pub trait SmbReplica: Send + Sync {
 
     /// Writes `data` to a fresh temporary name starting with [`TEMP_PREFIX`] in the folder of
     /// `target` (which must exist).
-    async fn write_temp(
-        &self,
-        target: &RelPath,
-        data: ByteStream,
-    ) -> Result<TempFile, ReplicaError>;
+    async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError>;
 
     /// Renames `temp` over `target` and sets its LastWriteTime. Right before, checks `target`:
     /// `expected = None` means it must not exist, `Some(e)` means it must match `e`
@@ -138,28 +125,14 @@ pub trait SmbReplica: Send + Sync {
     /// Renames or moves an item (the destination folder must exist, the name must be free
     /// except for a case-only rename). Refused unless the source has file id `expected_file_id`
     /// (0 = do not check).
-    async fn rename(
-        &self,
-        from: &RelPath,
-        to: &RelPath,
-        expected_file_id: u64,
-    ) -> Result<SmbItem, ReplicaError>;
+    async fn rename(&self, from: &RelPath, to: &RelPath, expected_file_id: u64) -> Result<SmbItem, ReplicaError>;
 
     /// Deletes a file (if it still matches `expected`) or a folder that is empty apart from
     /// leftover temporary files ([`TEMP_PREFIX`]), which go with it.
-    async fn delete(
-        &self,
-        path: &RelPath,
-        kind: ItemKind,
-        expected: Option<&SmbExpect>,
-    ) -> Result<(), ReplicaError>;
+    async fn delete(&self, path: &RelPath, kind: ItemKind, expected: Option<&SmbExpect>) -> Result<(), ReplicaError>;
 
     /// Sets LastWriteTime.
-    async fn set_times(
-        &self,
-        path: &RelPath,
-        last_write: FileTime,
-    ) -> Result<SmbItem, ReplicaError>;
+    async fn set_times(&self, path: &RelPath, last_write: FileTime) -> Result<SmbItem, ReplicaError>;
 }
 
 /// What an upload must produce.
@@ -209,11 +182,7 @@ pub trait DriveReplica: Send + Sync {
     async fn upload(&self, spec: &UploadSpec, data: ByteStream) -> Result<Committed, ReplicaError>;
 
     /// Creates a folder (parents as needed). Idempotent for an existing folder.
-    async fn create_folder(
-        &self,
-        path: &RelPath,
-        modified_at: FileTime,
-    ) -> Result<DriveItem, ReplicaError>;
+    async fn create_folder(&self, path: &RelPath, modified_at: FileTime) -> Result<DriveItem, ReplicaError>;
 
     /// Moves/renames a node to `to` (the parent folder must exist). With `base_version_id`,
     /// refused with `VERSION_CONFLICT` unless the file's current version is that.
@@ -225,19 +194,11 @@ pub trait DriveReplica: Send + Sync {
     ) -> Result<DriveItem, ReplicaError>;
 
     /// Moves a node (with its subtree) to the trash, guarded like `move_node`.
-    async fn trash(
-        &self,
-        node: &NodeId,
-        base_version_id: Option<&VersionId>,
-    ) -> Result<(), ReplicaError>;
+    async fn trash(&self, node: &NodeId, base_version_id: Option<&VersionId>) -> Result<(), ReplicaError>;
 
     /// Brings a node back from the trash to its former path, and/or makes `version` current
     /// again as a new version on top.
-    async fn restore(
-        &self,
-        node: &NodeId,
-        version: Option<&VersionId>,
-    ) -> Result<DriveItem, ReplicaError>;
+    async fn restore(&self, node: &NodeId, version: Option<&VersionId>) -> Result<DriveItem, ReplicaError>;
 
     /// Streams a version's content (`None` = current).
     async fn download(

@@ -47,15 +47,7 @@ impl Faults {
     }
 
     fn check(&self) -> Result<(), ReplicaError> {
-        let r = self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                if v > 0 {
-                    Some(v - 1)
-                } else {
-                    None
-                }
-            });
+        let r = self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| if v > 0 { Some(v - 1) } else { None });
         match r {
             Ok(_) => Ok(()),
             Err(v) if v < 0 => Ok(()),
@@ -73,10 +65,7 @@ fn chunked(data: Bytes) -> ByteStream {
     let chunks: Vec<Result<Bytes, ReplicaError>> = if data.is_empty() {
         vec![]
     } else {
-        (0..data.len())
-            .step_by(5)
-            .map(|i| Ok(data.slice(i..(i + 5).min(data.len()))))
-            .collect()
+        (0..data.len()).step_by(5).map(|i| Ok(data.slice(i..(i + 5).min(data.len())))).collect()
     };
     futures::stream::iter(chunks).boxed()
 }
@@ -139,11 +128,7 @@ pub struct MemSmb {
 impl MemSmb {
     /// An empty share.
     pub fn new(faults: Arc<Faults>) -> Self {
-        MemSmb {
-            fs: Mutex::new((BTreeMap::new(), 0)),
-            faults,
-            on_read: Mutex::new(None),
-        }
+        MemSmb { fs: Mutex::new((BTreeMap::new(), 0)), faults, on_read: Mutex::new(None) }
     }
 
     /// Everything on the share (the engine's temp files included).
@@ -157,22 +142,14 @@ impl MemSmb {
         let fs = self.fs.lock().unwrap();
         fs.0.values()
             .filter(|e| !e.path.name().starts_with(TEMP_PREFIX))
-            .map(|e| {
-                (
-                    e.path.as_str().to_string(),
-                    (e.kind == ItemKind::File).then(|| e.data.clone()),
-                )
-            })
+            .map(|e| (e.path.as_str().to_string(), (e.kind == ItemKind::File).then(|| e.data.clone())))
             .collect()
     }
 
     /// The content of every file.
     pub fn contents(&self) -> BTreeSet<Bytes> {
         let fs = self.fs.lock().unwrap();
-        fs.0.values()
-            .filter(|e| e.kind == ItemKind::File)
-            .map(|e| e.data.clone())
-            .collect()
+        fs.0.values().filter(|e| e.kind == ItemKind::File).map(|e| e.data.clone()).collect()
     }
 
     fn mkdirs(&self, fs: &mut (BTreeMap<PathKey, SmbEntry>, u64), dir: &RelPath) -> bool {
@@ -367,22 +344,14 @@ impl SmbReplica for MemSmb {
                 _ => return Err(err(codes::NOT_FOUND, format!("{path}"))),
             }
         };
-        let hook = self
-            .on_read
-            .lock()
-            .unwrap()
-            .take_if(|(k, _)| *k == path.key());
+        let hook = self.on_read.lock().unwrap().take_if(|(k, _)| *k == path.key());
         if let Some((_, data)) = hook {
             self.user_write(path.as_str(), &data);
         }
         Ok(stream)
     }
 
-    async fn write_temp(
-        &self,
-        target: &RelPath,
-        data: ByteStream,
-    ) -> Result<TempFile, ReplicaError> {
+    async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError> {
         self.faults.check()?;
         let data = collect(data).await?;
         self.faults.check()?;
@@ -394,8 +363,7 @@ impl SmbReplica for MemSmb {
         }
         fs.1 += 1;
         let id = fs.1;
-        let temp =
-            RelPath::child_of(target.parent().as_ref(), &format!("{TEMP_PREFIX}{id}")).unwrap();
+        let temp = RelPath::child_of(target.parent().as_ref(), &format!("{TEMP_PREFIX}{id}")).unwrap();
         let temp = canon(&fs.0, &temp);
         let t = self.faults.tick();
         fs.0.insert(
@@ -431,14 +399,9 @@ impl SmbReplica for MemSmb {
             _ => false,
         };
         if !ok {
-            return Err(err(
-                codes::SMB_CHANGED,
-                format!("{target} is not what the plan saw"),
-            ));
+            return Err(err(codes::SMB_CHANGED, format!("{target} is not what the plan saw")));
         }
-        let mut e =
-            fs.0.remove(&temp.path.key())
-                .ok_or_else(|| err(codes::NOT_FOUND, "temp"))?;
+        let mut e = fs.0.remove(&temp.path.key()).ok_or_else(|| err(codes::NOT_FOUND, "temp"))?;
         fs.0.remove(&target.key());
         e.path = canon(&fs.0, target);
         e.last_write = last_write;
@@ -473,33 +436,18 @@ impl SmbReplica for MemSmb {
         Ok(fs.0[&path.key()].item())
     }
 
-    async fn rename(
-        &self,
-        from: &RelPath,
-        to: &RelPath,
-        expected_file_id: u64,
-    ) -> Result<SmbItem, ReplicaError> {
+    async fn rename(&self, from: &RelPath, to: &RelPath, expected_file_id: u64) -> Result<SmbItem, ReplicaError> {
         self.faults.check()?;
         let mut fs = self.fs.lock().unwrap();
         match fs.0.get(&from.key()) {
             Some(e) if expected_file_id == 0 || e.file_id == expected_file_id => {}
-            _ => {
-                return Err(err(
-                    codes::SMB_CHANGED,
-                    format!("{from} is not what the plan saw"),
-                ))
-            }
+            _ => return Err(err(codes::SMB_CHANGED, format!("{from} is not what the plan saw"))),
         }
         let t = self.faults.tick();
         Self::rename_in(&mut fs.0, from, to, t)
     }
 
-    async fn delete(
-        &self,
-        path: &RelPath,
-        kind: ItemKind,
-        expected: Option<&SmbExpect>,
-    ) -> Result<(), ReplicaError> {
+    async fn delete(&self, path: &RelPath, kind: ItemKind, expected: Option<&SmbExpect>) -> Result<(), ReplicaError> {
         self.faults.check()?;
         let mut fs = self.fs.lock().unwrap();
         let Some(e) = fs.0.get(&path.key()).cloned() else {
@@ -510,22 +458,13 @@ impl SmbReplica for MemSmb {
         }
         if let Some(x) = expected {
             if !x.matches(&e.item()) {
-                return Err(err(
-                    codes::SMB_CHANGED,
-                    format!("{path} is not what the plan saw"),
-                ));
+                return Err(err(codes::SMB_CHANGED, format!("{path} is not what the plan saw")));
             }
         }
         if kind == ItemKind::Dir {
             let children: Vec<(PathKey, SmbEntry)> =
-                fs.0.iter()
-                    .filter(|(_, c)| c.path.key_inside(path))
-                    .map(|(k, c)| (k.clone(), c.clone()))
-                    .collect();
-            if children
-                .iter()
-                .any(|(_, c)| !c.path.name().starts_with(TEMP_PREFIX) || c.kind == ItemKind::Dir)
-            {
+                fs.0.iter().filter(|(_, c)| c.path.key_inside(path)).map(|(k, c)| (k.clone(), c.clone())).collect();
+            if children.iter().any(|(_, c)| !c.path.name().starts_with(TEMP_PREFIX) || c.kind == ItemKind::Dir) {
                 return Err(err("SMB_DIRECTORY_NOT_EMPTY", format!("{path}")));
             }
             for (k, _) in children {
@@ -536,17 +475,11 @@ impl SmbReplica for MemSmb {
         Ok(())
     }
 
-    async fn set_times(
-        &self,
-        path: &RelPath,
-        last_write: FileTime,
-    ) -> Result<SmbItem, ReplicaError> {
+    async fn set_times(&self, path: &RelPath, last_write: FileTime) -> Result<SmbItem, ReplicaError> {
         self.faults.check()?;
         let mut fs = self.fs.lock().unwrap();
         let t = self.faults.tick();
-        let e =
-            fs.0.get_mut(&path.key())
-                .ok_or_else(|| err(codes::NOT_FOUND, format!("{path}")))?;
+        let e = fs.0.get_mut(&path.key()).ok_or_else(|| err(codes::NOT_FOUND, format!("{path}")))?;
         e.last_write = last_write;
         e.change_time = t;
         Ok(e.item())
@@ -612,10 +545,7 @@ impl DriveFs {
     }
 
     fn child(&self, parent: Option<&NodeId>, name: &str) -> Option<NodeId> {
-        self.nodes
-            .values()
-            .find(|n| n.parent.as_ref() == parent && n.name == name && !n.trashed)
-            .map(|n| n.id.clone())
+        self.nodes.values().find(|n| n.parent.as_ref() == parent && n.name == name && !n.trashed).map(|n| n.id.clone())
     }
 
     /// The live node at `path` (exact, case-sensitive).
@@ -641,11 +571,7 @@ impl DriveFs {
         }
     }
 
-    fn mkdirs(
-        &mut self,
-        dir: Option<&RelPath>,
-        t: FileTime,
-    ) -> Result<Option<NodeId>, ReplicaError> {
+    fn mkdirs(&mut self, dir: Option<&RelPath>, t: FileTime) -> Result<Option<NodeId>, ReplicaError> {
         let Some(dir) = dir else { return Ok(None) };
         let parent = self.mkdirs(dir.parent().as_ref(), t)?;
         match self.child(parent.as_ref(), dir.name()) {
@@ -670,24 +596,12 @@ impl DriveFs {
         }
     }
 
-    fn put_file(
-        &mut self,
-        path: &RelPath,
-        data: Bytes,
-        t: FileTime,
-    ) -> Result<NodeId, ReplicaError> {
+    fn put_file(&mut self, path: &RelPath, data: Bytes, t: FileTime) -> Result<NodeId, ReplicaError> {
         let parent = self.mkdirs(path.parent().as_ref(), t)?;
         let vid = VersionId(self.id("ver"));
-        let v = Version {
-            id: vid,
-            sha: Sha256::of(&data),
-            data,
-            modified_at: t,
-        };
+        let v = Version { id: vid, sha: Sha256::of(&data), data, modified_at: t };
         match self.child(parent.as_ref(), path.name()) {
-            Some(id) if self.nodes[&id].kind == ItemKind::Dir => {
-                Err(err(codes::NAME_CONFLICT, format!("{path}")))
-            }
+            Some(id) if self.nodes[&id].kind == ItemKind::Dir => Err(err(codes::NAME_CONFLICT, format!("{path}"))),
             Some(id) => {
                 self.nodes.get_mut(&id).unwrap().versions.push(v);
                 Ok(id)
@@ -715,10 +629,7 @@ impl DriveFs {
         if let Some(b) = base {
             let n = &self.nodes[id];
             if n.kind == ItemKind::File && n.versions.last().map(|v| &v.id) != Some(b) {
-                return Err(err(
-                    codes::VERSION_CONFLICT,
-                    format!("{}", self.path_of(id)),
-                ));
+                return Err(err(codes::VERSION_CONFLICT, format!("{}", self.path_of(id))));
             }
         }
         Ok(())
@@ -734,10 +645,7 @@ pub struct MemDrive {
 impl MemDrive {
     /// An empty folder.
     pub fn new(faults: Arc<Faults>) -> Self {
-        MemDrive {
-            fs: Mutex::new(DriveFs::default()),
-            faults,
-        }
+        MemDrive { fs: Mutex::new(DriveFs::default()), faults }
     }
 
     /// Live items and trashed nodes, as the worker would build them.
@@ -750,13 +658,7 @@ impl MemDrive {
                 snap.items.insert(it.path.clone(), it);
             } else if fs.nodes[id].trashed {
                 let restorable = fs.nodes[id].parent.as_ref().is_none_or(|p| fs.live(p));
-                snap.trashed.insert(
-                    id.clone(),
-                    TrashedItem {
-                        item: fs.item(id),
-                        restorable,
-                    },
-                );
+                snap.trashed.insert(id.clone(), TrashedItem { item: fs.item(id), restorable });
             }
         }
         snap
@@ -772,10 +674,7 @@ impl MemDrive {
                 let n = &fs.nodes[id];
                 (
                     fs.path_of(id).as_str().to_string(),
-                    n.versions
-                        .last()
-                        .map(|v| v.data.clone())
-                        .or((n.kind == ItemKind::File).then(Bytes::new)),
+                    n.versions.last().map(|v| v.data.clone()).or((n.kind == ItemKind::File).then(Bytes::new)),
                 )
             })
             .collect()
@@ -784,31 +683,18 @@ impl MemDrive {
     /// Every content ever stored (all versions, live or trashed).
     pub fn all_contents(&self) -> BTreeSet<Bytes> {
         let fs = self.fs.lock().unwrap();
-        fs.nodes
-            .values()
-            .flat_map(|n| n.versions.iter().map(|v| v.data.clone()))
-            .collect()
+        fs.nodes.values().flat_map(|n| n.versions.iter().map(|v| v.data.clone())).collect()
     }
 
     /// Number of versions stored.
     pub fn version_count(&self) -> usize {
-        self.fs
-            .lock()
-            .unwrap()
-            .nodes
-            .values()
-            .map(|n| n.versions.len())
-            .sum()
+        self.fs.lock().unwrap().nodes.values().map(|n| n.versions.len()).sum()
     }
 
     /// User action: writes a file (new file or new version; parents created).
     pub fn user_write(&self, path: &str, data: &[u8]) -> bool {
         let t = self.faults.tick();
-        self.fs
-            .lock()
-            .unwrap()
-            .put_file(&p(path), Bytes::copy_from_slice(data), t)
-            .is_ok()
+        self.fs.lock().unwrap().put_file(&p(path), Bytes::copy_from_slice(data), t).is_ok()
     }
 
     /// User action: creates folders.
@@ -842,9 +728,7 @@ impl MemDrive {
         let parent = match to.parent() {
             None => None,
             Some(pp) => {
-                let pid = fs
-                    .lookup(&pp)
-                    .ok_or_else(|| err(codes::NOT_FOUND, format!("parent of {to}")))?;
+                let pid = fs.lookup(&pp).ok_or_else(|| err(codes::NOT_FOUND, format!("parent of {to}")))?;
                 if fs.nodes[&pid].kind != ItemKind::Dir {
                     return Err(err(codes::KIND_MISMATCH, format!("{pp}")));
                 }
@@ -876,10 +760,7 @@ impl DriveReplica for MemDrive {
     async fn stat(&self, node: &NodeId) -> Result<Option<(DriveItem, bool)>, ReplicaError> {
         self.faults.check()?;
         let fs = self.fs.lock().unwrap();
-        Ok(fs
-            .nodes
-            .contains_key(node)
-            .then(|| (fs.item(node), !fs.live(node))))
+        Ok(fs.nodes.contains_key(node).then(|| (fs.item(node), !fs.live(node))))
     }
 
     async fn upload(&self, spec: &UploadSpec, data: ByteStream) -> Result<Committed, ReplicaError> {
@@ -894,16 +775,10 @@ impl DriveReplica for MemDrive {
         if let Some(id) = &existing {
             let it = fs.item(id);
             if it.kind == ItemKind::Dir {
-                return Err(err(
-                    codes::NAME_CONFLICT,
-                    format!("{} is a folder", spec.path),
-                ));
+                return Err(err(codes::NAME_CONFLICT, format!("{} is a folder", spec.path)));
             }
             if it.sha256 == Some(spec.sha256) {
-                return Ok(Committed {
-                    item: it,
-                    unchanged: true,
-                });
+                return Ok(Committed { item: it, unchanged: true });
             }
             match &spec.base_version_id {
                 None => return Err(err(codes::NAME_CONFLICT, format!("{}", spec.path))),
@@ -916,17 +791,10 @@ impl DriveReplica for MemDrive {
             return Err(err(codes::NOT_FOUND, format!("{}", spec.path)));
         }
         let id = fs.put_file(&spec.path, data, spec.modified_at)?;
-        Ok(Committed {
-            item: fs.item(&id),
-            unchanged: false,
-        })
+        Ok(Committed { item: fs.item(&id), unchanged: false })
     }
 
-    async fn create_folder(
-        &self,
-        path: &RelPath,
-        modified_at: FileTime,
-    ) -> Result<DriveItem, ReplicaError> {
+    async fn create_folder(&self, path: &RelPath, modified_at: FileTime) -> Result<DriveItem, ReplicaError> {
         self.faults.check()?;
         let mut fs = self.fs.lock().unwrap();
         let id = fs.mkdirs(Some(path), modified_at)?.expect("not root");
@@ -962,11 +830,7 @@ impl DriveReplica for MemDrive {
         Ok(())
     }
 
-    async fn restore(
-        &self,
-        node: &NodeId,
-        version: Option<&VersionId>,
-    ) -> Result<DriveItem, ReplicaError> {
+    async fn restore(&self, node: &NodeId, version: Option<&VersionId>) -> Result<DriveItem, ReplicaError> {
         self.faults.check()?;
         let mut fs = self.fs.lock().unwrap();
         if !fs.nodes.contains_key(node) {
@@ -986,11 +850,7 @@ impl DriveReplica for MemDrive {
             let old = fs.nodes[node].versions.iter().find(|x| &x.id == v).cloned();
             let old = old.ok_or_else(|| err(codes::NOT_FOUND, format!("{v:?}")))?;
             let vid = VersionId(fs.id("ver"));
-            fs.nodes
-                .get_mut(node)
-                .unwrap()
-                .versions
-                .push(Version { id: vid, ..old });
+            fs.nodes.get_mut(node).unwrap().versions.push(Version { id: vid, ..old });
         }
         Ok(fs.item(node))
     }
@@ -1002,21 +862,14 @@ impl DriveReplica for MemDrive {
     ) -> Result<(DownloadHead, ByteStream), ReplicaError> {
         self.faults.check()?;
         let fs = self.fs.lock().unwrap();
-        let n = fs
-            .nodes
-            .get(node)
-            .ok_or_else(|| err(codes::NOT_FOUND, format!("{node:?}")))?;
+        let n = fs.nodes.get(node).ok_or_else(|| err(codes::NOT_FOUND, format!("{node:?}")))?;
         let v = match version {
             Some(v) => n.versions.iter().find(|x| &x.id == v),
             None => n.versions.last(),
         }
         .ok_or_else(|| err(codes::NOT_FOUND, "version"))?;
         Ok((
-            DownloadHead {
-                version_id: v.id.clone(),
-                size: v.data.len() as u64,
-                sha256: v.sha,
-            },
+            DownloadHead { version_id: v.id.clone(), size: v.data.len() as u64, sha256: v.sha },
             chunked(v.data.clone()),
         ))
     }
@@ -1035,18 +888,12 @@ pub struct MemState {
 impl MemState {
     /// Empty.
     pub fn new(faults: Arc<Faults>) -> Self {
-        MemState {
-            states: Mutex::new(BTreeMap::new()),
-            issues: Mutex::new(vec![]),
-            faults,
-        }
+        MemState { states: Mutex::new(BTreeMap::new()), issues: Mutex::new(vec![]), faults }
     }
 
     /// The recorded states, as the planner's base.
     pub fn base(&self) -> BaseState {
-        BaseState {
-            entries: self.states.lock().unwrap().clone(),
-        }
+        BaseState { entries: self.states.lock().unwrap().clone() }
     }
 
     /// Issues reported so far (drained).
@@ -1059,10 +906,7 @@ impl MemState {
 impl StateSink for MemState {
     async fn put(&self, state: SyncedState) -> Result<(), ReplicaError> {
         self.faults.check()?;
-        self.states
-            .lock()
-            .unwrap()
-            .insert(state.path.clone(), state);
+        self.states.lock().unwrap().insert(state.path.clone(), state);
         Ok(())
     }
 
@@ -1075,11 +919,7 @@ impl StateSink for MemState {
     async fn rebase(&self, from: &RelPath, to: &RelPath) -> Result<(), ReplicaError> {
         self.faults.check()?;
         let mut m = self.states.lock().unwrap();
-        let keys: Vec<RelPath> = m
-            .keys()
-            .filter(|k| k.is_at_or_inside(from))
-            .cloned()
-            .collect();
+        let keys: Vec<RelPath> = m.keys().filter(|k| k.is_at_or_inside(from)).cloned().collect();
         let moved: Vec<SyncedState> = keys.iter().map(|k| m.remove(k).unwrap()).collect();
         for mut st in moved {
             st.path = st.path.rebase(from, to).unwrap();
@@ -1122,21 +962,13 @@ impl Default for World {
 impl World {
     /// Plans against the current state of everything.
     pub fn plan(&self, settings: &Settings) -> crate::Plan {
-        crate::plan(
-            &self.smb.snapshot(),
-            &self.drive.snapshot(),
-            &self.state.base(),
-            settings,
-        )
+        crate::plan(&self.smb.snapshot(), &self.drive.snapshot(), &self.state.base(), settings)
     }
 
     /// Plans and executes one run.
     pub async fn run(&self, settings: &Settings) -> (crate::Plan, crate::ExecReport) {
         let plan = self.plan(settings);
-        let opts = crate::ExecOptions {
-            synced_at: self.faults.tick(),
-            ..Default::default()
-        };
+        let opts = crate::ExecOptions { synced_at: self.faults.tick(), ..Default::default() };
         let rep = crate::execute(&plan, &self.smb, &self.drive, &self.state, &opts).await;
         (plan, rep)
     }

@@ -5,26 +5,18 @@ use sync_engine::testing::World;
 use sync_engine::*;
 
 fn settings(direction: Direction, conflict: ConflictStrategy) -> Settings {
-    Settings {
-        direction,
-        conflict,
-        ..Settings::default()
-    }
+    Settings { direction, conflict, ..Settings::default() }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().build().unwrap()
 }
 
 type Listing = Vec<(String, Option<String>)>;
 
 fn tree(w: &World) -> (Listing, Listing) {
     let f = |t: std::collections::BTreeMap<String, Option<bytes::Bytes>>| {
-        t.into_iter()
-            .map(|(k, v)| (k, v.map(|b| String::from_utf8_lossy(&b).into_owned())))
-            .collect::<Vec<_>>()
+        t.into_iter().map(|(k, v)| (k, v.map(|b| String::from_utf8_lossy(&b).into_owned()))).collect::<Vec<_>>()
     };
     (f(w.smb.tree()), f(w.drive.tree()))
 }
@@ -35,8 +27,7 @@ fn first_sync_of_a_nested_tree_then_a_second_run_transfers_nothing() {
     let w = World::default();
     w.smb.user_write("empty.txt", b"");
     w.smb.user_write("Straße/Ünïcødé €.txt", b"unicode");
-    w.smb
-        .user_write("a/b/c/d/e/f/deep.bin", &vec![7u8; 100_000]);
+    w.smb.user_write("a/b/c/d/e/f/deep.bin", &vec![7u8; 100_000]);
     w.smb.user_mkdir("empty-folder");
     let s = settings(Direction::SmbToDrive, ConflictStrategy::LastWriterWins);
     let (_, rep) = rt.block_on(w.run(&s));
@@ -63,16 +54,10 @@ fn a_file_changed_while_being_read_is_not_committed_and_is_retried() {
     let (_, rep) = rt.block_on(w.run(&s));
     assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
     assert!(w.drive.tree().is_empty(), "nothing half-read is committed");
-    assert!(
-        w.state.base().entries.is_empty(),
-        "no state for an uncommitted file"
-    );
+    assert!(w.state.base().entries.is_empty(), "no state for an uncommitted file");
     let (_, rep) = rt.block_on(w.run(&s));
     assert!(rep.errors.is_empty());
-    assert_eq!(
-        tree(&w).1,
-        vec![("a.txt".to_string(), Some("second, longer".to_string()))]
-    );
+    assert_eq!(tree(&w).1, vec![("a.txt".to_string(), Some("second, longer".to_string()))]);
 }
 
 #[test]
@@ -83,20 +68,11 @@ fn a_file_changed_after_listing_is_reported_and_retried() {
     let s = settings(Direction::SmbToDrive, ConflictStrategy::LastWriterWins);
     let plan = w.plan(&s);
     w.smb.user_write("a.txt", b"two!");
-    let rep = rt.block_on(execute(
-        &plan,
-        &w.smb,
-        &w.drive,
-        &w.state,
-        &ExecOptions::default(),
-    ));
+    let rep = rt.block_on(execute(&plan, &w.smb, &w.drive, &w.state, &ExecOptions::default()));
     assert_eq!(rep.errors[0].code, codes::SMB_CHANGED);
     assert_eq!(w.state.take_issues().len(), 1);
     rt.block_on(w.run(&s));
-    assert_eq!(
-        tree(&w).1,
-        vec![("a.txt".to_string(), Some("two!".to_string()))]
-    );
+    assert_eq!(tree(&w).1, vec![("a.txt".to_string(), Some("two!".to_string()))]);
 }
 
 #[test]
@@ -126,14 +102,7 @@ fn delete_guard_stops_before_deleting_anything() {
     w.smb.user_delete("b.txt");
     w.smb.user_write("new.txt", b"new");
     let (plan, rep) = rt.block_on(w.run(&s));
-    assert_eq!(
-        plan.blocked,
-        Some(DeleteGuard {
-            would_delete: 2,
-            tracked: 3,
-            percent: 67
-        })
-    );
+    assert_eq!(plan.blocked, Some(DeleteGuard { would_delete: 2, tracked: 3, percent: 67 }));
     assert_eq!(rep.blocked, plan.blocked);
     assert_eq!(rep.applied, 0);
     assert_eq!(w.drive.tree().len(), 3, "nothing trashed, nothing uploaded");
@@ -151,10 +120,7 @@ fn keep_both_renames_the_scaidrive_copy() {
     let (_, rep) = rt.block_on(w.run(&s));
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     let expected = vec![
-        (
-            "report (conflict).docx".to_string(),
-            Some("drive edit".to_string()),
-        ),
+        ("report (conflict).docx".to_string(), Some("drive edit".to_string())),
         ("report.docx".to_string(), Some("smb edit".to_string())),
     ];
     assert_eq!(tree(&w), (expected.clone(), expected));
@@ -173,10 +139,7 @@ fn drive_wins_keeps_the_smb_content_as_a_scaidrive_version() {
     rt.block_on(w.run(&s));
     let only = vec![("a.txt".to_string(), Some("drive edit".to_string()))];
     assert_eq!(tree(&w), (only.clone(), only));
-    assert!(w
-        .drive
-        .all_contents()
-        .contains(&bytes::Bytes::from_static(b"smb edit")));
+    assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"smb edit")));
     assert!(w.plan(&s).is_noop());
 }
 
@@ -192,10 +155,7 @@ fn last_writer_wins_takes_the_newer_side() {
     rt.block_on(w.run(&s));
     let only = vec![("a.txt".to_string(), Some("newer drive edit".to_string()))];
     assert_eq!(tree(&w), (only.clone(), only));
-    assert!(w
-        .drive
-        .all_contents()
-        .contains(&bytes::Bytes::from_static(b"older smb edit")));
+    assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"older smb edit")));
 }
 
 #[test]
@@ -219,18 +179,12 @@ fn drive_to_smb_keeps_smb_only_files_in_the_trash_before_deleting() {
     let w = World::default();
     w.drive.user_write("a.txt", b"from drive");
     w.smb.user_write("d/only-on-smb.txt", b"precious");
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::DriveToSmb, ConflictStrategy::LastWriterWins)
-    };
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::DriveToSmb, ConflictStrategy::LastWriterWins) };
     let (_, rep) = rt.block_on(w.run(&s));
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     let only = vec![("a.txt".to_string(), Some("from drive".to_string()))];
     assert_eq!(tree(&w), (only.clone(), only));
-    assert!(w
-        .drive
-        .all_contents()
-        .contains(&bytes::Bytes::from_static(b"precious")));
+    assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"precious")));
     assert!(w.plan(&s).is_noop());
 }
 
@@ -240,26 +194,17 @@ fn smb_to_drive_overwrites_drive_edits_and_restores_drive_deletions() {
     let w = World::default();
     w.smb.user_write("a.txt", b"smb");
     w.smb.user_write("b.txt", b"smb b");
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::SmbToDrive, ConflictStrategy::LastWriterWins)
-    };
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::SmbToDrive, ConflictStrategy::LastWriterWins) };
     rt.block_on(w.run(&s));
     w.drive.user_write("a.txt", b"drive edit");
     w.drive.user_delete("b.txt");
     w.drive.user_write("drive-only.txt", b"x");
     let (plan, rep) = rt.block_on(w.run(&s));
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
-    assert!(plan
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::RestoreOnDrive { .. })));
+    assert!(plan.actions.iter().any(|a| matches!(a, Action::RestoreOnDrive { .. })));
     let (smb, drive) = tree(&w);
     assert_eq!(smb, drive);
-    assert!(w
-        .drive
-        .all_contents()
-        .contains(&bytes::Bytes::from_static(b"drive edit")));
+    assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"drive edit")));
     assert!(w.plan(&s).is_noop());
 }
 
@@ -287,18 +232,11 @@ fn renames_and_moves_are_replayed_without_reupload() {
 #[test]
 fn runs_without_user_changes_create_no_versions_in_any_mode() {
     let rt = rt();
-    for d in [
-        Direction::SmbToDrive,
-        Direction::DriveToSmb,
-        Direction::Bidirectional,
-    ] {
+    for d in [Direction::SmbToDrive, Direction::DriveToSmb, Direction::Bidirectional] {
         let w = World::default();
         w.smb.user_write("s.txt", b"s");
         w.drive.user_write("d.txt", b"d");
-        let s = Settings {
-            max_delete_percent: 100,
-            ..settings(d, ConflictStrategy::LastWriterWins)
-        };
+        let s = Settings { max_delete_percent: 100, ..settings(d, ConflictStrategy::LastWriterWins) };
         rt.block_on(w.run(&s));
         let v = w.drive.version_count();
         for _ in 0..3 {

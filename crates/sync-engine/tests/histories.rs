@@ -32,24 +32,10 @@ const PATHS: &[&str] = &[
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write {
-        drive: bool,
-        path: usize,
-        content: u8,
-    },
-    Delete {
-        drive: bool,
-        path: usize,
-    },
-    Rename {
-        drive: bool,
-        from: usize,
-        to: usize,
-    },
-    Mkdir {
-        drive: bool,
-        path: usize,
-    },
+    Write { drive: bool, path: usize, content: u8 },
+    Delete { drive: bool, path: usize },
+    Rename { drive: bool, from: usize, to: usize },
+    Mkdir { drive: bool, path: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,46 +60,16 @@ fn drive_path(i: usize) -> usize {
 
 fn apply(w: &World, op: &Op, round: usize) {
     let op = &match *op {
-        Op::Write {
-            drive: true,
-            path,
-            content,
-        } => Op::Write {
-            drive: true,
-            path: drive_path(path),
-            content,
-        },
-        Op::Delete { drive: true, path } => Op::Delete {
-            drive: true,
-            path: drive_path(path),
-        },
-        Op::Rename {
-            drive: true,
-            from,
-            to,
-        } => Op::Rename {
-            drive: true,
-            from: drive_path(from),
-            to: drive_path(to),
-        },
-        Op::Mkdir { drive: true, path } => Op::Mkdir {
-            drive: true,
-            path: drive_path(path),
-        },
+        Op::Write { drive: true, path, content } => Op::Write { drive: true, path: drive_path(path), content },
+        Op::Delete { drive: true, path } => Op::Delete { drive: true, path: drive_path(path) },
+        Op::Rename { drive: true, from, to } => Op::Rename { drive: true, from: drive_path(from), to: drive_path(to) },
+        Op::Mkdir { drive: true, path } => Op::Mkdir { drive: true, path: drive_path(path) },
         ref other => other.clone(),
     };
     match *op {
-        Op::Write {
-            drive,
-            path,
-            content,
-        } => {
+        Op::Write { drive, path, content } => {
             let data = format!("content {content} of round {round}");
-            let data = if content == 0 {
-                "same".to_string()
-            } else {
-                data
-            };
+            let data = if content == 0 { "same".to_string() } else { data };
             if drive {
                 w.drive.user_write(PATHS[path], data.as_bytes());
             } else {
@@ -150,18 +106,12 @@ fn reachable(w: &World) -> BTreeSet<Bytes> {
     all
 }
 
-fn without_skipped(
-    t: BTreeMap<String, Option<Bytes>>,
-    skipped: &[String],
-) -> BTreeMap<String, Option<Bytes>> {
+fn without_skipped(t: BTreeMap<String, Option<Bytes>>, skipped: &[String]) -> BTreeMap<String, Option<Bytes>> {
     t.into_iter()
         .filter(|(p, _)| {
             // Skips name one spelling; SMB names are case-insensitive.
             let p = p.to_lowercase();
-            !skipped
-                .iter()
-                .map(|s| s.to_lowercase())
-                .any(|s| p == s || p.starts_with(&format!("{s}/")))
+            !skipped.iter().map(|s| s.to_lowercase()).any(|s| p == s || p.starts_with(&format!("{s}/")))
         })
         .collect()
 }
@@ -176,9 +126,7 @@ fn without_twins(
     for k in t.keys() {
         *count.entry(k.to_lowercase()).or_default() += 1;
     }
-    t.into_iter()
-        .filter(|(k, _)| count[&k.to_lowercase()] == 1 || smb.contains_key(k))
-        .collect()
+    t.into_iter().filter(|(k, _)| count[&k.to_lowercase()] == 1 || smb.contains_key(k)).collect()
 }
 
 fn has_twins(t: &BTreeMap<String, Option<Bytes>>) -> bool {
@@ -187,12 +135,7 @@ fn has_twins(t: &BTreeMap<String, Option<Bytes>>) -> bool {
 }
 
 fn settings(direction: Direction, conflict: ConflictStrategy) -> Settings {
-    Settings {
-        direction,
-        conflict,
-        max_delete_percent: 100,
-        ..Settings::default()
-    }
+    Settings { direction, conflict, max_delete_percent: 100, ..Settings::default() }
 }
 
 fn check_history(
@@ -200,9 +143,7 @@ fn check_history(
     conflict: ConflictStrategy,
     rounds: Vec<(Vec<Op>, Option<u16>)>,
 ) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let w = World::default();
     let s = settings(direction, conflict);
     for (round, (ops, crash)) in rounds.iter().enumerate() {
@@ -215,11 +156,7 @@ fn check_history(
             rt.block_on(w.run(&s));
             w.faults.heal();
             let after = reachable(&w);
-            prop_assert!(
-                before.is_subset(&after),
-                "content lost in a crashed run: {:?}",
-                before.difference(&after)
-            );
+            prop_assert!(before.is_subset(&after), "content lost in a crashed run: {:?}", before.difference(&after));
         }
         // Known limitation: with ScaiDrive case twins (names differing only in case), when
         // the twin that synced moves or goes away, the other one syncs in a later run. Those
@@ -229,17 +166,8 @@ fn check_history(
         loop {
             let (plan, rep) = rt.block_on(w.run(&s));
             let after = reachable(&w);
-            prop_assert!(
-                before.is_subset(&after),
-                "content lost: {:?}\nplan: {:#?}",
-                before.difference(&after),
-                plan
-            );
-            let skipped: Vec<String> = rep
-                .skipped
-                .iter()
-                .map(|i| i.path.as_str().to_string())
-                .collect();
+            prop_assert!(before.is_subset(&after), "content lost: {:?}\nplan: {:#?}", before.difference(&after), plan);
+            let skipped: Vec<String> = rep.skipped.iter().map(|i| i.path.as_str().to_string()).collect();
             let st = without_skipped(w.smb.tree(), &skipped);
             let dt = without_twins(without_skipped(w.drive.tree(), &skipped), &st);
             let again = w.plan(&s);
@@ -248,25 +176,9 @@ fn check_history(
                 extra -= 1;
                 continue;
             }
-            prop_assert!(
-                rep.errors.is_empty(),
-                "errors in a clean run: {:#?}\nplan: {:#?}",
-                rep.errors,
-                plan
-            );
-            prop_assert_eq!(
-                &st,
-                &dt,
-                "sides differ after round {}\nplan: {:#?}",
-                round,
-                plan
-            );
-            prop_assert!(
-                again.is_noop(),
-                "second plan not empty: {:#?}\nfirst plan: {:#?}",
-                again,
-                plan
-            );
+            prop_assert!(rep.errors.is_empty(), "errors in a clean run: {:#?}\nplan: {:#?}", rep.errors, plan);
+            prop_assert_eq!(&st, &dt, "sides differ after round {}\nplan: {:#?}", round, plan);
+            prop_assert!(again.is_noop(), "second plan not empty: {:#?}\nfirst plan: {:#?}", again, plan);
             break;
         }
     }
@@ -275,24 +187,14 @@ fn check_history(
 
 fn rounds() -> impl Strategy<Value = Vec<(Vec<Op>, Option<u16>)>> {
     prop::collection::vec(
-        (
-            prop::collection::vec(op(), 0..8),
-            prop_oneof![2 => Just(None), 1 => (0u16..40).prop_map(Some)],
-        ),
+        (prop::collection::vec(op(), 0..8), prop_oneof![2 => Just(None), 1 => (0u16..40).prop_map(Some)]),
         1..5,
     )
 }
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 macro_rules! history_test {
@@ -307,33 +209,9 @@ macro_rules! history_test {
     };
 }
 
-history_test!(
-    smb_to_drive_histories_converge,
-    Direction::SmbToDrive,
-    ConflictStrategy::LastWriterWins
-);
-history_test!(
-    drive_to_smb_histories_converge,
-    Direction::DriveToSmb,
-    ConflictStrategy::LastWriterWins
-);
-history_test!(
-    bidirectional_lww_histories_converge,
-    Direction::Bidirectional,
-    ConflictStrategy::LastWriterWins
-);
-history_test!(
-    bidirectional_keep_both_histories_converge,
-    Direction::Bidirectional,
-    ConflictStrategy::KeepBoth
-);
-history_test!(
-    bidirectional_drive_wins_histories_converge,
-    Direction::Bidirectional,
-    ConflictStrategy::DriveWins
-);
-history_test!(
-    bidirectional_smb_wins_histories_converge,
-    Direction::Bidirectional,
-    ConflictStrategy::SmbWins
-);
+history_test!(smb_to_drive_histories_converge, Direction::SmbToDrive, ConflictStrategy::LastWriterWins);
+history_test!(drive_to_smb_histories_converge, Direction::DriveToSmb, ConflictStrategy::LastWriterWins);
+history_test!(bidirectional_lww_histories_converge, Direction::Bidirectional, ConflictStrategy::LastWriterWins);
+history_test!(bidirectional_keep_both_histories_converge, Direction::Bidirectional, ConflictStrategy::KeepBoth);
+history_test!(bidirectional_drive_wins_histories_converge, Direction::Bidirectional, ConflictStrategy::DriveWins);
+history_test!(bidirectional_smb_wins_histories_converge, Direction::Bidirectional, ConflictStrategy::SmbWins);

@@ -23,36 +23,17 @@ fn show(a: &Action) -> String {
         Action::RenameOnSmb { from, to, .. } => format!("rename-smb {from} -> {to}"),
         Action::RebaseState { from, to, .. } => format!("rebase {from} -> {to}"),
         Action::RestoreOnDrive { path, .. } => format!("restore {path}"),
-        Action::UploadToDrive {
-            path,
-            base_version_id,
-            ..
-        } => match base_version_id {
+        Action::UploadToDrive { path, base_version_id, .. } => match base_version_id {
             Some(v) => format!("upload {path} over {}", v.0),
             None => format!("upload {path} new"),
         },
-        Action::DownloadToSmb {
-            path,
-            drive,
-            smb_expected,
-            preserve_smb,
-        } => format!(
+        Action::DownloadToSmb { path, drive, smb_expected, preserve_smb } => format!(
             "download {path} ({}){}{}",
-            drive
-                .version_id
-                .as_ref()
-                .map(|v| v.0.as_str())
-                .unwrap_or("-"),
-            if smb_expected.is_some() {
-                " replacing"
-            } else {
-                ""
-            },
+            drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("-"),
+            if smb_expected.is_some() { " replacing" } else { "" },
             if *preserve_smb { " preserving" } else { "" }
         ),
-        Action::Conflict {
-            path, resolution, ..
-        } => match resolution {
+        Action::Conflict { path, resolution, .. } => match resolution {
             Resolution::SmbWins => format!("conflict {path} smb-wins"),
             Resolution::DriveWins => format!("conflict {path} drive-wins"),
             Resolution::KeepBoth { conflict_path } => {
@@ -61,10 +42,7 @@ fn show(a: &Action) -> String {
         },
         Action::TrashOnDrive { path, .. } => format!("trash {path}"),
         Action::DeleteOnSmb { path, preserve, .. } => {
-            format!(
-                "delete-smb {path}{}",
-                if *preserve { " preserving" } else { "" }
-            )
+            format!("delete-smb {path}{}", if *preserve { " preserving" } else { "" })
         }
         Action::RecordState { state } => format!("record {}", state.path),
         Action::ForgetState { path } => format!("forget {path}"),
@@ -121,38 +99,20 @@ impl W {
         self
     }
     fn drive_file(mut self, path: &str, node: &str, ver: &str, content: &str, t: u64) -> Self {
-        self.drive
-            .items
-            .insert(p(path), drive_item(path, node, Some(ver), content, t));
+        self.drive.items.insert(p(path), drive_item(path, node, Some(ver), content, t));
         self
     }
     fn drive_dir(mut self, path: &str, node: &str) -> Self {
-        self.drive
-            .items
-            .insert(p(path), drive_item(path, node, None, "", 1));
+        self.drive.items.insert(p(path), drive_item(path, node, None, "", 1));
         self
     }
     fn trashed(mut self, path: &str, node: &str, ver: &str, content: &str) -> Self {
         let item = drive_item(path, node, Some(ver), content, 10);
-        self.drive.trashed.insert(
-            item.node_id.clone(),
-            TrashedItem {
-                item,
-                restorable: true,
-            },
-        );
+        self.drive.trashed.insert(item.node_id.clone(), TrashedItem { item, restorable: true });
         self
     }
     /// A synced file: SMB (id, size = content length, time t) and ScaiDrive (node, version).
-    fn synced_file(
-        mut self,
-        path: &str,
-        id: u64,
-        node: &str,
-        ver: &str,
-        content: &str,
-        t: u64,
-    ) -> Self {
+    fn synced_file(mut self, path: &str, id: u64, node: &str, ver: &str, content: &str, t: u64) -> Self {
         self.base.entries.insert(
             p(path),
             SyncedState {
@@ -183,13 +143,7 @@ impl W {
             SyncedState {
                 path: p(path),
                 kind: ItemKind::Dir,
-                smb: SmbSide {
-                    file_id: id,
-                    size: 0,
-                    last_write: FileTime(1),
-                    change_time: FileTime(1),
-                    sha256: None,
-                },
+                smb: SmbSide { file_id: id, size: 0, last_write: FileTime(1), change_time: FileTime(1), sha256: None },
                 drive: DriveSide {
                     node_id: NodeId(node.into()),
                     version_id: None,
@@ -209,15 +163,11 @@ impl W {
             .drive_file(path, node, "ver_1", content, 10)
     }
     fn dir_everywhere(self, path: &str, id: u64, node: &str) -> Self {
-        self.synced_dir(path, id, node)
-            .smb_dir(path, id)
-            .drive_dir(path, node)
+        self.synced_dir(path, id, node).smb_dir(path, id).drive_dir(path, node)
     }
 
     fn plan(&self, settings: &Settings) -> Plan {
-        let smb = SmbSnapshot {
-            items: self.smb.clone(),
-        };
+        let smb = SmbSnapshot { items: self.smb.clone() };
         plan(&smb, &self.drive, &self.base, settings)
     }
 }
@@ -225,29 +175,17 @@ impl W {
 fn drive_item(path: &str, node: &str, ver: Option<&str>, content: &str, t: u64) -> DriveItem {
     DriveItem {
         path: p(path),
-        kind: if ver.is_some() {
-            ItemKind::File
-        } else {
-            ItemKind::Dir
-        },
+        kind: if ver.is_some() { ItemKind::File } else { ItemKind::Dir },
         node_id: NodeId(node.into()),
         version_id: ver.map(|v| VersionId(v.into())),
-        size: if ver.is_some() {
-            content.len() as u64
-        } else {
-            0
-        },
+        size: if ver.is_some() { content.len() as u64 } else { 0 },
         modified_at: FileTime(t),
         sha256: ver.map(|_| sha(content)),
     }
 }
 
 fn settings(direction: Direction, conflict: ConflictStrategy) -> Settings {
-    Settings {
-        direction,
-        conflict,
-        ..Settings::default()
-    }
+    Settings { direction, conflict, ..Settings::default() }
 }
 
 fn check(w: &W, settings: &Settings, expected: &[&str]) {
@@ -272,10 +210,7 @@ enum S {
 /// (ver_2 "wxyz" for a change, fil_9/ver_9 "wxyz" for a creation).
 fn one_file(smb: S, drive: S, dt: u64) -> W {
     let mut w = W::default();
-    if !matches!(
-        (smb, drive),
-        (S::Created | S::Absent, S::Created | S::Absent)
-    ) {
+    if !matches!((smb, drive), (S::Created | S::Absent, S::Created | S::Absent)) {
         w = w.synced_file("f.txt", 1, "fil_1", "ver_1", "abc", 10);
     }
     w = match smb {
@@ -307,11 +242,7 @@ fn smb_to_drive_table() {
         (Deleted, Same, &["trash f.txt"]),
         (Deleted, Changed, &["trash f.txt"]),
         (Same, Deleted, &["restore f.txt"]),
-        (
-            Changed,
-            Deleted,
-            &["restore f.txt", "upload f.txt over ver_1"],
-        ),
+        (Changed, Deleted, &["restore f.txt", "upload f.txt over ver_1"]),
         (Deleted, Deleted, &["forget f.txt"]),
         (Created, Absent, &["upload f.txt new"]),
         (Absent, Created, &["trash f.txt"]),
@@ -319,37 +250,19 @@ fn smb_to_drive_table() {
     ];
     for (smb, drive, expected) in rows {
         println!("{smb:?}/{drive:?}");
-        check(
-            &one_file(*smb, *drive, 30),
-            &Settings {
-                max_delete_percent: 100,
-                ..s.clone()
-            },
-            expected,
-        );
+        check(&one_file(*smb, *drive, 30), &Settings { max_delete_percent: 100, ..s.clone() }, expected);
     }
 }
 
 #[test]
 fn drive_to_smb_table() {
     use S::*;
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::DriveToSmb, LWW)
-    };
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::DriveToSmb, LWW) };
     let rows: &[(S, S, &[&str])] = &[
         (Same, Same, &[]),
-        (
-            Changed,
-            Same,
-            &["download f.txt (ver_1) replacing preserving"],
-        ),
+        (Changed, Same, &["download f.txt (ver_1) replacing preserving"]),
         (Same, Changed, &["download f.txt (ver_2) replacing"]),
-        (
-            Changed,
-            Changed,
-            &["download f.txt (ver_2) replacing preserving"],
-        ),
+        (Changed, Changed, &["download f.txt (ver_2) replacing preserving"]),
         (Deleted, Same, &["download f.txt (ver_1)"]),
         (Deleted, Changed, &["download f.txt (ver_2)"]),
         (Same, Deleted, &["delete-smb f.txt"]),
@@ -357,11 +270,7 @@ fn drive_to_smb_table() {
         (Deleted, Deleted, &["forget f.txt"]),
         (Created, Absent, &["delete-smb f.txt preserving"]),
         (Absent, Created, &["download f.txt (ver_9)"]),
-        (
-            Created,
-            Created,
-            &["download f.txt (ver_9) replacing preserving"],
-        ),
+        (Created, Created, &["download f.txt (ver_9) replacing preserving"]),
     ];
     for (smb, drive, expected) in rows {
         println!("{smb:?}/{drive:?}");
@@ -372,10 +281,7 @@ fn drive_to_smb_table() {
 #[test]
 fn bidirectional_table() {
     use S::*;
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::Bidirectional, LWW)
-    };
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::Bidirectional, LWW) };
     let rows: &[(S, S, &[&str])] = &[
         (Same, Same, &[]),
         (Changed, Same, &["upload f.txt over ver_1"]),
@@ -386,11 +292,7 @@ fn bidirectional_table() {
         (Same, Deleted, &["delete-smb f.txt"]),
         // A change beats a deletion.
         (Deleted, Changed, &["download f.txt (ver_2)"]),
-        (
-            Changed,
-            Deleted,
-            &["restore f.txt", "upload f.txt over ver_1"],
-        ),
+        (Changed, Deleted, &["restore f.txt", "upload f.txt over ver_1"]),
         (Deleted, Deleted, &["forget f.txt"]),
         (Created, Absent, &["upload f.txt new"]),
         (Absent, Created, &["download f.txt (ver_9)"]),
@@ -407,42 +309,27 @@ fn bidirectional_table() {
 fn conflict_strategies() {
     let both = |dt| one_file(S::Changed, S::Changed, dt);
     let bi = |c| settings(Direction::Bidirectional, c);
-    check(
-        &both(30),
-        &bi(ConflictStrategy::SmbWins),
-        &["conflict f.txt smb-wins"],
-    );
-    check(
-        &both(5),
-        &bi(ConflictStrategy::DriveWins),
-        &["conflict f.txt drive-wins"],
-    );
+    check(&both(30), &bi(ConflictStrategy::SmbWins), &["conflict f.txt smb-wins"]);
+    check(&both(5), &bi(ConflictStrategy::DriveWins), &["conflict f.txt drive-wins"]);
     check(&both(30), &bi(LWW), &["conflict f.txt drive-wins"]);
     check(&both(15), &bi(LWW), &["conflict f.txt smb-wins"]);
     // Tie: SMB wins, every time.
     check(&both(20), &bi(LWW), &["conflict f.txt smb-wins"]);
-    check(
-        &both(30),
-        &bi(ConflictStrategy::KeepBoth),
-        &["conflict f.txt keep-both as f (conflict).txt"],
-    );
+    check(&both(30), &bi(ConflictStrategy::KeepBoth), &["conflict f.txt keep-both as f (conflict).txt"]);
 }
 
 #[test]
 fn keep_both_picks_the_first_free_conflict_name() {
-    let w = one_file(S::Changed, S::Changed, 30)
-        .file_everywhere("f (conflict).txt", 2, "fil_2", "x")
-        .smb_file("f (conflict 2).txt", 3, 1, 5);
-    let s = Settings {
-        conflict: ConflictStrategy::KeepBoth,
-        ..settings(Direction::Bidirectional, LWW)
-    };
+    let w = one_file(S::Changed, S::Changed, 30).file_everywhere("f (conflict).txt", 2, "fil_2", "x").smb_file(
+        "f (conflict 2).txt",
+        3,
+        1,
+        5,
+    );
+    let s = Settings { conflict: ConflictStrategy::KeepBoth, ..settings(Direction::Bidirectional, LWW) };
     let plan = w.plan(&s);
     let got: Vec<String> = plan.actions.iter().map(show).collect();
-    assert!(
-        got.contains(&"conflict f.txt keep-both as f (conflict 3).txt".to_string()),
-        "{got:?}"
-    );
+    assert!(got.contains(&"conflict f.txt keep-both as f (conflict 3).txt".to_string()), "{got:?}");
 }
 
 #[test]
@@ -455,27 +342,17 @@ fn smb_rename_is_replayed_as_a_move_never_a_reupload() {
         check(&w, &settings(d, LWW), &["move-drive a.txt -> b.txt"]);
     }
     // ScaiDrive authoritative: the SMB rename is undone.
-    check(
-        &w,
-        &settings(Direction::DriveToSmb, LWW),
-        &["rename-smb b.txt -> a.txt"],
-    );
+    check(&w, &settings(Direction::DriveToSmb, LWW), &["rename-smb b.txt -> a.txt"]);
 }
 
 #[test]
 fn folder_rename_is_one_move_and_children_follow() {
     let mut w = W::default().dir_everywhere("d", 1, "fld_1");
-    w = w
-        .synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10)
-        .drive_file("d/x.txt", "fil_2", "ver_1", "abc", 10);
+    w = w.synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10).drive_file("d/x.txt", "fil_2", "ver_1", "abc", 10);
     // SMB renamed d -> e (ids kept).
     w.smb.clear();
     let w = w.smb_dir("e", 1).smb_file("e/x.txt", 2, 3, 10);
-    check(
-        &w,
-        &settings(Direction::SmbToDrive, LWW),
-        &["move-drive d -> e"],
-    );
+    check(&w, &settings(Direction::SmbToDrive, LWW), &["move-drive d -> e"]);
 }
 
 #[test]
@@ -484,17 +361,9 @@ fn drive_rename_is_replayed_on_smb_in_bidirectional() {
         .synced_file("a.txt", 1, "fil_1", "ver_1", "abc", 10)
         .smb_file("a.txt", 1, 3, 10)
         .drive_file("b.txt", "fil_1", "ver_1", "abc", 10);
-    check(
-        &w,
-        &settings(Direction::Bidirectional, LWW),
-        &["rename-smb a.txt -> b.txt"],
-    );
+    check(&w, &settings(Direction::Bidirectional, LWW), &["rename-smb a.txt -> b.txt"]);
     // SMB authoritative: ScaiDrive's rename is undone.
-    check(
-        &w,
-        &settings(Direction::SmbToDrive, LWW),
-        &["move-drive b.txt -> a.txt"],
-    );
+    check(&w, &settings(Direction::SmbToDrive, LWW), &["move-drive b.txt -> a.txt"]);
 }
 
 #[test]
@@ -506,10 +375,7 @@ fn rename_on_smb_and_edit_on_drive_both_apply() {
     check(
         &w,
         &settings(Direction::Bidirectional, LWW),
-        &[
-            "move-drive a.txt -> b.txt",
-            "download b.txt (ver_2) replacing",
-        ],
+        &["move-drive a.txt -> b.txt", "download b.txt (ver_2) replacing"],
     );
 }
 
@@ -519,11 +385,7 @@ fn case_only_rename_propagates() {
         .synced_file("Report.txt", 1, "fil_1", "ver_1", "abc", 10)
         .smb_file("report.txt", 1, 3, 10)
         .drive_file("Report.txt", "fil_1", "ver_1", "abc", 10);
-    check(
-        &w,
-        &settings(Direction::Bidirectional, LWW),
-        &["move-drive Report.txt -> report.txt"],
-    );
+    check(&w, &settings(Direction::Bidirectional, LWW), &["move-drive Report.txt -> report.txt"]);
 }
 
 #[test]
@@ -532,11 +394,7 @@ fn identical_moves_on_both_sides_only_rebase_the_state() {
         .synced_file("a.txt", 1, "fil_1", "ver_1", "abc", 10)
         .smb_file("b.txt", 1, 3, 10)
         .drive_file("b.txt", "fil_1", "ver_1", "abc", 10);
-    check(
-        &w,
-        &settings(Direction::Bidirectional, LWW),
-        &["rebase a.txt -> b.txt"],
-    );
+    check(&w, &settings(Direction::Bidirectional, LWW), &["rebase a.txt -> b.txt"]);
 }
 
 #[test]
@@ -547,15 +405,8 @@ fn folder_deleted_on_smb_while_drive_added_inside_is_recreated() {
         .synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10)
         .drive_file("d/x.txt", "fil_2", "ver_1", "abc", 10)
         .drive_file("d/new.txt", "fil_3", "ver_3", "new", 30);
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::Bidirectional, LWW)
-    };
-    check(
-        &w,
-        &s,
-        &["mkdir-smb d", "download d/new.txt (ver_3)", "trash d/x.txt"],
-    );
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::Bidirectional, LWW) };
+    check(&w, &s, &["mkdir-smb d", "download d/new.txt (ver_3)", "trash d/x.txt"]);
 }
 
 #[test]
@@ -566,19 +417,8 @@ fn folder_deleted_on_drive_while_smb_added_inside_is_recreated() {
         .synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10)
         .smb_file("d/x.txt", 2, 3, 10)
         .smb_file("d/new.txt", 3, 3, 30);
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::Bidirectional, LWW)
-    };
-    check(
-        &w,
-        &s,
-        &[
-            "mkdir-drive d",
-            "upload d/new.txt new",
-            "delete-smb d/x.txt",
-        ],
-    );
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::Bidirectional, LWW) };
+    check(&w, &s, &["mkdir-drive d", "upload d/new.txt new", "delete-smb d/x.txt"]);
 }
 
 #[test]
@@ -588,24 +428,14 @@ fn folder_deleted_on_one_side_goes_after_its_files() {
         .drive_dir("d", "fld_1")
         .synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10)
         .drive_file("d/x.txt", "fil_2", "ver_1", "abc", 10);
-    let s = Settings {
-        max_delete_percent: 100,
-        ..settings(Direction::Bidirectional, LWW)
-    };
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::Bidirectional, LWW) };
     check(&w, &s, &["trash d/x.txt", "trash d"]);
 }
 
 #[test]
 fn folders_are_created_before_their_content() {
-    let w = W::default()
-        .smb_dir("a", 1)
-        .smb_dir("a/b", 2)
-        .smb_file("a/b/x.txt", 3, 3, 10);
-    check(
-        &w,
-        &settings(Direction::SmbToDrive, LWW),
-        &["mkdir-drive a", "mkdir-drive a/b", "upload a/b/x.txt new"],
-    );
+    let w = W::default().smb_dir("a", 1).smb_dir("a/b", 2).smb_file("a/b/x.txt", 3, 3, 10);
+    check(&w, &settings(Direction::SmbToDrive, LWW), &["mkdir-drive a", "mkdir-drive a/b", "upload a/b/x.txt new"]);
 }
 
 #[test]
@@ -637,41 +467,23 @@ fn windows_names_are_skipped_with_a_code() {
 
 #[test]
 fn case_only_twins_on_drive_sync_one_and_report_the_other() {
-    let w = W::default()
-        .drive_file("X.txt", "fil_1", "ver_1", "x", 1)
-        .drive_file("x.txt", "fil_2", "ver_2", "y", 1);
-    check(
-        &w,
-        &settings(Direction::Bidirectional, LWW),
-        &["download X.txt (ver_1)", "skip x.txt NAME_CASE_CONFLICT"],
-    );
+    let w = W::default().drive_file("X.txt", "fil_1", "ver_1", "x", 1).drive_file("x.txt", "fil_2", "ver_2", "y", 1);
+    check(&w, &settings(Direction::Bidirectional, LWW), &["download X.txt (ver_1)", "skip x.txt NAME_CASE_CONFLICT"]);
 }
 
 #[test]
 fn nfc_and_nfd_spellings_are_one_name() {
     let nfd = "Cafe\u{301}.txt";
-    let w =
-        W::default()
-            .smb_file(nfd, 1, 1, 1)
-            .drive_file("Caf\u{e9}.txt", "fil_1", "ver_1", "x", 1);
+    let w = W::default().smb_file(nfd, 1, 1, 1).drive_file("Caf\u{e9}.txt", "fil_1", "ver_1", "x", 1);
     // Created on both under one name: a conflict (identical content is recorded by the executor).
-    check(
-        &w,
-        &settings(Direction::Bidirectional, ConflictStrategy::SmbWins),
-        &["conflict Café.txt smb-wins"],
-    );
+    check(&w, &settings(Direction::Bidirectional, ConflictStrategy::SmbWins), &["conflict Café.txt smb-wins"]);
 }
 
 #[test]
 fn delete_guard_blocks_and_renames_do_not_count() {
     let mut w = W::default();
     for (i, n) in ["a", "b", "c", "d"].iter().enumerate() {
-        w = w.file_everywhere(
-            &format!("{n}.txt"),
-            i as u64 + 1,
-            &format!("fil_{i}"),
-            "abc",
-        );
+        w = w.file_everywhere(&format!("{n}.txt"), i as u64 + 1, &format!("fil_{i}"), "abc");
     }
     let s = settings(Direction::SmbToDrive, LWW);
     let mut deleted = w.clone();
@@ -679,21 +491,8 @@ fn delete_guard_blocks_and_renames_do_not_count() {
         deleted.smb.remove(&p(&format!("{n}.txt")));
     }
     let plan = deleted.plan(&s);
-    assert_eq!(
-        plan.blocked,
-        Some(DeleteGuard {
-            would_delete: 3,
-            tracked: 4,
-            percent: 75
-        })
-    );
-    assert!(deleted
-        .plan(&Settings {
-            max_delete_percent: 100,
-            ..s.clone()
-        })
-        .blocked
-        .is_none());
+    assert_eq!(plan.blocked, Some(DeleteGuard { would_delete: 3, tracked: 4, percent: 75 }));
+    assert!(deleted.plan(&Settings { max_delete_percent: 100, ..s.clone() }).blocked.is_none());
     // Two of four is not more than 50%.
     let mut two = w.clone();
     two.smb.remove(&p("a.txt"));
@@ -711,10 +510,7 @@ fn delete_guard_blocks_and_renames_do_not_count() {
     // The guard holds for deletions on SMB too.
     let mut drive_gone = w.clone();
     drive_gone.drive.items.clear();
-    assert!(drive_gone
-        .plan(&settings(Direction::Bidirectional, LWW))
-        .blocked
-        .is_some());
+    assert!(drive_gone.plan(&settings(Direction::Bidirectional, LWW)).blocked.is_some());
 }
 
 #[test]
@@ -738,29 +534,13 @@ fn filters_exclude_and_prune() {
         .smb_file("ok.txt", 8, 1, 1)
         // ScaiDrive-only files inside excluded paths are not trashed.
         .drive_file("tmp/b.txt", "fil_1", "ver_1", "x", 1);
-    let s = Settings {
-        filters,
-        ..settings(Direction::SmbToDrive, LWW)
-    };
-    check(
-        &w,
-        &s,
-        &["upload ok.txt new", "skip link SMB_REPARSE_POINT"],
-    );
-    let s2 = Settings {
-        sync_hidden: true,
-        sync_system: true,
-        ..s.clone()
-    };
+    let s = Settings { filters, ..settings(Direction::SmbToDrive, LWW) };
+    check(&w, &s, &["upload ok.txt new", "skip link SMB_REPARSE_POINT"]);
+    let s2 = Settings { sync_hidden: true, sync_system: true, ..s.clone() };
     check(
         &w,
         &s2,
-        &[
-            "upload hidden.txt new",
-            "upload ok.txt new",
-            "upload system.txt new",
-            "skip link SMB_REPARSE_POINT",
-        ],
+        &["upload hidden.txt new", "upload ok.txt new", "upload system.txt new", "skip link SMB_REPARSE_POINT"],
     );
     // The walker's pruning predicate.
     assert!(s.filters.excludes_dir(&w.smb[&p("tmp")], &s));
@@ -768,33 +548,17 @@ fn filters_exclude_and_prune() {
 
 #[test]
 fn include_whitelist_applies_to_files_only() {
-    let filters = Filters::new(&FilterConfig {
-        include_extensions: vec!["pdf".into()],
-        ..FilterConfig::default()
-    })
-    .unwrap();
-    let w = W::default()
-        .smb_dir("docs", 1)
-        .smb_file("docs/a.PDF", 2, 1, 1)
-        .smb_file("docs/b.txt", 3, 1, 1);
-    let s = Settings {
-        filters,
-        ..settings(Direction::SmbToDrive, LWW)
-    };
+    let filters =
+        Filters::new(&FilterConfig { include_extensions: vec!["pdf".into()], ..FilterConfig::default() }).unwrap();
+    let w = W::default().smb_dir("docs", 1).smb_file("docs/a.PDF", 2, 1, 1).smb_file("docs/b.txt", 3, 1, 1);
+    let s = Settings { filters, ..settings(Direction::SmbToDrive, LWW) };
     check(&w, &s, &["mkdir-drive docs", "upload docs/a.PDF new"]);
 }
 
 #[test]
 fn kind_clash_is_reported_and_left_alone() {
-    let w = W::default()
-        .smb_file("x", 1, 1, 1)
-        .drive_dir("x", "fld_1")
-        .drive_file("x/y.txt", "fil_1", "ver_1", "y", 1);
-    for d in [
-        Direction::SmbToDrive,
-        Direction::DriveToSmb,
-        Direction::Bidirectional,
-    ] {
+    let w = W::default().smb_file("x", 1, 1, 1).drive_dir("x", "fld_1").drive_file("x/y.txt", "fil_1", "ver_1", "y", 1);
+    for d in [Direction::SmbToDrive, Direction::DriveToSmb, Direction::Bidirectional] {
         check(&w, &settings(d, LWW), &["skip x NODE_KIND_MISMATCH"]);
     }
 }

@@ -41,28 +41,16 @@ pub fn init(service: &str) -> anyhow::Result<Guard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").map(|v| v == "json").unwrap_or(false);
     let fmt = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
 
-    let mut guard = Guard {
-        tracer: None,
-        meter: None,
-    };
+    let mut guard = Guard { tracer: None, meter: None };
     let otel_layer = if otlp_configured() {
         let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(name)
-            .build();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource.clone())
@@ -71,9 +59,7 @@ pub fn init(service: &str) -> anyhow::Result<Guard> {
         opentelemetry::global::set_tracer_provider(provider.clone());
         guard.tracer = Some(provider);
 
-        let metrics = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
         let meter = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
             .with_periodic_exporter(metrics)
             .with_resource(resource)
@@ -85,10 +71,6 @@ pub fn init(service: &str) -> anyhow::Result<Guard> {
         None
     };
 
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel_layer)
-        .try_init()?;
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel_layer).try_init()?;
     Ok(guard)
 }
