@@ -235,16 +235,49 @@ async fn live_parent(tx: &mut Tx<'_>, tenant: &TenantId, share_id: &str, parent_
     Ok(loc.path)
 }
 
-fn child_path(parent_path: &str, name: &str) -> String {
-    if parent_path == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent_path}/{name}")
-    }
-}
-
 fn name_taken(name: &str) -> ApiError {
     ApiError::conflict("NAME_TAKEN", format!("an item named '{name}' already exists there")).with_field("name")
+}
+
+/// Records the change of node `id` (as the transaction sees it now: name, parent, path,
+/// content) at position `pos`, commits, and returns the node. `old` is the parent and path
+/// before a move or rename.
+async fn record_and_commit(
+    mut tx: Tx<'_>,
+    tenant: &TenantId,
+    pos: i64,
+    actor: &Actor,
+    id: &str,
+    change_type: ChangeType,
+    old: Option<(&str, &str)>,
+) -> ApiResult<Node> {
+    let n =
+        get_tx(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
+    let path = locate_tx(&mut tx, id).await?.path;
+    let file = n.kind == Kind::File;
+    changes::record(
+        &mut tx,
+        tenant,
+        pos,
+        actor,
+        NewChange {
+            share_id: &n.share_id,
+            node_id: &n.id,
+            node_type: n.kind.as_str(),
+            change_type,
+            name: &n.name,
+            parent_id: &n.parent_id,
+            path: &path,
+            old_parent_id: old.map(|o| o.0),
+            old_path: old.map(|o| o.1),
+            version_id: n.current_version_id.as_deref(),
+            size: file.then_some(n.size),
+            sha256: n.sha256.as_deref(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// Creates a folder. `name` must already be validated (NFC).
@@ -257,35 +290,12 @@ pub async fn create_folder(
     name: &str,
 ) -> ApiResult<Node> {
     let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
-    let parent_path = live_parent(&mut tx, tenant, share_id, parent_id).await?;
+    live_parent(&mut tx, tenant, share_id, parent_id).await?;
     if child_tx(&mut tx, parent_id, name).await?.is_some() {
         return Err(name_taken(name));
     }
     let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name, pos).await?;
-    let path = child_path(&parent_path, name);
-    changes::record(
-        &mut tx,
-        tenant,
-        pos,
-        actor,
-        NewChange {
-            share_id,
-            node_id: &node.id,
-            node_type: "folder",
-            change_type: ChangeType::Created,
-            name,
-            parent_id,
-            path: &path,
-            old_parent_id: None,
-            old_path: None,
-            version_id: None,
-            size: None,
-            sha256: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(node)
+    record_and_commit(tx, tenant, pos, actor, &node.id, ChangeType::Created, None).await
 }
 
 async fn insert_folder(
@@ -521,32 +531,8 @@ pub async fn commit_content(
     .bind(pos)
     .execute(&mut *tx)
     .await?;
-    let path = locate_tx(&mut tx, &file_id).await?.path;
-    changes::record(
-        &mut tx,
-        tenant,
-        pos,
-        actor,
-        NewChange {
-            share_id,
-            node_id: &file_id,
-            node_type: "file",
-            change_type: if created { ChangeType::Created } else { ChangeType::Updated },
-            name: &name,
-            parent_id: &parent_id,
-            path: &path,
-            old_parent_id: None,
-            old_path: None,
-            version_id: Some(&version.id),
-            size: Some(version.size),
-            sha256: Some(&version.sha256),
-        },
-    )
-    .await?;
-    let node = get_tx(&mut tx, tenant, &file_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("file vanished in its own transaction"))?;
-    tx.commit().await?;
+    let change = if created { ChangeType::Created } else { ChangeType::Updated };
+    let node = record_and_commit(tx, tenant, pos, actor, &file_id, change, None).await?;
     Ok(Committed { node, version, created })
 }
 
@@ -660,7 +646,7 @@ pub async fn rename_move(
         tx.rollback().await?;
         return Ok(cur);
     }
-    let parent_path = live_parent(&mut tx, tenant, &cur.share_id, &parent).await?;
+    live_parent(&mut tx, tenant, &cur.share_id, &parent).await?;
     if parent != cur.share_id && cur.kind == Kind::Folder {
         let anc = locate_tx(&mut tx, &parent).await?.ancestry;
         if anc.iter().any(|a| a == &cur.id) {
@@ -686,34 +672,17 @@ pub async fn rename_move(
             err if err.code == "ALREADY_EXISTS" => name_taken(&name),
             err => err,
         })?;
-    let path = child_path(&parent_path, &name);
     let moved = parent != cur.parent_id;
-    changes::record(
-        &mut tx,
+    record_and_commit(
+        tx,
         tenant,
         pos,
         actor,
-        NewChange {
-            share_id: &cur.share_id,
-            node_id: &cur.id,
-            node_type: cur.kind.as_str(),
-            change_type: if moved { ChangeType::Moved } else { ChangeType::Renamed },
-            name: &name,
-            parent_id: &parent,
-            path: &path,
-            old_parent_id: Some(&cur.parent_id),
-            old_path: Some(&old_loc.path),
-            version_id: cur.current_version_id.as_deref(),
-            size: None,
-            sha256: None,
-        },
+        &cur.id,
+        if moved { ChangeType::Moved } else { ChangeType::Renamed },
+        Some((&cur.parent_id, &old_loc.path)),
     )
-    .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
-    tx.commit().await?;
-    Ok(out)
+    .await
 }
 
 /// Moves an item (and with it everything inside) to trash.
@@ -747,32 +716,7 @@ pub async fn delete(
         .bind(pos)
         .execute(&mut *tx)
         .await?;
-    changes::record(
-        &mut tx,
-        tenant,
-        pos,
-        actor,
-        NewChange {
-            share_id: &cur.share_id,
-            node_id: &cur.id,
-            node_type: cur.kind.as_str(),
-            change_type: ChangeType::Deleted,
-            name: &cur.name,
-            parent_id: &cur.parent_id,
-            path: &loc.path,
-            old_parent_id: None,
-            old_path: None,
-            version_id: cur.current_version_id.as_deref(),
-            size: None,
-            sha256: None,
-        },
-    )
-    .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
-    tx.commit().await?;
-    Ok(out)
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Deleted, None).await
 }
 
 /// Brings an item back from trash to where it was. Its parent must not be in trash and its
@@ -802,33 +746,7 @@ pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> 
         err if err.code == "ALREADY_EXISTS" => name_taken(&cur.name),
         err => err,
     })?;
-    let path = locate_tx(&mut tx, &cur.id).await?.path;
-    changes::record(
-        &mut tx,
-        tenant,
-        pos,
-        actor,
-        NewChange {
-            share_id: &cur.share_id,
-            node_id: &cur.id,
-            node_type: cur.kind.as_str(),
-            change_type: ChangeType::Created,
-            name: &cur.name,
-            parent_id: &cur.parent_id,
-            path: &path,
-            old_parent_id: None,
-            old_path: None,
-            version_id: cur.current_version_id.as_deref(),
-            size: Some(cur.size),
-            sha256: cur.sha256.as_deref(),
-        },
-    )
-    .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
-    tx.commit().await?;
-    Ok(out)
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Created, None).await
 }
 
 /// Sets a node's stored modification time (mirroring SMB) without making a new version.
@@ -846,33 +764,7 @@ pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, m
         .bind(&cur.id)
         .execute(&mut *tx)
         .await?;
-    let loc = locate_tx(&mut tx, &cur.id).await?;
-    changes::record(
-        &mut tx,
-        tenant,
-        pos,
-        actor,
-        NewChange {
-            share_id: &cur.share_id,
-            node_id: &cur.id,
-            node_type: cur.kind.as_str(),
-            change_type: ChangeType::Updated,
-            name: &cur.name,
-            parent_id: &cur.parent_id,
-            path: &loc.path,
-            old_parent_id: None,
-            old_path: None,
-            version_id: cur.current_version_id.as_deref(),
-            size: Some(cur.size),
-            sha256: cur.sha256.as_deref(),
-        },
-    )
-    .await?;
-    let out = get_tx(&mut tx, tenant, &cur.id)
-        .await?
-        .ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
-    tx.commit().await?;
-    Ok(out)
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Updated, None).await
 }
 
 /// The subtree under `parent_id` (the share id for the whole share), parents before
