@@ -144,6 +144,38 @@ async fn parent_for(s: &AppState, caller: &Caller, share_id: &str, parent_id: &s
     acl::require(&s.db, caller, &res, perm::CREATE).await
 }
 
+/// The folder at `segs` under the share root (the share id for the root), created with its
+/// missing parents when `create` (which needs CREATE on the share).
+async fn parent_folder(
+    s: &AppState,
+    caller: &Caller,
+    share_id: &str,
+    segs: &[String],
+    create: bool,
+) -> ApiResult<String> {
+    if create {
+        acl::require(&s.db, caller, &share_resource(share_id), perm::CREATE).await?;
+        return nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), share_id, segs).await;
+    }
+    match nodes::lookup_path(&s.db, share_id, segs).await.map_err(|e| e.with_field("path"))? {
+        None => Ok(share_id.to_string()),
+        Some(n) if n.kind == Kind::Folder => Ok(n.id),
+        Some(_) => Err(ApiError::validation("path", "a parent in the path is a file")),
+    }
+}
+
+/// May the caller write the file `name` in `parent_id`: WRITE on the file if it exists,
+/// CREATE on the folder if not; a folder of that name is a 409.
+async fn check_file_write(s: &AppState, caller: &Caller, share_id: &str, parent_id: &str, name: &str) -> ApiResult<()> {
+    match nodes::child(&s.db, parent_id, name).await? {
+        Some(existing) if existing.kind == Kind::File => {
+            acl::require(&s.db, caller, &node_resource(&existing), perm::WRITE).await
+        }
+        Some(_) => Err(ApiError::conflict("NAME_TAKEN", format!("'{name}' is a folder")).with_field("path")),
+        None => parent_for(s, caller, share_id, parent_id).await,
+    }
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFolder {
@@ -172,16 +204,7 @@ pub async fn create_folder(
         (Some(p), None, None) => {
             let mut segs = paths::segments("path", p)?;
             let name = segs.pop().ok_or_else(|| ApiError::validation("path", "the path names no folder"))?;
-            let parent = if body.create_parents {
-                acl::require(&s.db, &caller, &share_resource(&share_id), perm::CREATE).await?;
-                nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), &share_id, &segs).await?
-            } else {
-                match nodes::lookup_path(&s.db, &share_id, &segs).await.map_err(|e| e.with_field("path"))? {
-                    None => share_id.clone(),
-                    Some(n) if n.kind == Kind::Folder => n.id,
-                    Some(_) => return Err(ApiError::validation("path", "a parent in the path is a file")),
-                }
-            };
+            let parent = parent_folder(&s, &caller, &share_id, &segs, body.create_parents).await?;
             (parent, name)
         }
         (None, parent, Some(name)) => (parent.clone().unwrap_or_else(|| share_id.clone()), paths::name("name", name)?),
@@ -370,24 +393,9 @@ pub async fn upload_by_path(
     let name = segs.pop().ok_or_else(|| ApiError::validation("path", "the path names no file"))?;
     let base = base_version(&headers, q.base_version_id.as_deref())?;
     let mtime = modified(q.modified_at.as_deref())?;
-    let parent_id = if q.create_parents.unwrap_or(false) {
-        acl::require(&s.db, &caller, &share_resource(&share_id), perm::CREATE).await?;
-        nodes::ensure_folders(&s.db, &caller.tenant_id, &caller.actor(), &share_id, &segs).await?
-    } else {
-        match nodes::lookup_path(&s.db, &share_id, &segs).await.map_err(|e| e.with_field("path"))? {
-            None => share_id.clone(),
-            Some(n) if n.kind == Kind::Folder => n.id,
-            Some(_) => return Err(ApiError::validation("path", "a parent in the path is a file")),
-        }
-    };
+    let parent_id = parent_folder(&s, &caller, &share_id, &segs, q.create_parents.unwrap_or(false)).await?;
     // Check before reading the body, so refused writes store nothing.
-    match nodes::child(&s.db, &parent_id, &name).await? {
-        Some(existing) if existing.kind == Kind::File => {
-            acl::require(&s.db, &caller, &node_resource(&existing), perm::WRITE).await?
-        }
-        Some(_) => return Err(ApiError::conflict("NAME_TAKEN", format!("'{name}' is a folder")).with_field("path")),
-        None => parent_for(&s, &caller, &share_id, &parent_id).await?,
-    }
+    check_file_write(&s, &caller, &share_id, &parent_id, &name).await?;
     let content = ingest_body(&s, body).await?;
     let c = nodes::commit_content(
         &s.db,
@@ -768,18 +776,8 @@ pub async fn create_upload(
         return Err(ApiError::validation("size", "must not be negative"));
     }
     let mtime = modified(body.modified_at.as_deref())?;
-    let parent_id = match nodes::lookup_path(&s.db, &share_id, &segs).await.map_err(|e| e.with_field("path"))? {
-        None => share_id.clone(),
-        Some(n) if n.kind == Kind::Folder => n.id,
-        Some(_) => return Err(ApiError::validation("path", "a parent in the path is a file")),
-    };
-    match nodes::child(&s.db, &parent_id, &name).await? {
-        Some(existing) if existing.kind == Kind::File => {
-            acl::require(&s.db, &caller, &node_resource(&existing), perm::WRITE).await?
-        }
-        Some(_) => return Err(ApiError::conflict("NAME_TAKEN", format!("'{name}' is a folder")).with_field("path")),
-        None => parent_for(&s, &caller, &share_id, &parent_id).await?,
-    }
+    let parent_id = parent_folder(&s, &caller, &share_id, &segs, false).await?;
+    check_file_write(&s, &caller, &share_id, &parent_id, &name).await?;
     let u = Session {
         id: UploadId::generate().to_string(),
         share_id,
