@@ -663,3 +663,64 @@ async fn deleting_a_connector_cancels_its_job_and_fences_its_worker(backend: Bac
     assert_eq!(api.download(&up.node.unwrap().id).await.1, b"kept");
     srv.stop().await;
 }
+
+on_both_backends!(a_dead_lettered_job_message_fails_its_job_with_the_reason);
+
+async fn a_dead_lettered_job_message_fails_its_job_with_the_reason(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let (_share, cnn) = connector(&api, 0).await;
+    let mut consumer = srv.state.queue.consume("scaidrive.sync-jobs", 1).await.unwrap();
+    let (_, job) = api.post(&format!("/api/v1/smb-connectors/{cnn}/sync"), json!({})).await;
+    let job_id = job["id"].as_str().unwrap().to_string();
+    // A worker that cannot process the message rejects it: it goes to the dead-letter queue.
+    let d = tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await.unwrap().unwrap().unwrap();
+    d.reject("JOB_LEASE_MISMATCH: the job belongs to another connector").await.unwrap();
+    // The control plane records the reason on the job.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, j) = api.get(&format!("/api/v1/smb-connectors/{cnn}/jobs/{job_id}")).await;
+        if j["status"] == "failed" {
+            assert_eq!(j["error"]["code"], "POISON_MESSAGE");
+            assert!(j["error"]["message"].as_str().unwrap().contains("JOB_LEASE_MISMATCH"), "{j}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job was not failed: {j}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    srv.stop().await;
+}
+
+/// Two api-server replicas (two processes' worth of state: own pools, own schedulers) on one
+/// PostgreSQL database queue each due run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_queue_each_due_run_once() {
+    let srv = TestServer::start(Backend::Postgres).await;
+    let api = srv.admin();
+    let (_share, cnn) = connector(&api, 1).await;
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::copy(srv.data_dir.join("secret.key"), dir2.path().join("secret.key")).unwrap();
+    let cfg2 = api_server::Config::for_dir(dir2.path().to_path_buf(), srv.state.config.database_url.clone());
+    let replica2 = api_server::AppState::open(cfg2).await.unwrap();
+    // The second replica has its own queue here; count the jobs in the database instead.
+    for round in 0..5 {
+        let due = api_server::time::now_ms() - 1000 - round;
+        sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2")
+            .bind(due)
+            .bind(&cnn)
+            .execute(&srv.state.db.pool)
+            .await
+            .unwrap();
+        let (a, b) =
+            tokio::join!(api_server::fleet::schedule_once(&srv.state), api_server::fleet::schedule_once(&replica2));
+        assert_eq!(a.unwrap() + b.unwrap(), 1, "round {round}");
+    }
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE connector_id = $1 AND trigger_kind = 'scheduled'")
+            .bind(&cnn)
+            .fetch_one(&srv.state.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 5, "one job (queued or skipped) per due time");
+    srv.stop().await;
+}
