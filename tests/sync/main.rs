@@ -31,3 +31,4 @@ mod fleet;
 mod mirror;
 mod secrets;
 mod special;
+mod twoway;
