@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use proto::v1;
 use sync_engine::{
-    Action, BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig,
+    BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig,
     Filters, Plan, RelPath, Settings, StateSink,
 };
 use tokio_util::sync::CancellationToken;
@@ -654,14 +654,13 @@ pub fn cursor_may_advance<'a>(touched: &BTreeSet<RelPath>, mut errors: impl Iter
 fn final_counts(plan: &Plan, report: &ExecReport, scanned: u64, unreadable: u64) -> v1::JobCounts {
     let failed: BTreeSet<&RelPath> = report.errors.iter().map(|i| &i.path).collect();
     let deleted = plan.actions.iter().filter(|a| a.is_destructive() && !failed.contains(a.path())).count() as u64;
-    let conflicts = plan.actions.iter().filter(|a| matches!(a, Action::Conflict { .. })).count() as u64;
     v1::JobCounts {
         files_scanned: scanned,
         files_synced: report.files_synced,
         files_failed: report.errors.len() as u64 + unreadable,
         files_skipped: report.skipped.len() as u64,
         files_deleted: if report.blocked.is_some() || report.cancelled { 0 } else { deleted },
-        conflicts,
+        conflicts: report.conflicts,
         bytes_transferred: report.bytes_uploaded + report.bytes_downloaded,
     }
 }

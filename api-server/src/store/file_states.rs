@@ -115,14 +115,16 @@ pub async fn report(db: &Db, connector_id: &str, job_id: &str, fence: &Fence, st
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if s.status == "error" {
+        // Per-file errors, and items not synced for a reason (a name SMB cannot hold, a
+        // reparse point, …), are also the job's events: errors and warnings.
+        if s.status == "error" || (s.status == "excluded" && s.error_code.is_some()) {
             events.push(s);
         }
     }
     let evs: Vec<super::jobs::NewEvent<'_>> = events
         .iter()
         .map(|s| super::jobs::NewEvent {
-            level: "error",
+            level: if s.status == "error" { "error" } else { "warning" },
             path: Some(&s.path),
             code: s.error_code.as_deref(),
             nt_status: None,

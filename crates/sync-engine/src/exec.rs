@@ -60,6 +60,8 @@ pub struct ExecReport {
     pub bytes_uploaded: u64,
     /// Bytes written to SMB.
     pub bytes_downloaded: u64,
+    /// Conflicts resolved by the strategy (identical content on both sides is none).
+    pub conflicts: u64,
     /// The plan was blocked by the delete guard: nothing was done.
     pub blocked: Option<DeleteGuard>,
     /// The run stopped early because of cancellation.
@@ -134,6 +136,8 @@ struct Moved {
     up: u64,
     down: u64,
     files: u64,
+    /// A conflict was resolved (not counted when both sides turned out identical).
+    conflicts: u64,
 }
 
 impl Moved {
@@ -141,6 +145,7 @@ impl Moved {
         self.up += o.up;
         self.down += o.down;
         self.files += o.files;
+        self.conflicts += o.conflicts;
     }
 }
 
@@ -207,6 +212,7 @@ impl Executor<'_> {
                         r.applied += 1;
                     }
                     r.files_synced += m.files;
+                    r.conflicts += m.conflicts;
                     r.bytes_uploaded += m.up;
                     r.bytes_downloaded += m.down;
                     p.files_synced += m.files;
@@ -378,7 +384,7 @@ impl Executor<'_> {
             drive: DriveSide::of(&committed.item),
             last_synced_at: FileTime(0),
         };
-        let m = if committed.unchanged { Moved::default() } else { Moved { up: size, down: 0, files: 1 } };
+        let m = if committed.unchanged { Moved::default() } else { Moved { up: size, down: 0, files: 1, conflicts: 0 } };
         Ok((st, m))
     }
 
@@ -433,7 +439,7 @@ impl Executor<'_> {
             last_synced_at: FileTime(0),
         })
         .await?;
-        m.add(Moved { up: 0, down: size, files: 1 });
+        m.add(Moved { up: 0, down: size, files: 1, conflicts: 0 });
         Ok(m)
     }
 
@@ -444,6 +450,21 @@ impl Executor<'_> {
         smb_expected: &SmbExpect,
         drive: &DriveSide,
     ) -> Result<Moved, ReplicaError> {
+        Ok(match self.resolve_conflict(path, resolution, smb_expected, drive).await? {
+            Some(m) => Moved { conflicts: 1, ..m },
+            None => Moved::default(),
+        })
+    }
+
+    /// Resolves one conflict by the strategy; `None` when both sides turned out identical
+    /// (recorded as synced: no conflict).
+    async fn resolve_conflict(
+        &self,
+        path: &RelPath,
+        resolution: &Resolution,
+        smb_expected: &SmbExpect,
+        drive: &DriveSide,
+    ) -> Result<Option<Moved>, ReplicaError> {
         let now = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished"))?;
         if !smb_expected.matches(&now) {
             return Err(changed(path, "changed since it was listed"));
@@ -461,23 +482,23 @@ impl Executor<'_> {
                     last_synced_at: FileTime(0),
                 })
                 .await?;
-                return Ok(Moved::default());
+                return Ok(None);
             }
         }
         match resolution {
             Resolution::SmbWins => {
                 let (st, m) = self.upload(path, drive.version_id.clone(), smb_expected).await?;
                 self.put(st).await?;
-                Ok(m)
+                Ok(Some(m))
             }
-            Resolution::DriveWins => self.download(path, drive, Some(smb_expected), true).await,
+            Resolution::DriveWins => self.download(path, drive, Some(smb_expected), true).await.map(Some),
             Resolution::KeepBoth { conflict_path } => {
                 let moved = self.drive.move_node(&drive.node_id, conflict_path, drive.version_id.as_ref()).await?;
                 let mut m = self.download(conflict_path, &DriveSide::of(&moved), None, false).await?;
                 let (st, up) = self.upload(path, None, smb_expected).await?;
                 self.put(st).await?;
                 m.add(up);
-                Ok(m)
+                Ok(Some(m))
             }
         }
     }
