@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use proto::v1;
 use sync_engine::{
-    BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig,
-    Filters, Plan, RelPath, Settings, StateSink,
+    BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig, Filters, Plan,
+    RelPath, Settings, StateSink,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};

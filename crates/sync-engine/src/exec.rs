@@ -384,7 +384,8 @@ impl Executor<'_> {
             drive: DriveSide::of(&committed.item),
             last_synced_at: FileTime(0),
         };
-        let m = if committed.unchanged { Moved::default() } else { Moved { up: size, down: 0, files: 1, conflicts: 0 } };
+        let m =
+            if committed.unchanged { Moved::default() } else { Moved { up: size, down: 0, files: 1, conflicts: 0 } };
         Ok((st, m))
     }
 
