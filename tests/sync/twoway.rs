@@ -531,3 +531,76 @@ async fn bi_scaidrive_names_smb_cannot_hold_are_reported_per_file() {
     assert_eq!(r.job2["error_count"], 0);
     r.env.finish().await;
 }
+
+/// The spec's onboarding advice: start `smb_to_scaidrive`, then switch to `bidirectional`.
+/// The switch takes effect on the next run and copies nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_direction_on_a_connector_with_history_recopies_nothing() {
+    let env = Env::start(Setup::Standalone).await;
+    for (p, d) in BASE {
+        env.write(p, d.as_bytes());
+    }
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "smb_to_scaidrive"})).await;
+    env.sync_ok(&c).await;
+    let (_, cursor) = env.changes(&c, 0).await;
+    env.patch(&c, json!({"sync_direction": "bidirectional", "conflict_resolution": "LAST_WRITER_WINS"})).await;
+    let job = env.sync_ok(&c).await;
+    assert_eq!((job["files_synced"].as_i64(), job["bytes_transferred"].as_i64()), (Some(0), Some(0)), "{job:#}");
+    let (changes, cursor) = env.changes(&c, cursor).await;
+    assert!(changes.is_empty(), "the switch re-copied: {changes:#?}");
+    // Now ScaiDrive-side edits reach SMB.
+    drive_put(&env, &c, "a.txt", "edited in ScaiDrive", None).await;
+    env.sync_ok(&c).await;
+    assert_eq!(std::fs::read_to_string(env.disk().join("a.txt")).unwrap(), "edited in ScaiDrive");
+    let (changes, _) = env.changes(&c, cursor).await;
+    assert_eq!(changes.len(), 1, "only the edit itself: {changes:#?}");
+    env.finish().await;
+}
+
+/// A folder deleted on SMB while a file was added inside it in ScaiDrive: the added content
+/// survives (the folder comes back with it); what was only deleted goes to trash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_added_inside_a_folder_deleted_on_the_other_side_survives() {
+    let env = Env::start(Setup::Standalone).await;
+    env.write("F/old.txt", b"old");
+    env.write("keep.txt", b"keep");
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional", "max_delete_percent": 100})).await;
+    env.sync_ok(&c).await;
+    let old_id = id_of(&env, &c, "F/old.txt").await;
+    std::fs::remove_dir_all(env.disk().join("F")).unwrap();
+    drive_put(&env, &c, "F/new.txt", "added meanwhile", None).await;
+    env.sync_ok(&c).await;
+    assert_eq!(std::fs::read_to_string(env.disk().join("F/new.txt")).unwrap(), "added meanwhile");
+    assert!(!env.disk().join("F/old.txt").exists());
+    assert!(env.target_item(&c, "F/old.txt").await.is_none());
+    assert!(env.trash(&c).await.iter().any(|t| t["id"].as_str() == Some(old_id.as_str())), "old.txt is in trash");
+    let job2 = env.sync_ok(&c).await;
+    assert_eq!((job2["files_synced"].as_i64(), job2["files_deleted"].as_i64()), (Some(0), Some(0)), "{job2:#}");
+    env.finish().await;
+}
+
+/// A case-only rename in ScaiDrive reaches SMB (whose names are case-insensitive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_only_rename_propagates() {
+    let env = Env::start(Setup::Standalone).await;
+    env.write("report.txt", b"r");
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional"})).await;
+    env.sync_ok(&c).await;
+    let id = id_of(&env, &c, "report.txt").await;
+    let (st, v) = env.api.patch(&format!("/api/v1/files/{id}"), json!({"name": "Report.txt"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    env.sync_ok(&c).await;
+    let names: Vec<String> = std::fs::read_dir(env.disk())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.to_lowercase() == "report.txt")
+        .collect();
+    assert_eq!(names, vec!["Report.txt".to_string()]);
+    assert_eq!(id_of(&env, &c, "Report.txt").await, id, "same ScaiDrive file");
+    let job2 = env.sync_ok(&c).await;
+    assert_eq!(job2["files_synced"], 0, "{job2:#}");
+    env.finish().await;
+}
