@@ -97,3 +97,35 @@ async fn a_worker_paused_past_its_lease_commits_nothing_afterwards() {
     assert_nothing_lost_or_duplicated(&env, &c).await;
     env.finish().await;
 }
+
+/// SIGTERM: the worker stops at the next safe point, releases its lease and hands the job
+/// back, so another worker takes it over at once (no lease expiry to wait for), and the
+/// stopped worker exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_worker_hands_its_job_back() {
+    let mut env = Env::start(Setup::Distributed).await;
+    bulk_tree(&env, "bulk", 8, 48);
+    let c = env.connector(json!({})).await;
+    let job = env.trigger(&c).await;
+    let j = wait_running(&env, &c, &job).await;
+    let leaving = worker_index(&env, &j);
+    let leaving_id = j["worker"].as_str().unwrap().to_string();
+    env.workers[leaving].signal("TERM");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = env.workers[leaving].child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "a clean exit: {status:?}\n{}", env.workers[leaving].log());
+
+    let j = env.wait_job(&c, &job, Duration::from_secs(60)).await;
+    assert_eq!(j["status"], "completed", "{j:#}\n{}", env.logs());
+    assert_ne!(j["worker"].as_str().unwrap(), leaving_id, "the other worker finished it: {j:#}");
+    assert_eq!(env.jobs(&c).await.len(), 1, "the same job, handed over");
+    assert_nothing_lost_or_duplicated(&env, &c).await;
+    env.workers.remove(leaving);
+    env.finish().await;
+}
