@@ -40,6 +40,8 @@ pub struct StateReporter {
     lease: v1::LeaseToken,
     lease_lost: CancellationToken,
     pending: StdMutex<Vec<v1::FileState>>,
+    /// Job-log lines waiting for the next flush.
+    notes: StdMutex<Vec<v1::JobEvent>>,
     known: StdMutex<BTreeMap<RelPath, SyncedState>>,
     tally: StdMutex<Tally>,
     /// Serialises flushes so batches reach the server in order.
@@ -61,6 +63,7 @@ impl StateReporter {
             lease,
             lease_lost,
             pending: StdMutex::new(Vec::new()),
+            notes: StdMutex::new(Vec::new()),
             known: StdMutex::new(base.entries.clone()),
             tally: StdMutex::new(Tally::default()),
             flushing: tokio::sync::Mutex::new(()),
@@ -87,6 +90,28 @@ impl StateReporter {
     /// states stay pending (in order) for the next flush.
     pub async fn flush(&self) -> Result<(), RpcError> {
         let _order = self.flushing.lock().await;
+        let notes: Vec<v1::JobEvent> = std::mem::take(&mut *self.notes.lock().unwrap());
+        for batch in notes.chunks(MAX_BATCH) {
+            let req = v1::ReportJobEventsRequest {
+                job_id: self.job_id.clone(),
+                lease: Some(self.lease.clone()),
+                events: batch.to_vec(),
+            };
+            let cp = self.rpc.cp.clone();
+            if let Err(e) = call_retrying(&self.lease_lost, self.rpc.timeout, 5, || {
+                let (mut c, r) = (cp.clone(), req.clone());
+                async move { c.report_job_events(r).await }
+            })
+            .await
+            {
+                if e.is_lease_lost() {
+                    self.lease_lost.cancel();
+                    return Err(e);
+                }
+                // A log line is not worth failing the run for.
+                tracing::warn!(error = %e, "could not send job log lines");
+            }
+        }
         loop {
             let batch: Vec<v1::FileState> = {
                 let mut p = self.pending.lock().unwrap();
@@ -227,6 +252,16 @@ impl StateSink for StateReporter {
         if let Err(e) = self.maybe_flush(full).await {
             tracing::warn!(error = %e, "could not send file states; kept for the next flush");
         }
+    }
+
+    async fn note(&self, note: &sync_engine::Note) {
+        tracing::info!(file.path = %note.path, code = %note.code, "{}", note.message);
+        self.notes.lock().unwrap().push(v1::JobEvent {
+            level: "info".to_string(),
+            path: note.path.as_str().to_string(),
+            code: note.code.clone(),
+            message: note.message.clone(),
+        });
     }
 
     async fn progress(&self, progress: &Progress) {

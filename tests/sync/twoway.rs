@@ -359,6 +359,8 @@ async fn bi_conflict_keep_both_renames_the_scaidrive_copy() {
     })
     .await;
     assert_eq!(r.id("a (conflict).txt").await, r.ids["a.txt"], "the ScaiDrive copy is moved to the conflict name");
+    assert_logged(&r.job, "a.txt", "CONFLICT_RESOLVED", "a (conflict).txt");
+    assert_eq!(r.job["conflicts"], 1);
     r.env.finish().await;
 }
 
@@ -376,6 +378,8 @@ async fn bi_conflict_scaidrive_wins() {
     assert_eq!(r.id("a.txt").await, r.ids["a.txt"]);
     let shas = r.version_shas("a.txt").await;
     assert!(shas.contains(&sha256(b"a edited on SMB")), "the SMB loser is a version: {shas:?}");
+    assert_logged(&r.job, "a.txt", "CONFLICT_RESOLVED", "ScaiDrive's content won");
+    assert_logged(&r.job, "a.txt", "SMB_CONTENT_KEPT", "version");
     r.env.finish().await;
 }
 
@@ -438,6 +442,17 @@ async fn bi_a_rename_on_either_side_is_replayed_as_a_rename() {
     r.env.finish().await;
 }
 
+/// The job's events name `path` with `code`, in a message mentioning `mention`.
+fn assert_logged(job: &Value, path: &str, code: &str, mention: &str) {
+    let events = job["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["path"] == path && e["code"] == code && e["message"].as_str().unwrap_or("").contains(mention)),
+        "no {code} event for {path} mentioning {mention:?}: {events:#?}"
+    );
+}
+
 // ---- scaidrive_to_smb ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,6 +475,9 @@ async fn d2s_smb_edits_additions_and_deletions_are_undone_and_kept() {
     let trash = r.env.trash(&r.c).await;
     assert!(trash.iter().any(|t| t["name"] == "smb-only.txt"), "{trash:?}");
     assert_eq!(r.id("b.txt").await, r.ids["b.txt"]);
+    // The job log names each case where SMB content was kept before SMB lost it.
+    assert_logged(&r.job, "a.txt", "SMB_CONTENT_KEPT", "previous version");
+    assert_logged(&r.job, "smb-only.txt", "SMB_CONTENT_KEPT", "trash");
     r.env.finish().await;
 }
 // Failing end-to-end cases of issue 5 (tests/sync/twoway.rs), kept out of the build until the

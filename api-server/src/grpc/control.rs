@@ -412,4 +412,37 @@ impl v1::control_plane_server::ControlPlane for Control {
             check_write: t.check_write,
         }))
     }
+
+    async fn report_job_events(
+        &self,
+        req: Request<v1::ReportJobEventsRequest>,
+    ) -> Result<Response<v1::ReportJobEventsResponse>, Status> {
+        let r = req.into_inner();
+        if r.events.len() > 1000 {
+            return Err(invalid("events", "at most 1000 events per call"));
+        }
+        for e in &r.events {
+            if !["info", "warning", "error"].contains(&e.level.as_str()) {
+                return Err(invalid("events.level", "must be info, warning or error"));
+            }
+            if e.code.is_empty() || e.message.is_empty() {
+                return Err(invalid("events", "every event needs a code and a message"));
+            }
+        }
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        let fence = fence_of(r.lease.as_ref())?;
+        let events: Vec<jobs::NewEvent<'_>> = r
+            .events
+            .iter()
+            .map(|e| jobs::NewEvent {
+                level: &e.level,
+                path: (!e.path.is_empty()).then_some(e.path.as_str()),
+                code: Some(&e.code),
+                nt_status: None,
+                message: &e.message,
+            })
+            .collect();
+        jobs::report_events(&self.state.db, &sc.connector_id, &r.job_id, &fence, &events).await.map_err(from_api)?;
+        Ok(Response::new(v1::ReportJobEventsResponse { accepted: r.events.len() as u32 }))
+    }
 }

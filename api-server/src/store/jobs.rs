@@ -478,6 +478,28 @@ pub async fn add_events(tx: &mut super::Tx<'_>, job_id: &str, events: &[NewEvent
     Ok(())
 }
 
+/// Adds log lines to a job of the lease's connector, under the lease.
+pub async fn report_events(
+    db: &Db,
+    connector_id: &str,
+    job_id: &str,
+    fence: &Fence,
+    events: &[NewEvent<'_>],
+) -> ApiResult<()> {
+    let mut tx = db.pool.begin().await?;
+    leases::check(&mut tx, fence).await?;
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT connector_id FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&mut *tx).await?;
+    match owner {
+        Some((c,)) if c == connector_id => {}
+        Some(_) => return Err(ApiError::conflict("JOB_LEASE_MISMATCH", "the job belongs to another connector")),
+        None => return Err(ApiError::not_found("job")),
+    }
+    add_events(&mut tx, job_id, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub async fn events(db: &Db, job_id: &str, after_seq: i64, limit: i64) -> ApiResult<Vec<Event>> {
     let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
         .bind(job_id)

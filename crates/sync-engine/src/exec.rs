@@ -336,6 +336,15 @@ impl Executor<'_> {
                     let (st, up) = self.upload(path, None, e).await?;
                     m.add(up);
                     self.drive.trash(&st.drive.node_id, st.drive.version_id.as_ref()).await?;
+                    self.note(
+                        path,
+                        note_codes::SMB_CONTENT_KEPT,
+                        format!(
+                            "SMB's content was kept in ScaiDrive's trash (file {}) before it was deleted from SMB",
+                            st.drive.node_id.0
+                        ),
+                    )
+                    .await;
                 }
                 self.smb.delete(path, *kind, expected.as_ref()).await?;
                 self.state.forget(path).await?;
@@ -410,7 +419,14 @@ impl Executor<'_> {
                 self.put(st).await?;
                 return Ok(m);
             }
+            let kept = st.drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("?").to_string();
             let restored = self.drive.restore(&drive.node_id, drive.version_id.as_ref()).await?;
+            self.note(
+                path,
+                note_codes::SMB_CONTENT_KEPT,
+                format!("SMB's content was kept in ScaiDrive as previous version {kept} before ScaiDrive's version replaced it"),
+            )
+            .await;
             drive = DriveSide::of(&restored);
             expected = Some(SmbExpect { file_id: st.smb.file_id, size: st.smb.size, last_write: st.smb.last_write });
         }
@@ -452,9 +468,29 @@ impl Executor<'_> {
         drive: &DriveSide,
     ) -> Result<Moved, ReplicaError> {
         Ok(match self.resolve_conflict(path, resolution, smb_expected, drive).await? {
-            Some(m) => Moved { conflicts: 1, ..m },
+            Some(m) => {
+                let what = match resolution {
+                    Resolution::SmbWins => format!(
+                        "changed on both sides: SMB's content won; ScaiDrive's version {} stays a previous version",
+                        drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("?")
+                    ),
+                    Resolution::DriveWins => {
+                        "changed on both sides: ScaiDrive's content won; SMB's content was kept as a previous version"
+                            .to_string()
+                    }
+                    Resolution::KeepBoth { conflict_path } => {
+                        format!("changed on both sides: both kept; ScaiDrive's copy is now {conflict_path}")
+                    }
+                };
+                self.note(path, note_codes::CONFLICT_RESOLVED, what).await;
+                Moved { conflicts: 1, ..m }
+            }
             None => Moved::default(),
         })
+    }
+
+    async fn note(&self, path: &RelPath, code: &str, message: String) {
+        self.state.note(&Note { path: path.clone(), code: code.to_string(), message }).await;
     }
 
     /// Resolves one conflict by the strategy; `None` when both sides turned out identical

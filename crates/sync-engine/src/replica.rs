@@ -221,6 +221,25 @@ pub struct FileIssue {
     pub is_error: bool,
 }
 
+/// A line of the job log about one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// The path.
+    pub path: RelPath,
+    /// Stable code: `CONFLICT_RESOLVED`, `SMB_CONTENT_KEPT`.
+    pub code: String,
+    /// Human message (names where the other content is kept).
+    pub message: String,
+}
+
+/// Codes of [`Note`]s.
+pub mod note_codes {
+    /// A file changed on both sides was resolved by the connector's strategy.
+    pub const CONFLICT_RESOLVED: &str = "CONFLICT_RESOLVED";
+    /// SMB content was stored in ScaiDrive (a version, or trash) before SMB lost it.
+    pub const SMB_CONTENT_KEPT: &str = "SMB_CONTENT_KEPT";
+}
+
 /// Cumulative progress counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -249,6 +268,9 @@ pub trait StateSink: Send + Sync {
     async fn rebase(&self, from: &RelPath, to: &RelPath) -> Result<(), ReplicaError>;
     /// Records a per-file error or skip.
     async fn report_issue(&self, issue: &FileIssue);
+    /// Records what the run did to keep content safe (a conflict resolved, SMB content kept
+    /// in ScaiDrive before it was overwritten or deleted), for the job log. No state changes.
+    async fn note(&self, _note: &Note) {}
     /// Reports progress (cumulative; lossy delivery is fine).
     async fn progress(&self, progress: &Progress);
 }

@@ -882,13 +882,19 @@ impl DriveReplica for MemDrive {
 pub struct MemState {
     states: Mutex<BTreeMap<RelPath, SyncedState>>,
     issues: Mutex<Vec<FileIssue>>,
+    notes: Mutex<Vec<Note>>,
     faults: Arc<Faults>,
 }
 
 impl MemState {
     /// Empty.
     pub fn new(faults: Arc<Faults>) -> Self {
-        MemState { states: Mutex::new(BTreeMap::new()), issues: Mutex::new(vec![]), faults }
+        MemState { states: Mutex::new(BTreeMap::new()), issues: Mutex::new(vec![]), notes: Mutex::new(vec![]), faults }
+    }
+
+    /// The job-log notes recorded so far.
+    pub fn notes(&self) -> Vec<Note> {
+        self.notes.lock().unwrap().clone()
     }
 
     /// The recorded states, as the planner's base.
@@ -930,6 +936,10 @@ impl StateSink for MemState {
 
     async fn report_issue(&self, issue: &FileIssue) {
         self.issues.lock().unwrap().push(issue.clone());
+    }
+
+    async fn note(&self, note: &Note) {
+        self.notes.lock().unwrap().push(note.clone());
     }
 
     async fn progress(&self, _progress: &Progress) {}

@@ -124,6 +124,14 @@ fn keep_both_renames_the_scaidrive_copy() {
         ("report.docx".to_string(), Some("smb edit".to_string())),
     ];
     assert_eq!(tree(&w), (expected.clone(), expected));
+    assert_eq!(rep.conflicts, 1);
+    let notes = w.state.notes();
+    assert!(
+        notes.iter().any(|n| n.path.as_str() == "report.docx"
+            && n.code == note_codes::CONFLICT_RESOLVED
+            && n.message.contains("report (conflict).docx")),
+        "the job log names the conflict and where the other copy went: {notes:?}"
+    );
     assert!(w.plan(&s).is_noop());
 }
 
@@ -140,6 +148,9 @@ fn drive_wins_keeps_the_smb_content_as_a_scaidrive_version() {
     let only = vec![("a.txt".to_string(), Some("drive edit".to_string()))];
     assert_eq!(tree(&w), (only.clone(), only));
     assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"smb edit")));
+    let codes: Vec<String> = w.state.notes().into_iter().map(|n| n.code).collect();
+    assert!(codes.contains(&note_codes::SMB_CONTENT_KEPT.to_string()), "{codes:?}");
+    assert!(codes.contains(&note_codes::CONFLICT_RESOLVED.to_string()), "{codes:?}");
     assert!(w.plan(&s).is_noop());
 }
 
@@ -185,6 +196,11 @@ fn drive_to_smb_keeps_smb_only_files_in_the_trash_before_deleting() {
     let only = vec![("a.txt".to_string(), Some("from drive".to_string()))];
     assert_eq!(tree(&w), (only.clone(), only));
     assert!(w.drive.all_contents().contains(&bytes::Bytes::from_static(b"precious")));
+    let notes = w.state.notes();
+    assert!(
+        notes.iter().any(|n| n.path.as_str() == "d/only-on-smb.txt" && n.code == note_codes::SMB_CONTENT_KEPT),
+        "the job log names the SMB-only file kept in trash: {notes:?}"
+    );
     assert!(w.plan(&s).is_noop());
 }
 
