@@ -42,6 +42,7 @@ const BASE: [(&str, &str); 4] = [("a.txt", "a base"), ("b.txt", "b base"), ("c.t
 const BYSTANDERS: [(&str, &str); 2] = [("c.txt", "c base"), ("d.txt", "d base")];
 
 const BI: &str = "bidirectional";
+const STRATEGIES: [&str; 4] = ["LAST_WRITER_WINS", "KEEP_BOTH", "SCAIDRIVE_WINS", "SMB_WINS"];
 const D2S: &str = "scaidrive_to_smb";
 
 /// What a case leaves for its own checks.
@@ -258,74 +259,86 @@ impl Ran {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_smb_edit_is_uploaded_as_a_version() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[Op::Put("a.txt", "a edited on SMB")],
-        drive: &[],
-        want: &[("a.txt", "a edited on SMB"), ("b.txt", "b base")],
-        drive_only: &[],
-    })
-    .await;
-    assert_eq!(r.id("a.txt").await, r.ids["a.txt"], "same ScaiDrive file");
-    assert_eq!(r.version_shas("a.txt").await, [sha256(b"a edited on SMB"), sha256(b"a base")]);
-    assert_eq!(r.job["files_synced"], 1, "{:#}", r.job);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Put("a.txt", "a edited on SMB")],
+            drive: &[],
+            want: &[("a.txt", "a edited on SMB"), ("b.txt", "b base")],
+            drive_only: &[],
+        })
+        .await;
+        assert_eq!(r.id("a.txt").await, r.ids["a.txt"], "same ScaiDrive file");
+        assert_eq!(r.version_shas("a.txt").await, [sha256(b"a edited on SMB"), sha256(b"a base")]);
+        assert_eq!(r.job["files_synced"], 1, "{:#}", r.job);
+        r.env.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_scaidrive_edit_is_written_to_smb() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[],
-        drive: &[Op::Put("a.txt", "a edited in ScaiDrive")],
-        want: &[("a.txt", "a edited in ScaiDrive"), ("b.txt", "b base")],
-        drive_only: &[],
-    })
-    .await;
-    assert_eq!(r.id("a.txt").await, r.ids["a.txt"]);
-    assert_eq!(r.version_shas("a.txt").await.len(), 2, "the download creates no version");
-    assert!(r.run_changes.is_empty(), "a download writes nothing to ScaiDrive: {:#?}", r.run_changes);
-    assert_eq!(r.job2["bytes_transferred"], 0, "{:#}", r.job2);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[],
+            drive: &[Op::Put("a.txt", "a edited in ScaiDrive")],
+            want: &[("a.txt", "a edited in ScaiDrive"), ("b.txt", "b base")],
+            drive_only: &[],
+        })
+        .await;
+        assert_eq!(r.id("a.txt").await, r.ids["a.txt"]);
+        assert_eq!(r.version_shas("a.txt").await.len(), 2, "the download creates no version");
+        assert!(r.run_changes.is_empty(), "a download writes nothing to ScaiDrive: {:#?}", r.run_changes);
+        assert_eq!(r.job2["bytes_transferred"], 0, "{:#}", r.job2);
+        r.env.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_creations_on_each_side_replicate() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[Op::Put("from-smb.txt", "created on SMB")],
-        drive: &[Op::Put("from-drive.txt", "created in ScaiDrive")],
-        want: &[
-            ("a.txt", "a base"),
-            ("b.txt", "b base"),
-            ("from-smb.txt", "created on SMB"),
-            ("from-drive.txt", "created in ScaiDrive"),
-        ],
-        drive_only: &[],
-    })
-    .await;
-    assert_eq!(r.job["files_synced"], 2, "{:#}", r.job);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Put("from-smb.txt", "created on SMB")],
+            drive: &[Op::Put("from-drive.txt", "created in ScaiDrive")],
+            want: &[
+                ("a.txt", "a base"),
+                ("b.txt", "b base"),
+                ("from-smb.txt", "created on SMB"),
+                ("from-drive.txt", "created in ScaiDrive"),
+            ],
+            drive_only: &[],
+        })
+        .await;
+        assert_eq!(r.job["files_synced"], 2, "{:#}", r.job);
+        r.env.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_deletions_on_each_side_replicate_and_keep_the_content() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[Op::Del("a.txt")],
-        drive: &[Op::Del("b.txt")],
-        want: &[],
-        drive_only: &[],
-    })
-    .await;
-    assert!(r.in_trash(&r.ids["a.txt"]).await, "the SMB deletion trashes the ScaiDrive file");
-    assert!(r.in_trash(&r.ids["b.txt"]).await, "the ScaiDrive deletion leaves it in trash");
-    assert_eq!(r.changes_of(&r.ids["a.txt"]), ["deleted"], "{:#?}", r.run_changes);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Del("a.txt")],
+            drive: &[Op::Del("b.txt")],
+            want: &[],
+            drive_only: &[],
+        })
+        .await;
+        assert!(r.in_trash(&r.ids["a.txt"]).await, "the SMB deletion trashes the ScaiDrive file");
+        assert!(r.in_trash(&r.ids["b.txt"]).await, "the ScaiDrive deletion leaves it in trash");
+        assert_eq!(r.changes_of(&r.ids["a.txt"]), ["deleted"], "{:#?}", r.run_changes);
+        r.env.finish().await;
+    }
 }
 
 // ---- bidirectional: edits on both sides, the four strategies ----
@@ -405,41 +418,47 @@ async fn bi_conflict_smb_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_an_edit_beats_a_deletion_on_either_side() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        // a.txt: deleted on SMB, edited in ScaiDrive; b.txt: deleted in ScaiDrive, edited on SMB.
-        smb: &[Op::Del("a.txt"), Op::Put("b.txt", "b edited on SMB")],
-        drive: &[Op::Put("a.txt", "a edited in ScaiDrive"), Op::Del("b.txt")],
-        want: &[("a.txt", "a edited in ScaiDrive"), ("b.txt", "b edited on SMB")],
-        drive_only: &[],
-    })
-    .await;
-    assert_eq!(r.id("a.txt").await, r.ids["a.txt"]);
-    assert_eq!(r.id("b.txt").await, r.ids["b.txt"], "the trashed file is restored with the change");
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            // a.txt: deleted on SMB, edited in ScaiDrive; b.txt: deleted in ScaiDrive, edited on SMB.
+            smb: &[Op::Del("a.txt"), Op::Put("b.txt", "b edited on SMB")],
+            drive: &[Op::Put("a.txt", "a edited in ScaiDrive"), Op::Del("b.txt")],
+            want: &[("a.txt", "a edited in ScaiDrive"), ("b.txt", "b edited on SMB")],
+            drive_only: &[],
+        })
+        .await;
+        assert_eq!(r.id("a.txt").await, r.ids["a.txt"]);
+        assert_eq!(r.id("b.txt").await, r.ids["b.txt"], "the trashed file is restored with the change");
+        r.env.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_a_rename_on_either_side_is_replayed_as_a_rename() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[Op::Mv("a.txt", "a renamed on SMB.txt")],
-        drive: &[Op::Mv("b.txt", "b renamed in ScaiDrive.txt")],
-        want: &[("a renamed on SMB.txt", "a base"), ("b renamed in ScaiDrive.txt", "b base")],
-        drive_only: &[],
-    })
-    .await;
-    // SMB → ScaiDrive: the same file, renamed, never re-uploaded.
-    assert_eq!(r.id("a renamed on SMB.txt").await, r.ids["a.txt"]);
-    assert_eq!(r.changes_of(&r.ids["a.txt"]), ["renamed"], "{:#?}", r.run_changes);
-    assert_eq!(r.version_shas("a renamed on SMB.txt").await.len(), 1);
-    // ScaiDrive → SMB: the same SMB file, renamed, never re-written.
-    assert_eq!(r.inode("b renamed in ScaiDrive.txt"), r.inodes["b.txt"], "the SMB file is renamed in place");
-    assert!(r.changes_of(&r.ids["b.txt"]).is_empty(), "{:#?}", r.run_changes);
-    assert_eq!(r.job["files_synced"], 0, "no transfer: {:#}", r.job);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Mv("a.txt", "a renamed on SMB.txt")],
+            drive: &[Op::Mv("b.txt", "b renamed in ScaiDrive.txt")],
+            want: &[("a renamed on SMB.txt", "a base"), ("b renamed in ScaiDrive.txt", "b base")],
+            drive_only: &[],
+        })
+        .await;
+        // SMB → ScaiDrive: the same file, renamed, never re-uploaded.
+        assert_eq!(r.id("a renamed on SMB.txt").await, r.ids["a.txt"]);
+        assert_eq!(r.changes_of(&r.ids["a.txt"]), ["renamed"], "{:#?}", r.run_changes);
+        assert_eq!(r.version_shas("a renamed on SMB.txt").await.len(), 1);
+        // ScaiDrive → SMB: the same SMB file, renamed, never re-written.
+        assert_eq!(r.inode("b renamed in ScaiDrive.txt"), r.inodes["b.txt"], "the SMB file is renamed in place");
+        assert!(r.changes_of(&r.ids["b.txt"]).is_empty(), "{:#?}", r.run_changes);
+        assert_eq!(r.job["files_synced"], 0, "no transfer: {:#}", r.job);
+        r.env.finish().await;
+    }
 }
 
 /// The job's events name `path` with `code`, in a message mentioning `mention`.
@@ -487,18 +506,21 @@ async fn d2s_smb_edits_additions_and_deletions_are_undone_and_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bi_identical_content_created_on_both_sides_is_no_conflict() {
-    let r = run_case(&Case {
-        direction: BI,
-        strategy: "KEEP_BOTH",
-        smb: &[Op::Put("same.txt", "the same bytes")],
-        drive: &[Op::Put("same.txt", "the same bytes")],
-        want: &[("a.txt", "a base"), ("b.txt", "b base"), ("same.txt", "the same bytes")],
-        drive_only: &[],
-    })
-    .await;
-    assert_eq!(r.version_shas("same.txt").await.len(), 1);
-    assert_eq!(r.job["conflicts"], 0, "{:#}", r.job);
-    r.env.finish().await;
+    // Not a conflict: every strategy must give the same result.
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Put("same.txt", "the same bytes")],
+            drive: &[Op::Put("same.txt", "the same bytes")],
+            want: &[("a.txt", "a base"), ("b.txt", "b base"), ("same.txt", "the same bytes")],
+            drive_only: &[],
+        })
+        .await;
+        assert_eq!(r.version_shas("same.txt").await.len(), 1);
+        assert_eq!(r.job["conflicts"], 0, "{:#}", r.job);
+        r.env.finish().await;
+    }
 }
 
 // ---- names SMB cannot hold ----
@@ -620,5 +642,59 @@ async fn a_case_only_rename_propagates() {
     assert_eq!(id_of(&env, &c, "Report.txt").await, id, "same ScaiDrive file");
     let job2 = env.sync_ok(&c).await;
     assert_eq!(job2["files_synced"], 0, "{job2:#}");
+    env.finish().await;
+}
+
+/// The delete guard protects SMB too: most files deleted in ScaiDrive → the run deletes
+/// nothing on SMB and says why; raising `max_delete_percent` lets the next run go ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delete_guard_also_protects_smb() {
+    let env = Env::start(Setup::Standalone).await;
+    for i in 0..6 {
+        env.write(&format!("f{i}.txt"), format!("file {i}").as_bytes());
+    }
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional"})).await;
+    env.sync_ok(&c).await;
+    for i in 0..5 {
+        let id = id_of(&env, &c, &format!("f{i}.txt")).await;
+        let (st, _) = env.api.delete(&format!("/api/v1/files/{id}")).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    let job = env.sync_and_wait(&c).await;
+    assert_eq!(job["error"]["code"], "DELETE_GUARD_TRIGGERED", "{job:#}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("max_delete_percent"), "{job:#}");
+    for i in 0..6 {
+        assert!(env.disk().join(format!("f{i}.txt")).exists(), "f{i}.txt must still be on SMB");
+    }
+    env.patch(&c, json!({"max_delete_percent": 100})).await;
+    env.sync_ok(&c).await;
+    for i in 0..5 {
+        assert!(!env.disk().join(format!("f{i}.txt")).exists(), "f{i}.txt deleted once allowed");
+    }
+    assert!(env.disk().join("f5.txt").exists());
+    env.finish().await;
+}
+
+/// Two-way through the fleet: RabbitMQ, PostgreSQL and separate worker processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_way_runs_the_same_through_the_worker_fleet() {
+    let env = Env::start(Setup::Distributed).await;
+    env.write("a.txt", b"a base");
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional", "conflict_resolution": "KEEP_BOTH"})).await;
+    env.sync_ok(&c).await;
+    env.write("a.txt", b"a edited on SMB");
+    env.chown_all();
+    drive_put(&env, &c, "a.txt", "a edited in ScaiDrive", None).await;
+    drive_put(&env, &c, "new.txt", "new in ScaiDrive", None).await;
+    let job = env.sync_ok(&c).await;
+    assert_eq!(job["conflicts"], 1, "{job:#}");
+    assert_eq!(std::fs::read_to_string(env.disk().join("a.txt")).unwrap(), "a edited on SMB");
+    assert_eq!(std::fs::read_to_string(env.disk().join("a (conflict).txt")).unwrap(), "a edited in ScaiDrive");
+    assert_eq!(std::fs::read_to_string(env.disk().join("new.txt")).unwrap(), "new in ScaiDrive");
+    env.assert_mirrored(&c, "", no_skip).await;
+    let job2 = env.sync_ok(&c).await;
+    assert_eq!((job2["files_synced"].as_i64(), job2["conflicts"].as_i64()), (Some(0), Some(0)), "{job2:#}");
     env.finish().await;
 }
