@@ -698,3 +698,86 @@ async fn two_way_runs_the_same_through_the_worker_fleet() {
     assert_eq!((job2["files_synced"].as_i64(), job2["conflicts"].as_i64()), (Some(0), Some(0)), "{job2:#}");
     env.finish().await;
 }
+
+/// The same file deleted on both sides: nothing to do but forget it; the ScaiDrive copy
+/// stays in trash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_on_both_sides_is_forgotten() {
+    for strategy in STRATEGIES {
+        let r = run_case(&Case {
+            direction: BI,
+            strategy,
+            smb: &[Op::Del("a.txt")],
+            drive: &[Op::Del("a.txt")],
+            want: &[("b.txt", "b base")],
+            drive_only: &[],
+        })
+        .await;
+        assert!(r.in_trash(&r.ids["a.txt"]).await);
+        assert_eq!(r.job["error_count"], 0);
+        assert!(r.env.file_states(&r.c, "").await.iter().all(|s| s["path"] != "a.txt"), "a.txt is no longer tracked");
+        r.env.finish().await;
+    }
+}
+
+/// Moves into another folder, on each side, replayed as moves (same ids, no re-upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_into_other_folders_are_replayed_both_ways() {
+    let env = Env::start(Setup::Standalone).await;
+    env.write("in/a.txt", b"a");
+    env.write("in/b.txt", b"b");
+    env.write("out-smb/keep.txt", b"k");
+    env.write("out-drive/keep.txt", b"k");
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional"})).await;
+    env.sync_ok(&c).await;
+    let a_id = id_of(&env, &c, "in/a.txt").await;
+    let b_id = id_of(&env, &c, "in/b.txt").await;
+    let b_ino = std::fs::metadata(env.disk().join("in/b.txt")).unwrap().ino();
+    // a.txt moved on SMB; b.txt moved in ScaiDrive.
+    std::fs::rename(env.disk().join("in/a.txt"), env.disk().join("out-smb/a.txt")).unwrap();
+    let dest = id_of(&env, &c, "out-drive").await;
+    let (st, v) = env.api.patch(&format!("/api/v1/files/{b_id}"), json!({"parent_id": dest})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // The run's own writes start after the user's move in ScaiDrive.
+    let (_, cursor) = env.changes(&c, 0).await;
+    let job = env.sync_ok(&c).await;
+    assert_eq!(job["bytes_transferred"], 0, "moves move no content: {job:#}");
+    assert_eq!(id_of(&env, &c, "out-smb/a.txt").await, a_id);
+    assert_eq!(std::fs::metadata(env.disk().join("out-drive/b.txt")).unwrap().ino(), b_ino, "renamed in place on SMB");
+    let (changes, _) = env.changes(&c, cursor).await;
+    let kinds: Vec<&str> = changes.iter().map(|ch| ch["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["moved"], "only a.txt's move is written to ScaiDrive: {changes:#?}");
+    env.assert_mirrored(&c, "", no_skip).await;
+    assert_eq!(env.sync_ok(&c).await["files_synced"], 0);
+    env.finish().await;
+}
+
+/// Two ScaiDrive names differing only in case: one syncs, the other is reported, and
+/// neither overwrites the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_twins_in_scaidrive_never_overwrite_each_other() {
+    let env = Env::start(Setup::Standalone).await;
+    env.write("seed.txt", b"s");
+    env.chown_all();
+    let c = env.connector(json!({"sync_direction": "bidirectional"})).await;
+    env.sync_ok(&c).await;
+    drive_put(&env, &c, "Notes.txt", "upper", None).await;
+    drive_put(&env, &c, "notes.txt", "lower", None).await;
+    let job = env.sync_ok(&c).await;
+    let on_smb: Vec<String> = std::fs::read_dir(env.disk())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.eq_ignore_ascii_case("notes.txt"))
+        .collect();
+    assert_eq!(on_smb.len(), 1, "{on_smb:?}");
+    let synced = std::fs::read_to_string(env.disk().join(&on_smb[0])).unwrap();
+    let twin = if on_smb[0] == "Notes.txt" { "notes.txt" } else { "Notes.txt" };
+    assert_eq!(synced, if on_smb[0] == "Notes.txt" { "upper" } else { "lower" }, "the synced twin's own content");
+    let events = job["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["path"] == twin && e["code"] == "NAME_CASE_CONFLICT"), "{events:#?}");
+    // Both stay in ScaiDrive with their own content.
+    assert_eq!(env.download(&id_of(&env, &c, "Notes.txt").await).await, b"upper");
+    assert_eq!(env.download(&id_of(&env, &c, "notes.txt").await).await, b"lower");
+    env.finish().await;
+}
