@@ -79,7 +79,7 @@ impl WorkerConfig {
             lease_ttl: Duration::from_secs(30),
             lease_held_backoff: Duration::from_secs(3),
             progress_interval: Duration::from_secs(1),
-            cancel_poll_interval: Duration::from_secs(2),
+            cancel_poll_interval: Duration::from_millis(500),
             state_flush_interval: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(30),
             smb_timeouts: smb_layer::Timeouts::default(),

@@ -346,6 +346,18 @@ fn smb_rename_is_replayed_as_a_move_never_a_reupload() {
 }
 
 #[test]
+fn a_new_file_on_a_reused_file_id_is_a_deletion_and_a_creation() {
+    // a.txt deleted and b.txt created: the file system gave b.txt a.txt's old id (Samba's
+    // file ids are inode numbers), but its last-write time is new. Not a rename.
+    let w = W::default()
+        .synced_file("a.txt", 1, "fil_1", "ver_1", "abc", 10)
+        .smb_file("b.txt", 1, 5, 20)
+        .drive_file("a.txt", "fil_1", "ver_1", "abc", 10);
+    let s = Settings { max_delete_percent: 100, ..settings(Direction::SmbToDrive, LWW) };
+    check(&w, &s, &["upload b.txt new", "trash a.txt"]);
+}
+
+#[test]
 fn folder_rename_is_one_move_and_children_follow() {
     let mut w = W::default().dir_everywhere("d", 1, "fld_1");
     w = w.synced_file("d/x.txt", 2, "fil_2", "ver_1", "abc", 10).drive_file("d/x.txt", "fil_2", "ver_1", "abc", 10);
