@@ -748,7 +748,6 @@ async fn session(s: &AppState, caller: &Caller, id: &str) -> ApiResult<Session> 
 async fn upload_response(s: &AppState, u: &Session) -> ApiResult<UploadResponse> {
     let parent_path =
         if u.parent_id == u.share_id { "/".to_string() } else { nodes::locate(&s.db, &u.parent_id).await?.path };
-    let _ = &u.user_id;
     Ok(UploadResponse {
         id: u.id.clone(),
         share_id: u.share_id.clone(),
