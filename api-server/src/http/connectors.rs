@@ -4,8 +4,6 @@
 //! Every endpoint needs MANAGE_PERMISSIONS on the connector's target share; another tenant's
 //! connector is 404. The password is write-only: no response, error or log line carries it.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
@@ -783,7 +781,7 @@ pub async fn import_mappings(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<super::extract::LimitedBytes, ApiError>,
 ) -> ApiResult<Json<ImportReport>> {
     let c = managed(&s, &caller, &id).await?;
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -795,13 +793,7 @@ pub async fn import_mappings(
             "the request body must be CSV (Content-Type: text/csv)",
         ));
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the CSV is larger than 1 MiB")
-        } else {
-            ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read")
-        }
-    })?;
+    let super::extract::LimitedBytes(body) = body?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::validation("body", "the CSV must be UTF-8"))?;
     let mut records =
         mappings::parse_csv(text).map_err(|(line, m)| ApiError::validation("body", format!("line {line}: {m}")))?;

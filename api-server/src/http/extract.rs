@@ -73,14 +73,47 @@ where
                 "the request body must be JSON (Content-Type: application/json)",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the request body is too large")
-            } else {
-                ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read")
-            }
-        })?;
+        let LimitedBytes(bytes) = LimitedBytes::from_request(req, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A request body of at most [`super::JSON_BODY_LIMIT`] bytes. A larger one is answered 413
+/// `PAYLOAD_TOO_LARGE` after reading (and discarding) up to [`DRAIN_LIMIT`] more bytes, so a
+/// client that sends a little too much sees the answer rather than a connection reset in the
+/// middle of its send.
+pub struct LimitedBytes(pub Bytes);
+
+/// How much of an oversized body is read and discarded before answering.
+pub const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+impl<S: Send + Sync> FromRequest<S> for LimitedBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        use futures::StreamExt;
+        let limit = super::JSON_BODY_LIMIT;
+        let mut stream = req.into_body().into_data_stream();
+        let mut buf = bytes::BytesMut::new();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|_| ApiError::bad_request("BODY_READ_FAILED", "the request body could not be read"))?;
+            total += chunk.len();
+            if total <= limit {
+                buf.extend_from_slice(&chunk);
+            } else if total > limit + DRAIN_LIMIT {
+                break;
+            }
+        }
+        if total > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("the request body is larger than {} bytes", limit),
+            ));
+        }
+        Ok(LimitedBytes(buf.freeze()))
     }
 }
 

@@ -615,20 +615,17 @@ pub async fn restore_version(
     .await
 }
 
-/// Renames and/or moves an item. `new_parent_id` may be the share id (the root).
-pub async fn rename_move(
-    db: &Db,
+/// The node as the write transaction sees it, and where it is: not in trash (409
+/// `IN_TRASH`), and at `base_version_id` when one is given (409 `VERSION_CONFLICT`).
+async fn live_for_write(
+    tx: &mut Tx<'_>,
     tenant: &TenantId,
-    actor: &Actor,
     node: &Node,
-    new_name: Option<&str>,
-    new_parent_id: Option<&str>,
     base_version_id: Option<&str>,
-) -> ApiResult<Node> {
-    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
-    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
-    let old_loc = locate_tx(&mut tx, &cur.id).await?;
-    if old_loc.in_trash {
+) -> ApiResult<(Node, Location)> {
+    let cur = get_tx(tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
+    let loc = locate_tx(tx, &cur.id).await?;
+    if loc.in_trash {
         return Err(ApiError::conflict("IN_TRASH", "the item is in trash; restore it first"));
     }
     if let Some(base) = base_version_id {
@@ -640,6 +637,21 @@ pub async fn rename_move(
             .with_field("base_version_id"));
         }
     }
+    Ok((cur, loc))
+}
+
+/// Renames and/or moves an item. `new_parent_id` may be the share id (the root).
+pub async fn rename_move(
+    db: &Db,
+    tenant: &TenantId,
+    actor: &Actor,
+    node: &Node,
+    new_name: Option<&str>,
+    new_parent_id: Option<&str>,
+    base_version_id: Option<&str>,
+) -> ApiResult<Node> {
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
+    let (cur, old_loc) = live_for_write(&mut tx, tenant, node, base_version_id).await?;
     let name = new_name.unwrap_or(&cur.name).to_string();
     let parent = new_parent_id.unwrap_or(&cur.parent_id).to_string();
     if name == cur.name && parent == cur.parent_id {
@@ -694,20 +706,7 @@ pub async fn delete(
     base_version_id: Option<&str>,
 ) -> ApiResult<Node> {
     let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
-    let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
-    let loc = locate_tx(&mut tx, &cur.id).await?;
-    if loc.in_trash {
-        return Err(ApiError::conflict("IN_TRASH", "the item is already in trash"));
-    }
-    if let Some(base) = base_version_id {
-        if cur.current_version_id.as_deref() != Some(base) {
-            return Err(ApiError::conflict(
-                "VERSION_CONFLICT",
-                "the item changed since the version this delete is based on",
-            )
-            .with_field("base_version_id"));
-        }
-    }
+    let (cur, _) = live_for_write(&mut tx, tenant, node, base_version_id).await?;
     let now = now_ms();
     sqlx::query("UPDATE nodes SET deleted_at = $1, deleted_by = $2, updated_at = $1, last_change = $4 WHERE id = $3")
         .bind(now)
