@@ -703,8 +703,10 @@ async fn two_replicas_queue_each_due_run_once() {
     let cfg2 = api_server::Config::for_dir(dir2.path().to_path_buf(), srv.state.config.database_url.clone());
     let replica2 = api_server::AppState::open(cfg2).await.unwrap();
     // The second replica has its own queue here; count the jobs in the database instead.
+    let base = api_server::time::now_ms() - 10_000;
     for round in 0..5 {
-        let due = api_server::time::now_ms() - 1000 - round;
+        // A distinct due time per round (each is a separate scheduled run).
+        let due = base + round * 1000;
         sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2")
             .bind(due)
             .bind(&cnn)
@@ -715,6 +717,16 @@ async fn two_replicas_queue_each_due_run_once() {
             tokio::join!(api_server::fleet::schedule_once(&srv.state), api_server::fleet::schedule_once(&replica2));
         assert_eq!(a.unwrap() + b.unwrap(), 1, "round {round}");
     }
+    // A due time set again to one already scheduled adds nothing and is no error.
+    sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2")
+        .bind(base)
+        .bind(&cnn)
+        .execute(&srv.state.db.pool)
+        .await
+        .unwrap();
+    let (a, b) =
+        tokio::join!(api_server::fleet::schedule_once(&srv.state), api_server::fleet::schedule_once(&replica2));
+    assert_eq!(a.unwrap() + b.unwrap(), 0);
     let (n,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE connector_id = $1 AND trigger_kind = 'scheduled'")
             .bind(&cnn)

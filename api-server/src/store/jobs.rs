@@ -227,7 +227,7 @@ pub async fn schedule_due(db: &Db, now: i64) -> ApiResult<Vec<Decision>> {
             None => ("queued", None),
         };
         let finished = (status == "skipped").then_some(now);
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (id, tenant_id, connector_id, status, trigger_kind, due_at, reason, requested_at, finished_at, updated_at)
              VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $7)",
         )
@@ -240,7 +240,17 @@ pub async fn schedule_due(db: &Db, now: i64) -> ApiResult<Vec<Decision>> {
         .bind(now)
         .bind(finished)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // A job for this due time exists already (the due time was set again to one that
+            // was scheduled before), or a run became active meanwhile: nothing to add.
+            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                tx.rollback().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
         tx.commit().await?;
         let job = get(db, &id).await?.ok_or_else(|| ApiError::internal("job vanished after insert"))?;
         out.push(if status == "queued" { Decision::Queued(job) } else { Decision::Skipped(job) });
