@@ -11,6 +11,7 @@
 
 pub mod exec;
 pub mod model;
+pub mod permissions;
 pub mod plan;
 pub mod replica;
 #[cfg(any(test, feature = "testing"))]
