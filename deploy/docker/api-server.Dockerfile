@@ -18,10 +18,14 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --locked --release -p api-server \
-    && install -D -m 0755 target/release/api-server /out/api-server
+    && install -D -m 0755 target/release/api-server /out/api-server \
+    && install -d /out/data
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/api-server /usr/local/bin/api-server
+# The data directory, writable by the runtime user even without a volume (distroless has no
+# shell to make it).
+COPY --from=builder --chown=65532:65532 /out/data /var/lib/scaidrive
 # In a container the loopback defaults of the binary are useless: listen on every interface.
 # /var/lib/scaidrive is the data directory; mount a volume there (the content store must be
 # shared by every replica).
