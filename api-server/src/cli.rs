@@ -27,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Apply pending database migrations and exit (for a deployment's migration Job; the
+    /// server also migrates at start-up, under a lock).
+    Migrate,
     /// Tenants.
     #[command(subcommand)]
     Tenants(TenantCmd),
@@ -178,13 +181,20 @@ pub async fn run_admin(config: Config, cmd: Command) -> anyhow::Result<()> {
     if let Command::Secrets(cmd) = cmd {
         return run_secrets(config, cmd).await;
     }
+    if let Command::Migrate = cmd {
+        let db = crate::db::Db::connect(&config.database_url()).await?;
+        let (version,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetch_one(&db.pool).await?;
+        out(json!({"schema_version": version}));
+        return Ok(());
+    }
     let state = AppState::open(config).await?;
     let db = &state.db;
     let e = |e: crate::error::ApiError| {
         anyhow::anyhow!("{}: {}{}", e.code, e.message, e.field.map(|f| format!(" (field {f})")).unwrap_or_default())
     };
     match cmd {
-        Command::Serve | Command::Secrets(_) => unreachable!("handled elsewhere"),
+        Command::Serve | Command::Migrate | Command::Secrets(_) => unreachable!("handled elsewhere"),
         Command::Tenants(TenantCmd::Create { name }) => {
             let t = accounts::create_tenant(db, &name).await.map_err(e)?;
             out(json!({"id": t.id.as_str(), "name": t.name}));

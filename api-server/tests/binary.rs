@@ -309,3 +309,19 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
         http.get(format!("{}/api/v1/smb-connectors/{}", srv.url, ids[0])).bearer_auth(&srv.token).send().unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[test]
+fn migrate_applies_every_migration_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || Command::new(BIN).arg("--data-dir").arg(dir.path()).arg("migrate").output().unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["schema_version"].as_i64().unwrap() >= 4, "{v}");
+    // Idempotent: a second run applies nothing and answers the same.
+    let again = run();
+    assert!(again.status.success());
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap(), v);
+    // Nothing but the database: no admin token, no key file.
+    assert!(!dir.path().join("admin-token").exists());
+}
