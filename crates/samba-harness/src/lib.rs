@@ -10,6 +10,13 @@
 //! Tests prepare trees directly on disk under [`SambaServer::share_dir`]: files written there are
 //! visible over SMB at once.
 //!
+//! The server is a classic (NT4-style) primary domain controller of [`DOMAIN`] rather than a
+//! standalone server, so that its accounts are `CORP\alice`, `CORP\bob` and (mapped with
+//! `net groupmap`) the domain group `CORP\finance`, with SIDs `S-1-5-21-<domain>-<rid>`: what a
+//! Windows admin sees on a domain file server. (A standalone server names them after its
+//! NetBIOS name and leaves `finance` a `Unix Group\finance`, `S-1-22-2-<gid>`.)
+//! [`SambaServer::sid_of`] resolves a name with `rpcclient`, independently of the code under test.
+//!
 //! What it must never do: touch a system-wide Samba configuration or instance, listen on anything
 //! but 127.0.0.1, or kill processes it did not start. It needs root (it runs `useradd`,
 //! `groupadd` and `smbd`).
@@ -194,6 +201,7 @@ impl SambaBuilder {
             server.write_config()?;
             if last_err.is_none() {
                 server.add_samba_users()?;
+                server.map_finance_group()?;
             }
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
@@ -349,6 +357,64 @@ impl SambaServer {
         run(Command::new("chown").arg("-R").arg(format!("{0}:{0}", TestUser::ServiceAccount.name())).arg(path.as_ref()))
     }
 
+    /// The SID the server gives `name` (`"alice"`, `"CORP\\alice"`, `"finance"`, `"Everyone"`),
+    /// as `rpcclient -c 'lookupnames <name>'` reports it: a test oracle independent of the SMB
+    /// layer, e.g. to build ACLs. Fails with [`HarnessError::Command`] when the name is unknown
+    /// (or contains `"` or `;`, which rpcclient's command line cannot carry). Takes ~0.1 s.
+    pub fn sid_of(&self, name: &str) -> Result<String> {
+        if name.contains('"') || name.contains(';') || name.contains('\n') {
+            return Err(HarnessError::Command(format!("sid_of: unsupported name {name:?}")));
+        }
+        let out = self.rpcclient(&format!("lookupnames \"{name}\""))?;
+        // "<name> S-1-5-21-...-1001 (User: 1)"
+        out.lines()
+            .filter_map(|l| l.split_whitespace().find(|t| t.starts_with("S-1-")))
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| HarnessError::Command(format!("rpcclient lookupnames {name:?}: {}", out.trim())))
+    }
+
+    /// Runs one `rpcclient` command as the service account (credentials from a file, never on
+    /// the command line), bounded to 30 s; returns its stdout and stderr.
+    fn rpcclient(&self, command: &str) -> Result<String> {
+        let auth = self.root.join("private").join("rpcclient.auth");
+        if !auth.exists() {
+            let c = self.user(TestUser::ServiceAccount);
+            use io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&auth)?;
+            write!(f, "username = {}\npassword = {}\ndomain = {}\n", c.user, c.password, c.domain)?;
+        }
+        let mut child = Command::new("rpcclient")
+            .arg("-s")
+            .arg(self.config_path())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-A")
+            .arg(&auth)
+            .args(["-c", command, "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| HarnessError::Command(format!("rpcclient: {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HarnessError::Command(format!("rpcclient -c {command:?} timed out")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(HarnessError::Command(format!("rpcclient -c {command:?}: {}", text.trim())));
+        }
+        Ok(text)
+    }
+
     /// The tail (last ~8 KiB) of smbd's log files, for error messages.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
@@ -369,7 +435,7 @@ impl SambaServer {
             "[global]\n\
              \tworkgroup = {DOMAIN}\n\
              \tnetbios name = SCAIDRIVE-TEST\n\
-             \tserver role = standalone server\n\
+             \tserver role = classic primary domain controller\n\
              \tsmb ports = {port}\n\
              \tinterfaces = 127.0.0.1\n\
              \tbind interfaces only = yes\n\
@@ -439,6 +505,18 @@ impl SambaServer {
             }
         }
         Ok(())
+    }
+
+    /// Maps the Unix group [`FINANCE_GROUP`] to a domain group, so that it is `CORP\finance`
+    /// with a domain SID (not `Unix Group\finance`, `S-1-22-2-<gid>`).
+    fn map_finance_group(&self) -> Result<()> {
+        run(Command::new("net").arg("-s").arg(self.config_path()).args([
+            "groupmap",
+            "add",
+            &format!("ntgroup={FINANCE_GROUP}"),
+            &format!("unixgroup={FINANCE_GROUP}"),
+            "type=domain",
+        ]))
     }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
@@ -519,6 +597,39 @@ impl SambaServer {
             while Instant::now() < deadline && group_alive(pgid) {
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        self.kill_rpc_helpers();
+    }
+
+    /// Kills the `samba-dcerpcd` that smbd started on demand for this instance (for the LSA
+    /// pipe, for example) and its `rpcd_*` workers. It runs in a process group of its own, so
+    /// killing smbd's group leaves it behind. Only a process whose command line names this
+    /// instance's `smb.conf` is touched (the pid file might be stale).
+    fn kill_rpc_helpers(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.root.join("pid").join("samba-dcerpcd.pid")) else {
+            return;
+        };
+        let Ok(pid) = pid.trim().parse::<u32>() else {
+            return;
+        };
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                let conf = self.config_path();
+                String::from_utf8_lossy(&c).split('\0').any(|arg| arg.ends_with(&*conf.to_string_lossy()))
+            })
+            .unwrap_or(false);
+        if !ours {
+            return;
+        }
+        // samba-dcerpcd leads its own group; its workers are in it.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && group_alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -630,4 +741,31 @@ fn ensure_unix_accounts() -> Result<()> {
     )?;
     *done = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sid_of_gives_domain_sids_and_drop_reaps_the_rpc_helpers() {
+        let s = SambaServer::start().unwrap();
+        let alice = s.sid_of("alice").unwrap();
+        assert!(alice.starts_with("S-1-5-21-"), "{alice}");
+        assert_eq!(s.sid_of("CORP\\alice").unwrap(), alice);
+        let domain = |sid: &str| sid.rsplit_once('-').unwrap().0.to_string();
+        let finance = s.sid_of(&format!("{DOMAIN}\\{FINANCE_GROUP}")).unwrap();
+        assert_eq!(domain(&finance), domain(&alice), "finance is a group of the CORP domain");
+        assert_eq!(s.sid_of(FINANCE_GROUP).unwrap(), finance);
+        assert_eq!(s.sid_of("Everyone").unwrap(), "S-1-1-0");
+        assert!(matches!(s.sid_of("no-such-account"), Err(HarnessError::Command(_))));
+        assert!(s.sid_of("a\"; lookupnames bob").is_err());
+
+        // rpcclient made smbd start samba-dcerpcd; dropping the server must not leave it behind.
+        let pid = std::fs::read_to_string(s.root_dir().join("pid").join("samba-dcerpcd.pid")).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        assert!(proc_dir.exists());
+        drop(s);
+        assert!(!proc_dir.exists(), "samba-dcerpcd {} survived the harness", pid.trim());
+    }
 }

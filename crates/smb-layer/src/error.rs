@@ -140,6 +140,16 @@ pub enum SmbError {
         /// NT status, if any.
         status: Option<NtStatus>,
     },
+    /// A DCE/RPC call (the LSA client, `lsa.rs`) failed: the server refused the bind, answered
+    /// with a fault or an unexpected status, or sent a response that does not decode.
+    /// Code `SMB_RPC_FAILED`.
+    #[error("RPC failed: {detail}{}", St(.status))]
+    Rpc {
+        /// What happened.
+        detail: String,
+        /// NT status returned by the call, if any.
+        status: Option<NtStatus>,
+    },
     /// Anything else.
     #[error("SMB error: {detail}{}", St(.status))]
     Other {
@@ -164,6 +174,7 @@ impl SmbError {
             SmbError::AlreadyExists { .. } => "SMB_ALREADY_EXISTS",
             SmbError::DirectoryNotEmpty { .. } => "SMB_DIRECTORY_NOT_EMPTY",
             SmbError::ConnectionLost { .. } => "SMB_CONNECTION_LOST",
+            SmbError::Rpc { .. } => "SMB_RPC_FAILED",
             SmbError::Other { .. } => "SMB_ERROR",
         }
     }
@@ -181,6 +192,7 @@ impl SmbError {
             | SmbError::AlreadyExists { status, .. }
             | SmbError::DirectoryNotEmpty { status, .. }
             | SmbError::ConnectionLost { status, .. }
+            | SmbError::Rpc { status, .. }
             | SmbError::Other { status, .. } => *status,
         }
     }
@@ -192,6 +204,10 @@ impl SmbError {
 
     pub(crate) fn other(detail: impl Into<String>) -> Self {
         SmbError::Other { detail: detail.into(), status: None }
+    }
+
+    pub(crate) fn rpc(detail: impl Into<String>) -> Self {
+        SmbError::Rpc { detail: detail.into(), status: None }
     }
 
     pub(crate) fn lost(detail: impl Into<String>) -> Self {
@@ -338,5 +354,6 @@ mod tests {
         assert!(matches!(e, SmbError::SharingViolation { .. }));
         assert_eq!(e.nt_status(), Some(NtStatus::SHARING_VIOLATION));
         assert!(e.to_string().contains("0xC0000043"));
+        assert_eq!(SmbError::rpc("bind refused").code(), "SMB_RPC_FAILED");
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! It gives the sync worker a small API over one share ([`SmbClient`]) with our own types
 //! ([`DirEntry`], [`SecurityDescriptor`], [`ChangeEvent`], [`SmbError`] with stable codes),
+//! SID ↔ name lookups through the server's LSA ([`SmbClient::lookup_sids`],
+//! [`SmbClient::lookup_names`], [`Principal`]; our own NDR20 binding, see `lsa.rs`),
 //! share-relative `/` paths, bounded concurrency and a timeout on every call, and works around
 //! the library's known defects through its public API (see `README.md` of this crate):
 //! TCP_NODELAY transport, credit starvation, lost listing wake-ups, dead connections, cached
@@ -9,9 +11,6 @@
 //!
 //! It must never: expose a library type, log or print a password, hang on a silent server,
 //! or hold a file's content in memory.
-//!
-//! Not here yet: an LSA client (SID ↔ name). The library's RPC layer only offers NDR64,
-//! which Samba rejects; that needs NDR20 support or our own minimal LSA binding.
 //!
 //! ```no_run
 //! # async fn demo() -> smb_layer::Result<()> {
@@ -30,6 +29,8 @@ mod config;
 mod error;
 mod io;
 mod listing;
+mod lsa;
+mod ndr;
 mod ops;
 pub mod path;
 mod transport;
@@ -40,6 +41,7 @@ pub use client::{ConnectionStats, SmbClient};
 pub use config::{Limits, Secret, SmbConfig, Timeouts};
 pub use error::{NtStatus, Result, SmbError};
 pub use listing::{ExcludeFn, WalkOptions};
+pub use lsa::{Principal, SidKind};
 pub use ops::SetTimes;
 pub use types::{
     access, Ace, AceFlags, AceKind, ChangeEvent, ChangeKind, DirEntry, FileAttributes, FileTime, SdControl,
