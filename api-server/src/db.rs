@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../migrations/0001_foundation.sql")),
     (2, "connectors", include_str!("../../migrations/0002_connectors.sql")),
     (3, "fleet", include_str!("../../migrations/0003_fleet.sql")),
+    (4, "permissions", include_str!("../../migrations/0004_permissions.sql")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -469,6 +469,11 @@ impl Run {
         // PLANNING (CPU work off the runtime; a planner fault fails the job, not the worker).
         self.board.set_phase(v1::JobPhase::Planning);
         let smb_snapshot = smb_scan.snapshot;
+        let change_times: std::collections::HashMap<RelPath, (FileTime, FileTime)> = if conn.sync_permissions {
+            smb_snapshot.items.iter().map(|(p, i)| (p.clone(), (i.change_time, i.last_write))).collect()
+        } else {
+            Default::default()
+        };
         let base_for_plan = base.clone();
         let planned = tokio::task::spawn_blocking(move || {
             let plan = sync_engine::plan(&smb_snapshot, &drive_snapshot, &base_for_plan, &settings);
@@ -556,6 +561,13 @@ impl Run {
             d.metadata.insert("percent".into(), g.percent.to_string());
             return End::Outcome { outcome: v1::JobOutcome::Failed, counts, error: Some(d), cursor: String::new() };
         }
+        if conn.sync_permissions {
+            self.board.set_phase(v1::JobPhase::Permissions);
+            if let Err(e) = self.permissions(client, &smb_root, conn, &change_times).await {
+                return self.rpc_failed(e);
+            }
+            self.board.set_phase(v1::JobPhase::Finalizing);
+        }
         let mut errors: Vec<&FileIssue> = report.errors.iter().collect();
         errors.extend(smb_scan.unreadable.iter());
         let advance = cursor_may_advance(&touched, errors.iter().map(|i| &i.path));
@@ -568,6 +580,52 @@ impl Run {
             error: None,
             cursor: if advance { cursor } else { String::new() },
         }
+    }
+
+    /// The PERMISSIONS phase over every synced item; its job-log lines are recorded here.
+    async fn permissions(
+        &self,
+        client: &smb_layer::SmbClient,
+        root: &SmbRoot,
+        conn: &v1::ConnectorConfig,
+        change_times: &std::collections::HashMap<RelPath, (FileTime, FileTime)>,
+    ) -> Result<(), RpcError> {
+        let base = self.list_base().await?;
+        let items: Vec<crate::permissions::Item> = base
+            .entries
+            .values()
+            .map(|s| crate::permissions::Item {
+                path: s.path.clone(),
+                kind: s.kind,
+                node_id: s.drive.node_id.0.clone(),
+                change_time: change_times.get(&s.path).map(|t| t.0).unwrap_or(s.smb.change_time),
+                last_write: change_times.get(&s.path).map(|t| t.1).unwrap_or(s.smb.last_write),
+            })
+            .collect();
+        let cx = crate::permissions::PermContext {
+            client,
+            root,
+            rpc: &self.ctx.rpc,
+            job_id: &self.spec.job_id,
+            lease: &self.lease,
+            stop: &self.stop,
+            concurrency: self.ctx.config.max_transfers.max(1) * 2,
+        };
+        let out = crate::permissions::replicate(&cx, conn, items).await?;
+        let cp = self.ctx.rpc.cp.clone();
+        for batch in out.events.chunks(1000) {
+            let req = v1::ReportJobEventsRequest {
+                job_id: self.spec.job_id.clone(),
+                lease: Some(self.lease.clone()),
+                events: batch.to_vec(),
+            };
+            call_retrying(&self.stop, self.ctx.rpc.timeout, 3, || {
+                let (mut c, r) = (cp.clone(), req.clone());
+                async move { c.report_job_events(r).await }
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     fn rpc_failed(&self, e: RpcError) -> End {

@@ -9,6 +9,7 @@
 //! - [`conntest`] answers a connectivity test.
 //! - [`smb_replica::SmbShare`], [`drive_replica::DriveTarget`] and [`state_sink::StateReporter`]
 //!   implement the sync engine's replica traits over `smb-layer` and gRPC.
+//! - [`permissions`] replicates SMB security descriptors as ScaiDrive ACLs (`sync_permissions`).
 //! - [`changes`] rebuilds the ScaiDrive side from the last synced state and the change log.
 //!
 //! This crate must never log, trace or put in an error the SMB password or the worker token,
@@ -22,6 +23,7 @@ pub mod drive_replica;
 pub mod health;
 pub mod job;
 pub mod message;
+pub mod permissions;
 pub mod rpc;
 pub mod scan;
 pub mod smb_replica;

@@ -29,6 +29,7 @@ mod failures;
 mod filters;
 mod fleet;
 mod mirror;
+mod permissions;
 mod secrets;
 mod special;
 mod twoway;

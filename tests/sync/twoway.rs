@@ -499,8 +499,7 @@ async fn d2s_smb_edits_additions_and_deletions_are_undone_and_kept() {
     assert_logged(&r.job, "smb-only.txt", "SMB_CONTENT_KEPT", "trash");
     r.env.finish().await;
 }
-// Failing end-to-end cases of issue 5 (tests/sync/twoway.rs), kept out of the build until the
-// product is fixed. To run one: append it to tests/sync/twoway.rs (same helpers).
+// ---- further two-way cases: identical creations, names SMB cannot hold, … ----
 
 // ---- identical content created on both sides ----
 

@@ -6,7 +6,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::{fence_of, from_api, from_ts, from_ts_ns, invalid, refusal, scope, status, ts, ts_ns};
 use crate::store::file_states::{self, FileState};
 use crate::store::jobs::{self, ClaimRefusal, Counts};
-use crate::store::{connectors, leases};
+use crate::store::{connectors, leases, permissions};
 use crate::AppState;
 
 pub struct Control {
@@ -43,6 +43,7 @@ fn phase_name(p: i32) -> &'static str {
         v1::JobPhase::Planning => "planning",
         v1::JobPhase::Transferring => "transferring",
         v1::JobPhase::Finalizing => "finalizing",
+        v1::JobPhase::Permissions => "permissions",
         v1::JobPhase::Unspecified => "running",
     }
 }
@@ -223,6 +224,24 @@ impl v1::control_plane_server::ControlPlane for Control {
             connectors::decrypted_credentials(&self.state.db, &self.state.secrets, &c.id).await.map_err(from_api)?;
         let cursor = jobs::cursor(&self.state.db, &job.connector_id).await.map_err(from_api)?;
         let st = &c.settings;
+        let mut identity_mappings = Vec::new();
+        if st.sync_permissions {
+            let mut after = String::new();
+            loop {
+                let page =
+                    crate::store::mappings::list(&self.state.db, &c.id, Some(&after), 1000).await.map_err(from_api)?;
+                let last = page.last().map(|m| m.id.to_string());
+                identity_mappings.extend(page.into_iter().map(|m| v1::IdentityMapping {
+                    identity_type: m.identity_type,
+                    smb_principal: m.smb_principal,
+                    scaidrive_principal_id: m.scaidrive_principal_id,
+                }));
+                match last {
+                    Some(l) => after = l,
+                    None => break,
+                }
+            }
+        }
         let spec = v1::JobSpec {
             job_id: job.id.clone(),
             connector_id: job.connector_id.clone(),
@@ -263,6 +282,8 @@ impl v1::control_plane_server::ControlPlane for Control {
                 sync_system_files: st.sync_system_files,
                 sync_permissions: st.sync_permissions,
                 max_delete_percent: Some(st.max_delete_percent.clamp(0, 100) as u32),
+                identity_mappings,
+                mappings_version: c.mappings_version.max(0) as u64,
             }),
             scaidrive_cursor: cursor.unwrap_or_default(),
         };
@@ -445,4 +466,141 @@ impl v1::control_plane_server::ControlPlane for Control {
         jobs::report_events(&self.state.db, &sc.connector_id, &r.job_id, &fence, &events).await.map_err(from_api)?;
         Ok(Response::new(v1::ReportJobEventsResponse { accepted: r.events.len() as u32 }))
     }
+
+    async fn list_permission_states(
+        &self,
+        req: Request<v1::ListPermissionStatesRequest>,
+    ) -> Result<Response<v1::ListPermissionStatesResponse>, Status> {
+        let r = req.into_inner();
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        let limit = match r.page_size {
+            0 => 1000,
+            n @ 1..=1000 => n as i64,
+            _ => return Err(invalid("page_size", "must be between 1 and 1000")),
+        };
+        let page = permissions::list(&self.state.db, &sc.connector_id, &sc.share_id, &r.page_token, limit)
+            .await
+            .map_err(from_api)?;
+        let next = if page.len() as i64 == limit {
+            page.last().map(|s| s.path.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListPermissionStatesResponse {
+            states: page.iter().map(permission_state_msg).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn apply_permissions(
+        &self,
+        req: Request<v1::ApplyPermissionsRequest>,
+    ) -> Result<Response<v1::ApplyPermissionsResponse>, Status> {
+        let r = req.into_inner();
+        if r.states.len() > 1000 || r.forget_paths.len() > 1000 {
+            return Err(invalid("states", "at most 1000 states and 1000 forgotten paths per call"));
+        }
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        let fence = fence_of(r.lease.as_ref())?;
+        let mut states = Vec::with_capacity(r.states.len());
+        for (i, s) in r.states.iter().enumerate() {
+            states.push(permission_state_of(s).map_err(|(field, msg)| invalid(&format!("states[{i}].{field}"), msg))?);
+        }
+        let out = permissions::apply(
+            &self.state.db,
+            &sc.tenant,
+            &sc.connector_id,
+            &sc.share_id,
+            &fence,
+            &states,
+            &r.forget_paths,
+        )
+        .await
+        .map_err(from_api)?;
+        tracing::info!(
+            connector.id = %sc.connector_id,
+            written = out.written,
+            unchanged = out.unchanged,
+            skipped = out.skipped,
+            "permissions applied"
+        );
+        Ok(Response::new(v1::ApplyPermissionsResponse {
+            written: out.written,
+            unchanged: out.unchanged,
+            skipped: out.skipped,
+            entries_dropped: out.entries_dropped,
+        }))
+    }
+}
+
+fn permission_state_msg(s: &permissions::State) -> v1::PermissionState {
+    v1::PermissionState {
+        path: s.path.clone(),
+        node_id: s.node_id.clone(),
+        sd_changed_at_ns: s.sd_changed_at,
+        mappings_version: s.mappings_version.max(0) as u64,
+        acl: Some(v1::ReplicatedAcl {
+            inherit_from_parent: s.acl.inherit_from_parent,
+            entries: s
+                .acl
+                .entries
+                .iter()
+                .map(|e| v1::AclEntry {
+                    principal_type: match e.principal_type.as_str() {
+                        "user" => v1::PrincipalType::User,
+                        "group" => v1::PrincipalType::Group,
+                        _ => v1::PrincipalType::Everyone,
+                    } as i32,
+                    principal_id: e.principal_id.clone(),
+                    deny: e.deny,
+                    permissions: e.permissions as u32,
+                    inherit_to_children: e.inherit_to_children,
+                })
+                .collect(),
+            owner_user_id: s.acl.owner.clone(),
+        }),
+        drifted: s.drifted,
+    }
+}
+
+fn permission_state_of(s: &v1::PermissionState) -> Result<permissions::State, (&'static str, &'static str)> {
+    if s.path.is_empty() {
+        return Err(("path", "a path is required"));
+    }
+    if s.node_id.is_empty() {
+        return Err(("node_id", "a node id is required"));
+    }
+    let acl = s.acl.clone().unwrap_or_default();
+    let mut entries = Vec::with_capacity(acl.entries.len());
+    for e in &acl.entries {
+        let t = match v1::PrincipalType::try_from(e.principal_type).unwrap_or(v1::PrincipalType::Unspecified) {
+            v1::PrincipalType::User => "user",
+            v1::PrincipalType::Group => "group",
+            v1::PrincipalType::Everyone => "everyone",
+            v1::PrincipalType::Unspecified => {
+                return Err(("acl.entries.principal_type", "must be user, group or everyone"))
+            }
+        };
+        if t != "everyone" && e.principal_id.is_empty() {
+            return Err(("acl.entries.principal_id", "a user or group entry needs its id"));
+        }
+        if e.permissions & !(crate::perm::ALL as u32) != 0 {
+            return Err(("acl.entries.permissions", "unknown permission bits"));
+        }
+        entries.push(permissions::Entry {
+            principal_type: t.to_string(),
+            principal_id: if t == "everyone" { String::new() } else { e.principal_id.clone() },
+            deny: e.deny,
+            permissions: e.permissions as i64,
+            inherit_to_children: e.inherit_to_children,
+        });
+    }
+    Ok(permissions::State {
+        path: s.path.clone(),
+        node_id: s.node_id.clone(),
+        sd_changed_at: s.sd_changed_at_ns,
+        mappings_version: s.mappings_version.min(i64::MAX as u64) as i64,
+        acl: permissions::Acl { inherit_from_parent: acl.inherit_from_parent, entries, owner: acl.owner_user_id },
+        drifted: false,
+    })
 }

@@ -54,7 +54,7 @@ pub struct JobError {
 
 #[derive(Serialize, ToSchema)]
 pub struct JobProgress {
-    /// connecting, scanning, planning, transferring, finalizing
+    /// connecting, scanning, planning, transferring, permissions, finalizing
     pub phase: Option<String>,
     pub current_path: Option<String>,
     pub files_total: i64,

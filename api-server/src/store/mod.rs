@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod leases;
 pub mod mappings;
 pub mod nodes;
+pub mod permissions;
 pub mod shares;
 
 use sqlx::any::AnyRow;

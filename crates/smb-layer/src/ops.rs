@@ -355,7 +355,10 @@ fn sd_to_smb(sd: &SecurityDescriptor) -> Result<smb::SecurityDescriptor> {
         .with_self_relative(true)
         .with_dacl_present(dacl.is_some())
         .with_dacl_protected(sd.control.dacl_protected)
-        .with_dacl_auto_inherited(sd.control.dacl_auto_inherited);
+        .with_dacl_auto_inherited(sd.control.dacl_auto_inherited)
+        // SE_DACL_AUTO_INHERIT_REQ (the library calls it `dacl_computed`): as Windows clients
+        // do, ask the server to keep the DACL's inherited ACEs marked as such.
+        .with_dacl_computed(sd.control.dacl_auto_inherited);
     Ok(smb::SecurityDescriptor {
         sbz1: 0,
         control,
