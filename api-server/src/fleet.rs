@@ -60,9 +60,15 @@ pub async fn open_queue(config: &crate::Config) -> anyhow::Result<Arc<dyn JobQue
 pub async fn publish_job(state: &AppState, job: &Job) -> ApiResult<()> {
     let body = serde_json::to_vec(&JobMessage { job_id: job.id.clone(), connector_id: job.connector_id.clone() })
         .map_err(ApiError::internal)?;
+    // The trace context of the caller (the REST request, or the scheduler's span) travels
+    // in the message headers to the worker.
+    let mut msg = Message::new(body).with_header("job_id", job.id.clone());
+    for (k, v) in telemetry::propagation::current_headers() {
+        msg = msg.with_header(k, v);
+    }
     state
         .queue
-        .publish(JOBS_QUEUE, Message::new(body).with_header("job_id", job.id.clone()))
+        .publish(JOBS_QUEUE, msg)
         .await
         .map_err(|e| ApiError::unavailable(format!("the job queue refused the job: {e}")))?;
     jobs::mark_published(&state.db, &job.id).await
@@ -75,13 +81,16 @@ pub async fn schedule_once(state: &AppState) -> ApiResult<usize> {
     for d in decisions {
         match d {
             Decision::Queued(job) => {
+                let span = tracing::info_span!("scheduler.run", job.id = %job.id, connector.id = %job.connector_id);
+                let _e = span.enter();
                 tracing::info!(job.id = %job.id, connector.id = %job.connector_id, "scheduled run queued");
-                if let Err(e) = publish_job(state, &job).await {
+                if let Err(e) = tracing::Instrument::instrument(publish_job(state, &job), span.clone()).await {
                     // The sweeper publishes it later.
                     tracing::warn!(job.id = %job.id, error = %e.message, "publishing a scheduled job failed");
                 }
             }
             Decision::Skipped(job) => {
+                crate::observe::job_skipped(&job);
                 tracing::info!(job.id = %job.id, connector.id = %job.connector_id, reason = job.reason.as_deref().unwrap_or(""), "scheduled run skipped");
             }
         }

@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod ids;
+pub mod observe;
 pub mod paths;
 pub mod perm;
 pub mod secrets;
@@ -132,6 +133,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let grpc_task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
         let r = tonic::transport::Server::builder()
+            .layer(observe::GrpcLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move { s2.cancelled().await })
             .await;
@@ -142,7 +144,8 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let workers = state.config.embedded_workers();
     let queue = state.queue.clone();
     let token = state.worker_token.to_string();
-    let mut tasks = fleet::spawn_background(state, stop.clone());
+    let mut tasks = fleet::spawn_background(state.clone(), stop.clone());
+    tasks.push(tokio::spawn(observe::gauges_loop(state, stop.clone())));
     tasks.push(grpc_task);
     // Standalone mode: the workers run here, on the same queue, talking gRPC over loopback,
     // exactly as separate sync-worker processes would.

@@ -65,6 +65,8 @@ pub struct WorkerConfig {
     pub smb_timeouts: smb_layer::Timeouts,
     /// The worker's build version, sent in `Ping`.
     pub worker_version: String,
+    /// The worker pool this worker serves (`default` unless configured).
+    pub worker_pool: String,
 }
 
 impl WorkerConfig {
@@ -84,6 +86,7 @@ impl WorkerConfig {
             rpc_timeout: Duration::from_secs(30),
             smb_timeouts: smb_layer::Timeouts::default(),
             worker_version: env!("CARGO_PKG_VERSION").to_string(),
+            worker_pool: "default".to_string(),
         }
     }
 }

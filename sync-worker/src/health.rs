@@ -46,7 +46,7 @@ impl Readiness {
             return false;
         };
         let mut cp = rpc.cp.clone();
-        let req = v1::PingRequest { worker_id, worker_version };
+        let req = v1::PingRequest { worker_id, worker_version, worker_pool: String::new() };
         call(&CancellationToken::new(), Duration::from_secs(2), cp.ping(req)).await.is_ok()
     }
 }

@@ -438,6 +438,7 @@ impl Run {
         let smb_scan = match scan_smb(client, &smb_root, &settings, &base, &self.stop, |n| {
             board.scanned.store(n, Ordering::Relaxed)
         })
+        .instrument(tracing::info_span!("job.walk"))
         .await
         {
             Ok(s) => s,
@@ -454,7 +455,11 @@ impl Run {
             Err(ScanError::Smb(e)) => return self.failed(smb_detail(&e)),
         };
         let first_run = self.spec.scaidrive_cursor.is_empty();
-        let (drive_snapshot, touched, cursor) = match self.drive_side(&drive, &drive_root, &base, first_run).await {
+        let (drive_snapshot, touched, cursor) = match self
+            .drive_side(&drive, &drive_root, &base, first_run)
+            .instrument(tracing::info_span!("job.scaidrive_view"))
+            .await
+        {
             Ok(x) => x,
             Err(e) => return self.rpc_failed(e),
         };
@@ -479,6 +484,7 @@ impl Run {
             let plan = sync_engine::plan(&smb_snapshot, &drive_snapshot, &base_for_plan, &settings);
             (plan, smb_snapshot.items.len() as u64)
         })
+        .instrument(tracing::info_span!("job.plan"))
         .await;
         let (plan, scanned) = match planned {
             Ok(p) => p,
@@ -526,13 +532,15 @@ impl Run {
         let report = if plan.blocked.is_some() {
             ExecReport { blocked: plan.blocked.clone(), ..Default::default() }
         } else {
-            sync_engine::execute(&plan, &smb, &drive, reporter.as_ref(), &opts).await
+            sync_engine::execute(&plan, &smb, &drive, reporter.as_ref(), &opts)
+                .instrument(tracing::info_span!("job.transfer", actions = plan.actions.len()))
+                .await
         };
         flusher.abort();
 
         // FINALIZING
         self.board.set_phase(v1::JobPhase::Finalizing);
-        if let Err(e) = reporter.flush().await {
+        if let Err(e) = reporter.flush().instrument(tracing::info_span!("job.commit")).await {
             if e.is_lease_lost() || self.lease_lost.is_cancelled() {
                 return End::LeaseLost;
             }
@@ -563,7 +571,11 @@ impl Run {
         }
         if conn.sync_permissions {
             self.board.set_phase(v1::JobPhase::Permissions);
-            if let Err(e) = self.permissions(client, &smb_root, conn, &change_times).await {
+            if let Err(e) = self
+                .permissions(client, &smb_root, conn, &change_times)
+                .instrument(tracing::info_span!("job.permissions"))
+                .await
+            {
                 return self.rpc_failed(e);
             }
             self.board.set_phase(v1::JobPhase::Finalizing);

@@ -27,6 +27,9 @@ struct Args {
     /// This worker's identity (default: host name and pid).
     #[arg(long, env = "SCAIDRIVE_WORKER_ID")]
     worker_id: Option<String>,
+    /// The worker pool this worker serves (its queues: scaidrive.sync-jobs.<pool>, …).
+    #[arg(long, env = "SCAIDRIVE_WORKER_POOL", default_value = "default")]
+    worker_pool: String,
     /// RabbitMQ URL (amqp://user:password@host:5672/vhost).
     #[arg(long, env = "SCAIDRIVE_AMQP_URL", hide_env_values = true)]
     amqp_url: String,
@@ -63,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(id) = &args.worker_id {
         config.worker_id = id.clone();
     }
+    config.worker_pool = args.worker_pool.clone();
     config.max_jobs = args.max_jobs.max(1);
     config.max_transfers = args.max_transfers.max(1);
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(10));

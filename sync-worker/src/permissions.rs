@@ -434,6 +434,13 @@ pub async fn replicate(
         ));
     }
     for (reason, n) in &report.lossy {
+        telemetry::metrics::get().permissions_lossy.add(
+            *n,
+            &[
+                telemetry::metrics::kv("connector_id", conn.connector_id.clone()),
+                telemetry::metrics::kv("reason", *reason),
+            ],
+        );
         let what = match *reason {
             perm::codes::RIGHTS_WITHOUT_EQUIVALENT => "carried rights ScaiDrive cannot express (delete-child without delete, traverse or attributes alone); those rights were left out",
             perm::codes::OBJECT_OR_CONDITIONAL_ACE => "were object or conditional ACEs; allows were left out, denies kept unconditionally",

@@ -23,6 +23,15 @@ pub struct Auth {
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert("authorization", self.header.clone());
+        // The caller's trace continues on the server.
+        for (k, v) in telemetry::propagation::current_headers() {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(k.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(v.as_str()),
+            ) {
+                req.metadata_mut().insert(k, v);
+            }
+        }
         Ok(req)
     }
 }

@@ -55,11 +55,31 @@ pub async fn run_with_readiness(
     info!(worker.id = %ctx.config.worker_id, max_jobs = ctx.config.max_jobs, max_transfers = ctx.config.max_transfers, "sync worker starting");
     let jobs = tokio::spawn(jobs_loop(ctx.clone(), queue.clone(), shutdown.clone(), readiness.clone()));
     let tests = tokio::spawn(tests_loop(ctx.clone(), queue, shutdown.clone()));
+    tokio::spawn(pinger(ctx.clone(), shutdown.clone()));
     let (a, b) = tokio::join!(jobs, tests);
     a?;
     b?;
     info!("sync worker stopped");
     Ok(())
+}
+
+/// Pings the control plane every 20 s: the fleet's live-workers gauge counts these.
+async fn pinger(ctx: JobContext, shutdown: CancellationToken) {
+    loop {
+        let req = v1::PingRequest {
+            worker_id: ctx.config.worker_id.clone(),
+            worker_version: ctx.config.worker_version.clone(),
+            worker_pool: ctx.config.worker_pool.clone(),
+        };
+        let mut cp = ctx.rpc.cp.clone();
+        if let Err(e) = crate::rpc::call(&shutdown, Duration::from_secs(5), cp.ping(req)).await {
+            tracing::debug!(error = %e, "ping failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(20)) => {}
+        }
+    }
 }
 
 async fn declare(queue: &dyn JobQueue, name: &str, shutdown: &CancellationToken) -> bool {
@@ -141,8 +161,24 @@ async fn job_delivery(ctx: &JobContext, _queue: &dyn JobQueue, delivery: Deliver
             return;
         }
     };
-    let parent = tracing::info_span!("delivery", job.id = %msg.job_id, redelivered = delivery.redelivered);
+    // One trace per job: the span continues the trace the api-server put in the message
+    // headers (the REST call or the scheduler); its id is on every log line of the job.
+    let parent = tracing::info_span!(
+        "job",
+        otel.kind = "consumer",
+        job.id = %msg.job_id,
+        connector.id = %msg.connector_id,
+        redelivered = delivery.redelivered,
+        trace_id = tracing::field::Empty
+    );
+    telemetry::propagation::adopt(&parent, &delivery.headers);
+    if let Some(t) = telemetry::propagation::trace_id(&parent) {
+        parent.record("trace_id", t.as_str());
+    }
+    let active = [telemetry::metrics::kv("pool", ctx.config.worker_pool.clone())];
+    telemetry::metrics::get().worker_jobs_active.add(1, &active);
     let settle = handle_job(ctx, &msg, shutdown).instrument(parent).await;
+    telemetry::metrics::get().worker_jobs_active.add(-1, &active);
     let r = match settle {
         Settle::Ack => delivery.ack().await,
         Settle::Requeue => delivery.nack_requeue().await,

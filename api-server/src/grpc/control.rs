@@ -128,7 +128,14 @@ fn state_from_msg(m: &v1::FileState) -> Result<FileState, Status> {
 
 #[tonic::async_trait]
 impl v1::control_plane_server::ControlPlane for Control {
-    async fn ping(&self, _req: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+    async fn ping(&self, req: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        let r = req.into_inner();
+        if !r.worker_id.is_empty() {
+            crate::observe::worker_seen(
+                &r.worker_id,
+                if r.worker_pool.is_empty() { "default" } else { &r.worker_pool },
+            );
+        }
         Ok(Response::new(v1::PingResponse {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             contract_version: proto::CONTRACT_VERSION.to_string(),
@@ -153,11 +160,25 @@ impl v1::control_plane_server::ControlPlane for Control {
             return Err(status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, "no such connector"));
         }
         let ttl = duration_ms(r.ttl.as_ref()).unwrap_or(30_000);
+        // A lease left to lapse by another worker (crashed, frozen, partitioned) is taken over.
+        let lapsed: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM leases WHERE connector_id = $1 AND released = 0 AND expires_at < $2 AND worker_id <> $3",
+        )
+        .bind(&r.connector_id)
+        .bind(crate::time::now_ms())
+        .bind(&r.worker_id)
+        .fetch_one(&self.state.db.pool)
+        .await
+        .map_err(|e| from_api(e.into()))?;
         let lease = leases::acquire(&self.state.db, &r.connector_id, &r.worker_id, ttl)
             .await
             .map_err(from_api)?
             .map_err(refusal)?;
         tracing::info!(connector.id = %r.connector_id, worker.id = %r.worker_id, lease.token = lease.fencing_token, "lease acquired");
+        crate::observe::lease_event("acquired");
+        if lapsed.0 > 0 {
+            crate::observe::lease_event("taken_over");
+        }
         Ok(Response::new(v1::AcquireLeaseResponse {
             lease_id: lease.lease_id,
             fencing_token: lease.fencing_token as u64,
@@ -174,7 +195,11 @@ impl v1::control_plane_server::ControlPlane for Control {
         let lease = leases::renew(&self.state.db, &fence, duration_ms(r.ttl.as_ref()))
             .await
             .map_err(from_api)?
-            .map_err(refusal)?;
+            .map_err(|r| {
+                crate::observe::lease_event("lost");
+                refusal(r)
+            })?;
+        crate::observe::lease_event("renewed");
         Ok(Response::new(v1::RenewLeaseResponse { expires_at: Some(ts(lease.expires_at)) }))
     }
 
@@ -288,6 +313,7 @@ impl v1::control_plane_server::ControlPlane for Control {
             scaidrive_cursor: cursor.unwrap_or_default(),
         };
         tracing::info!(job.id = %job.id, connector.id = %job.connector_id, job.attempt = job.attempt, "job claimed");
+        crate::observe::job_started(&job);
         Ok(Response::new(v1::ClaimJobResponse { job: Some(spec) }))
     }
 
@@ -367,6 +393,18 @@ impl v1::control_plane_server::ControlPlane for Control {
         .await
         .map_err(from_api)?;
         tracing::info!(job.id = %r.job_id, job.outcome = outcome, "job completed");
+        if !already {
+            let c: Option<(String, String)> = sqlx::query_as(
+                "SELECT c.conflict_resolution, c.sync_direction FROM jobs j JOIN connectors c ON c.id = j.connector_id WHERE j.id = $1",
+            )
+            .bind(&r.job_id)
+            .fetch_optional(&self.state.db.pool)
+            .await
+            .ok()
+            .flatten();
+            let (strategy, direction) = c.unwrap_or_default();
+            crate::observe::job_finished(&self.state, &r.job_id, &strategy, direction == "scaidrive_to_smb").await;
+        }
         Ok(Response::new(v1::CompleteJobResponse { already_recorded: already }))
     }
 
@@ -375,7 +413,11 @@ impl v1::control_plane_server::ControlPlane for Control {
         req: Request<v1::CheckCancelRequest>,
     ) -> Result<Response<v1::CheckCancelResponse>, Status> {
         let r = req.into_inner();
-        let _ = scope(&self.state, r.lease.as_ref(), None).await?;
+        let sc = scope(&self.state, r.lease.as_ref(), None).await?;
+        if jobs::get(&self.state.db, &r.job_id).await.map_err(from_api)?.is_some_and(|j| j.connector_id != sc.connector_id)
+        {
+            return Err(status(Code::FailedPrecondition, proto::codes::JOB_LEASE_MISMATCH, "the job belongs to another connector"));
+        }
         let (cancel, reason) = jobs::cancel_state(&self.state.db, &r.job_id).await.map_err(from_api)?;
         Ok(Response::new(v1::CheckCancelResponse { cancel_requested: cancel, reason: reason.unwrap_or_default() }))
     }

@@ -155,8 +155,11 @@ pub fn router(state: AppState) -> Router {
                 .get::<axum::extract::MatchedPath>()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default();
-            tracing::info_span!("http.request", http.method = %req.method(), http.route = %route)
+            let span = tracing::info_span!("http.request", otel.kind = "server", http.method = %req.method(), http.route = %route);
+            telemetry::propagation::adopt_http(&span, req.headers());
+            span
         }))
+        .layer(axum::middleware::from_fn(crate::observe::http_metrics))
         .with_state(state)
 }
 

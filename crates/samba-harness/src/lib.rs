@@ -436,6 +436,7 @@ impl SambaServer {
              \tworkgroup = {DOMAIN}\n\
              \tnetbios name = SCAIDRIVE-TEST\n\
              \tserver role = classic primary domain controller\n\
+             \tserver signing = auto\n\
              \tsmb ports = {port}\n\
              \tinterfaces = 127.0.0.1\n\
              \tbind interfaces only = yes\n\

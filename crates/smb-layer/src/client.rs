@@ -327,6 +327,18 @@ impl SmbClient {
 
     /// Runs `f` on the current connection under the request timeout and the ops semaphore;
     /// marks the connection broken when the failure says so.
+    /// [`Self::run`], timed into `scaidrive.smb.request.duration` under `op`.
+    pub(crate) async fn run_op<T, F, Fut>(&self, op: &'static str, path: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let start = std::time::Instant::now();
+        let res = self.run(path, f).await;
+        record(op, start, res.as_ref().err());
+        res
+    }
+
     pub(crate) async fn run<T, F, Fut>(&self, path: &str, f: F) -> Result<T>
     where
         F: FnOnce(Arc<Conn>) -> Fut,
@@ -386,3 +398,14 @@ impl SmbClient {
 // Keep the unused constants referenced (they document the bits we might request).
 #[allow(dead_code)]
 const _UNUSED: [u32; 4] = [am::APPEND_DATA, am::READ_EA, am::WRITE_EA, am::WRITE_OWNER];
+
+/// Records one SMB operation's latency (`status`: `ok` or the error's stable code).
+pub(crate) fn record(op: &'static str, start: std::time::Instant, err: Option<&SmbError>) {
+    telemetry::metrics::get().smb_duration.record(
+        start.elapsed().as_secs_f64(),
+        &[
+            telemetry::metrics::kv("operation", op),
+            telemetry::metrics::kv("status", err.map(|e| e.code()).unwrap_or("ok")),
+        ],
+    );
+}

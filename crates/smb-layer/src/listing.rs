@@ -118,7 +118,10 @@ async fn drain(dir: Arc<Directory>, path: String, idle: Duration, buffer: u32) -
 impl SmbClient {
     /// Lists one directory (without `.` and `..`), with file IDs, sizes, times and attributes.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        self.retrying(|| self.list_dir_once(path)).await
+        let start = std::time::Instant::now();
+        let res = self.retrying(|| self.list_dir_once(path)).await;
+        crate::client::record("list_dir", start, res.as_ref().err());
+        res
     }
 
     async fn list_dir_once(&self, path: &str) -> Result<Vec<DirEntry>> {

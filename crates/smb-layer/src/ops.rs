@@ -69,7 +69,7 @@ impl SmbClient {
     async fn stat_once(&self, path: &str) -> Result<DirEntry> {
         let path = normalize(path);
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("stat", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, am::READ_ATTRIBUTES).await?;
             let h = handle_of(&r)?;
             let info: smb::FileNetworkOpenInformation = h.query_info().await.map_err(|e| classify(e, &path))?;
@@ -106,7 +106,7 @@ impl SmbClient {
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         let path = normalize(path);
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("mkdir", &p2, |conn| async move {
             let r = SmbClient::open_on(
                 &conn,
                 &path,
@@ -141,7 +141,7 @@ impl SmbClient {
         let from = normalize(from);
         let target = to_smb_path(to)?;
         let p2 = from.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("rename", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &from, am::DELETE | am::READ_ATTRIBUTES).await?;
             let res = handle_of(&r)?
                 .set_info(smb::FileRenameInformation {
@@ -163,7 +163,7 @@ impl SmbClient {
             return Err(SmbError::AccessDenied { path, status: None });
         }
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("delete", &p2, |conn| async move {
             let options = if dir {
                 CreateOptions::new().with_directory_file(true)
             } else {
@@ -201,7 +201,7 @@ impl SmbClient {
     async fn set_basic(&self, path: &str, times: SetTimes, attrs: Option<FileAttributes>) -> Result<()> {
         let path = normalize(path);
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("set_basic", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, am::WRITE_ATTRIBUTES | am::READ_ATTRIBUTES).await?;
             let res = handle_of(&r)?
                 .set_info(smb::FileBasicInformation {
@@ -251,7 +251,7 @@ impl SmbClient {
     async fn read_security_descriptor_once(&self, path: &str) -> Result<SecurityDescriptor> {
         let path = normalize(path);
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("read_security_descriptor", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, am::READ_CONTROL | am::READ_ATTRIBUTES).await?;
             let info = smb::AdditionalInfo::new()
                 .with_owner_security_information(true)
@@ -284,7 +284,7 @@ impl SmbClient {
             access |= am::WRITE_OWNER;
         }
         let p2 = path.clone();
-        self.run(&p2, |conn| async move {
+        self.run_op("write_security_descriptor", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, access).await?;
             let res = handle_of(&r)?.set_security_info(smb_sd, info).await.map_err(|e| classify(e, &path));
             let closed = close(&r, &path).await;

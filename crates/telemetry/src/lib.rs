@@ -7,6 +7,9 @@
 //!
 //! This module must never log secrets; it only decides where events go.
 
+pub mod metrics;
+pub mod propagation;
+
 use opentelemetry::trace::TracerProvider as _;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
@@ -46,10 +49,22 @@ pub fn init(service: &str) -> anyhow::Result<Guard> {
         tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
 
+    // W3C trace context everywhere (queue headers, gRPC and HTTP headers).
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let mut guard = Guard { tracer: None, meter: None };
     let otel_layer = if otlp_configured() {
         let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+        // One series per process: a default instance id unless OTEL_RESOURCE_ATTRIBUTES names one.
+        let instance = format!(
+            "{}-{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
+            std::process::id()
+        );
+        let mut resource = opentelemetry_sdk::Resource::builder().with_service_name(name);
+        if !std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default().contains("service.instance.id") {
+            resource = resource.with_attribute(opentelemetry::KeyValue::new("service.instance.id", instance));
+        }
+        let resource = resource.build();
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
