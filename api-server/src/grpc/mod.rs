@@ -80,8 +80,9 @@ pub fn ts(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
+/// Saturates: a worker's out-of-range time must not overflow (and panic) the call.
 pub fn from_ts(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1000 + (t.nanos as i64) / 1_000_000
+    t.seconds.saturating_mul(1000).saturating_add((t.nanos as i64) / 1_000_000)
 }
 
 /// Full precision (unix nanoseconds) for SMB times, which have 100 ns ticks: a state read
