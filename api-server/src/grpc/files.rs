@@ -322,7 +322,7 @@ impl v1::file_service_server::FileService for Files {
                 "the offset is beyond the end of the file",
             ));
         }
-        let end = if r.length == 0 { size } else { (r.offset + r.length).min(size) };
+        let end = if r.length == 0 { size } else { r.offset.saturating_add(r.length).min(size) };
         let chunks = nodes::version_chunks(&self.state.db, &v.id).await.map_err(from_api)?;
         let header = v1::DownloadResponse {
             part: Some(v1::download_response::Part::Header(v1::DownloadHeader {
