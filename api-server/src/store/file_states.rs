@@ -63,6 +63,12 @@ pub async fn report(db: &Db, connector_id: &str, job_id: &str, fence: &Fence, st
     if lease.connector_id != connector_id {
         return Err(ApiError::conflict("JOB_LEASE_MISMATCH", "the lease is for another connector"));
     }
+    // Failures below go to the job's log: only to a job of the lease's connector.
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT connector_id FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&mut *tx).await?;
+    if owner.is_some_and(|(c,)| c != connector_id) {
+        return Err(ApiError::conflict("JOB_LEASE_MISMATCH", "the job belongs to another connector"));
+    }
     let now = now_ms();
     let mut events = Vec::new();
     for s in states {
