@@ -545,13 +545,17 @@ pub struct Outcome<'a> {
 /// the same outcome was already recorded (a retry).
 pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiResult<bool> {
     let mut tx = db.pool.begin().await?;
-    leases::check(&mut tx, fence).await?;
+    let lease = leases::check(&mut tx, fence).await?;
     let job = sqlx::query("SELECT * FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
         .map(|r| job_from(&r))
         .ok_or_else(|| ApiError::not_found("job"))?;
+    if job.connector_id != lease.connector_id {
+        // Not even whether (or how) another connector's job ended.
+        return Err(ApiError::conflict("JOB_LEASE_MISMATCH", "the job belongs to another connector"));
+    }
     if !job.is_active() {
         if job.status == o.status {
             return Ok(true);
