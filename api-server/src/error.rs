@@ -112,6 +112,14 @@ impl From<sqlx::Error> for ApiError {
             if db.is_foreign_key_violation() {
                 return ApiError::conflict("REFERENCED", "a referenced item does not exist or is still in use");
             }
+            // PostgreSQL refuses NUL in text (SQLite stores it): a value no item can have.
+            if db.code().as_deref() == Some("22021") {
+                return ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "VALIDATION_FAILED",
+                    "a value contains a NUL character",
+                );
+            }
         }
         if matches!(e, sqlx::Error::PoolTimedOut) {
             return ApiError::unavailable("the database is busy; retry shortly");
