@@ -414,9 +414,16 @@ impl v1::control_plane_server::ControlPlane for Control {
     ) -> Result<Response<v1::CheckCancelResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
-        if jobs::get(&self.state.db, &r.job_id).await.map_err(from_api)?.is_some_and(|j| j.connector_id != sc.connector_id)
+        if jobs::get(&self.state.db, &r.job_id)
+            .await
+            .map_err(from_api)?
+            .is_some_and(|j| j.connector_id != sc.connector_id)
         {
-            return Err(status(Code::FailedPrecondition, proto::codes::JOB_LEASE_MISMATCH, "the job belongs to another connector"));
+            return Err(status(
+                Code::FailedPrecondition,
+                proto::codes::JOB_LEASE_MISMATCH,
+                "the job belongs to another connector",
+            ));
         }
         let (cancel, reason) = jobs::cancel_state(&self.state.db, &r.job_id).await.map_err(from_api)?;
         Ok(Response::new(v1::CheckCancelResponse { cancel_requested: cancel, reason: reason.unwrap_or_default() }))
