@@ -1,5 +1,6 @@
 //! The ScaiDrive side of the api-server, end to end over HTTP, on SQLite and on PostgreSQL.
 
+mod authz;
 mod connectors;
 mod files;
 mod input;
