@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "SCAIDRIVE_EMBEDDED_WORKERS")]
     pub embedded_workers: Option<usize>,
 
+    /// The worker pools the embedded workers serve (comma-separated; `--embedded-workers`
+    /// workers each).
+    #[arg(long, env = "SCAIDRIVE_EMBEDDED_WORKER_POOLS", value_delimiter = ',', default_value = "default")]
+    pub embedded_worker_pools: Vec<String>,
+
     /// How often due scheduled runs are looked for, in milliseconds.
     #[arg(long, env = "SCAIDRIVE_SCHEDULER_TICK_MS", default_value = "5000")]
     pub scheduler_tick_ms: u64,
@@ -76,6 +81,7 @@ impl Config {
             worker_token: None,
             amqp_url: None,
             embedded_workers: Some(0),
+            embedded_worker_pools: vec!["default".to_string()],
             scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,

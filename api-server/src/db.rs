@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "connectors", include_str!("../../migrations/0002_connectors.sql")),
     (3, "fleet", include_str!("../../migrations/0003_fleet.sql")),
     (4, "permissions", include_str!("../../migrations/0004_permissions.sql")),
+    (5, "worker_pools", include_str!("../../migrations/0005_worker_pools.sql")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! with `published_at` NULL, which the sweeper publishes. Duplicate messages are harmless:
 //! claims are idempotent, finished jobs refuse a claim, and the lease keeps runs apart.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +20,46 @@ use crate::store::jobs::{self, Decision, Job};
 use crate::time::now_ms;
 use crate::AppState;
 
-/// Sync jobs for the worker fleet.
-pub const JOBS_QUEUE: &str = "scaidrive.sync-jobs";
-/// Connectivity tests (request/reply).
-pub const TESTS_QUEUE: &str = "scaidrive.connection-tests";
+/// Sync jobs for the default worker pool (`scaidrive.sync-jobs.<pool>` for each pool).
+pub const JOBS_QUEUE: &str = sync_worker::SYNC_JOBS_QUEUE;
+/// Connectivity tests (request/reply) for the default pool.
+pub const TESTS_QUEUE: &str = sync_worker::CONNECTION_TESTS_QUEUE;
+
+/// Declares a queue once per state (declaring is idempotent, but a round trip per publish
+/// is not free).
+async fn ensure_declared(state: &AppState, name: &str) -> ApiResult<()> {
+    let known = state.declared_queues.lock().unwrap_or_else(|e| e.into_inner()).contains(name);
+    if !known {
+        state
+            .queue
+            .declare(name)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the job queue refused to declare {name}: {e}")))?;
+        state.declared_queues.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+    }
+    Ok(())
+}
+
+/// The worker pool of a connector (`default` if it is gone).
+pub async fn pool_of(state: &AppState, connector_id: &str) -> ApiResult<String> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT worker_pool FROM connectors WHERE id = $1")
+        .bind(connector_id)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    Ok(row.map(|(p,)| p).unwrap_or_else(|| sync_worker::DEFAULT_POOL.to_string()))
+}
+
+/// Every pool some connector names, and `default`.
+pub async fn known_pools(state: &AppState) -> ApiResult<Vec<String>> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT worker_pool FROM connectors").fetch_all(&state.db.pool).await?;
+    let mut pools: Vec<String> = rows.into_iter().map(|(p,)| p).collect();
+    if !pools.iter().any(|p| p == sync_worker::DEFAULT_POOL) {
+        pools.push(sync_worker::DEFAULT_POOL.to_string());
+    }
+    pools.sort();
+    Ok(pools)
+}
 
 /// The body of a job message.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -66,9 +103,11 @@ pub async fn publish_job(state: &AppState, job: &Job) -> ApiResult<()> {
     for (k, v) in telemetry::propagation::current_headers() {
         msg = msg.with_header(k, v);
     }
+    let queue = sync_worker::sync_jobs_queue(&pool_of(state, &job.connector_id).await?);
+    ensure_declared(state, &queue).await?;
     state
         .queue
-        .publish(JOBS_QUEUE, msg)
+        .publish(&queue, msg)
         .await
         .map_err(|e| ApiError::unavailable(format!("the job queue refused the job: {e}")))?;
     jobs::mark_published(&state.db, &job.id).await
@@ -116,8 +155,30 @@ pub async fn sweep_once(state: &AppState, all_queued: bool) -> ApiResult<usize> 
 const REPUBLISH_MS: i64 = 15_000;
 
 /// Records the reason of every dead-lettered job message on its job.
+/// Consumes the dead-letter queue of every pool's jobs queue (pools named later are picked
+/// up within a minute).
 async fn dead_letters(state: AppState, stop: CancellationToken) {
-    let dlq = jobqueue::dead_letter_queue(JOBS_QUEUE);
+    let mut watching: HashSet<String> = HashSet::new();
+    loop {
+        if let Ok(pools) = known_pools(&state).await {
+            for pool in pools {
+                let queue = sync_worker::sync_jobs_queue(&pool);
+                if watching.contains(&queue) || ensure_declared(&state, &queue).await.is_err() {
+                    continue;
+                }
+                watching.insert(queue.clone());
+                tokio::spawn(dead_letters_of(state.clone(), queue, stop.clone()));
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+async fn dead_letters_of(state: AppState, queue: String, stop: CancellationToken) {
+    let dlq = jobqueue::dead_letter_queue(&queue);
     let mut consumer = match state.queue.consume(&dlq, 8).await {
         Ok(c) => c,
         Err(e) => {
@@ -195,10 +256,12 @@ pub struct TestAnswer {
 }
 
 /// Asks a worker to test a connection and waits (bounded) for its answer.
-pub async fn run_test(state: &AppState, test_id: &str, timeout: Duration) -> ApiResult<TestAnswer> {
+pub async fn run_test(state: &AppState, test_id: &str, pool: &str, timeout: Duration) -> ApiResult<TestAnswer> {
     use prost::Message as _;
     let body = serde_json::to_vec(&TestMessage { test_id: test_id.to_string() }).map_err(ApiError::internal)?;
-    let reply = state.queue.request(TESTS_QUEUE, Message::new(body), timeout).await;
+    let queue = sync_worker::connection_tests_queue(pool);
+    ensure_declared(state, &queue).await?;
+    let reply = state.queue.request(&queue, Message::new(body), timeout).await;
     crate::store::conn_tests::remove(&state.db, test_id).await?;
     match reply {
         Ok(m) => {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub queue: Arc<dyn jobqueue::JobQueue>,
     /// The token sync workers present on gRPC.
     pub worker_token: Arc<String>,
+    /// Queues this state has declared (one declare per queue, not per publish).
+    pub declared_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl AppState {
@@ -80,6 +82,7 @@ impl AppState {
             secrets: Arc::new(secrets),
             queue,
             worker_token: Arc::new(worker_token),
+            declared_queues: Default::default(),
         })
     }
 }
@@ -142,6 +145,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
         }
     });
     let workers = state.config.embedded_workers();
+    let config_pools = state.config.embedded_worker_pools.clone();
     let queue = state.queue.clone();
     let token = state.worker_token.to_string();
     let mut tasks = fleet::spawn_background(state.clone(), stop.clone());
@@ -149,9 +153,11 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     tasks.push(grpc_task);
     // Standalone mode: the workers run here, on the same queue, talking gRPC over loopback,
     // exactly as separate sync-worker processes would.
-    for i in 0..workers {
+    let pools = state_pools(&config_pools);
+    for (pool, i) in pools.iter().flat_map(|p| (0..workers).map(move |i| (p.clone(), i))) {
         let mut wc = sync_worker::WorkerConfig::new(format!("http://{grpc_addr}"), token.clone());
-        wc.worker_id = format!("embedded-{}-{i}", std::process::id());
+        wc.worker_id = format!("embedded-{}-{pool}-{i}", std::process::id());
+        wc.worker_pool = pool;
         let (q, s) = (queue.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = sync_worker::run(wc, q, s).await {
@@ -160,4 +166,20 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
         }));
     }
     Ok(Running { addr, grpc_addr, stop, tasks, http })
+}
+
+/// The valid, distinct pool names of `--embedded-worker-pools` (`default` if none is).
+fn state_pools(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names.iter().map(|n| n.trim()) {
+        if sync_worker::valid_pool_name(n) && !out.iter().any(|o| o == n) {
+            out.push(n.to_string());
+        } else if !n.is_empty() && !sync_worker::valid_pool_name(n) {
+            tracing::warn!(pool = %n, "ignoring an invalid worker pool name in --embedded-worker-pools");
+        }
+    }
+    if out.is_empty() {
+        out.push(sync_worker::DEFAULT_POOL.to_string());
+    }
+    out
 }

@@ -135,15 +135,21 @@ pub async fn gauges_loop(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let row: Result<(i64, Option<i64>), _> =
-            sqlx::query_as("SELECT COUNT(*), MIN(requested_at) FROM jobs WHERE status = 'queued'")
-                .fetch_one(&state.db.pool)
-                .await;
-        if let Ok((n, oldest)) = row {
-            let q = [kv("queue", crate::fleet::JOBS_QUEUE)];
-            m().queue_depth.record(n.max(0) as u64, &q);
-            let age = oldest.map(|t| ((now_ms() - t).max(0) as f64) / 1000.0).unwrap_or(0.0);
-            m().queue_oldest_age.record(age, &q);
+        let rows: Result<Vec<(String, i64, Option<i64>)>, _> = sqlx::query_as(
+            "SELECT c.worker_pool, COUNT(*), MIN(j.requested_at) FROM jobs j JOIN connectors c ON c.id = j.connector_id
+             WHERE j.status = 'queued' GROUP BY c.worker_pool",
+        )
+        .fetch_all(&state.db.pool)
+        .await;
+        if let (Ok(rows), Ok(pools)) = (rows, crate::fleet::known_pools(&state).await) {
+            for pool in pools {
+                let (n, oldest) =
+                    rows.iter().find(|(p, _, _)| *p == pool).map(|(_, n, o)| (*n, *o)).unwrap_or((0, None));
+                let q = [kv("queue", sync_worker::sync_jobs_queue(&pool))];
+                m().queue_depth.record(n.max(0) as u64, &q);
+                let age = oldest.map(|t| ((now_ms() - t).max(0) as f64) / 1000.0).unwrap_or(0.0);
+                m().queue_oldest_age.record(age, &q);
+            }
         }
         for (pool, n) in workers_alive() {
             m().workers_alive.record(n, &[kv("pool", pool)]);

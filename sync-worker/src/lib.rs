@@ -32,4 +32,7 @@ pub mod worker;
 
 pub use config::{Secret, WorkerConfig};
 pub use health::Readiness;
-pub use worker::{run, run_with_readiness, CONNECTION_TESTS_QUEUE, SYNC_JOBS_QUEUE};
+pub use worker::{
+    connection_tests_queue, run, run_with_readiness, sync_jobs_queue, valid_pool_name, CONNECTION_TESTS_QUEUE,
+    DEFAULT_POOL, SYNC_JOBS_QUEUE,
+};

@@ -23,9 +23,30 @@ use crate::message::{decode_job, decode_test};
 use crate::rpc::{call, ControlPlane, RpcError};
 
 /// The sync jobs queue.
-pub const SYNC_JOBS_QUEUE: &str = "scaidrive.sync-jobs";
+pub const SYNC_JOBS_QUEUE: &str = "scaidrive.sync-jobs.default";
 /// The connectivity tests queue (request/reply).
-pub const CONNECTION_TESTS_QUEUE: &str = "scaidrive.connection-tests";
+pub const CONNECTION_TESTS_QUEUE: &str = "scaidrive.connection-tests.default";
+
+/// The pool of connectors and workers that name none.
+pub const DEFAULT_POOL: &str = "default";
+
+/// The sync-jobs queue of a worker pool.
+pub fn sync_jobs_queue(pool: &str) -> String {
+    format!("scaidrive.sync-jobs.{pool}")
+}
+
+/// The connection-tests queue of a worker pool.
+pub fn connection_tests_queue(pool: &str) -> String {
+    format!("scaidrive.connection-tests.{pool}")
+}
+
+/// A pool name: `[a-z0-9][a-z0-9-]*`, 1 to 63 characters (it is part of queue names).
+pub fn valid_pool_name(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 63
+        && !p.starts_with('-')
+        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 /// Runs the worker until `shutdown` is cancelled and every running job has stopped.
 ///
@@ -100,8 +121,9 @@ async fn declare(queue: &dyn JobQueue, name: &str, shutdown: &CancellationToken)
 async fn jobs_loop(ctx: JobContext, queue: Arc<dyn JobQueue>, shutdown: CancellationToken, readiness: Readiness) {
     let mut running = JoinSet::new();
     let prefetch = ctx.config.max_jobs.clamp(1, u16::MAX as usize) as u16;
-    'outer: while declare(queue.as_ref(), SYNC_JOBS_QUEUE, &shutdown).await {
-        let mut consumer = match queue.consume(SYNC_JOBS_QUEUE, prefetch).await {
+    let jobs_queue = sync_jobs_queue(&ctx.config.worker_pool);
+    'outer: while declare(queue.as_ref(), &jobs_queue, &shutdown).await {
+        let mut consumer = match queue.consume(&jobs_queue, prefetch).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot consume the jobs queue; retrying");
@@ -192,8 +214,9 @@ async fn job_delivery(ctx: &JobContext, _queue: &dyn JobQueue, delivery: Deliver
 
 async fn tests_loop(ctx: JobContext, queue: Arc<dyn JobQueue>, shutdown: CancellationToken) {
     let mut running = JoinSet::new();
-    'outer: while declare(queue.as_ref(), CONNECTION_TESTS_QUEUE, &shutdown).await {
-        let mut consumer = match queue.consume(CONNECTION_TESTS_QUEUE, 4).await {
+    let tests_queue = connection_tests_queue(&ctx.config.worker_pool);
+    'outer: while declare(queue.as_ref(), &tests_queue, &shutdown).await {
+        let mut consumer = match queue.consume(&tests_queue, 4).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "cannot consume the connection-tests queue; retrying");

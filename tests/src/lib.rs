@@ -180,6 +180,11 @@ impl TestServer {
 
     /// Starts a `sync-worker` process against this server (needs RabbitMQ: `Options::rabbitmq`).
     pub fn spawn_worker(&self, worker_id: &str) -> WorkerProcess {
+        self.spawn_worker_in_pool(worker_id, "default")
+    }
+
+    /// Starts a `sync-worker` process serving the worker pool `pool`.
+    pub fn spawn_worker_in_pool(&self, worker_id: &str, pool: &str) -> WorkerProcess {
         let amqp = self.vhost.as_ref().expect("worker processes need the RabbitMQ option").url().to_string();
         let bin = bin_path("sync-worker");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -189,6 +194,7 @@ impl TestServer {
             .env("SCAIDRIVE_WORKER_TOKEN", self.worker_token())
             .env("SCAIDRIVE_AMQP_URL", amqp)
             .env("SCAIDRIVE_WORKER_ID", worker_id)
+            .env("SCAIDRIVE_WORKER_POOL", pool)
             .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")

@@ -30,6 +30,7 @@ mod filters;
 mod fleet;
 mod mirror;
 mod permissions;
+mod pools;
 mod secrets;
 mod special;
 mod twoway;

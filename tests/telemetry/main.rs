@@ -223,7 +223,7 @@ async fn a_sync_run_is_one_trace_and_counted(distributed: bool) {
         ("scaidrive.files", "result", "synced".into()),
         ("scaidrive.bytes", "direction", "smb_to_scaidrive".into()),
         ("scaidrive.lease.events", "event", "acquired".into()),
-        ("scaidrive.queue.depth", "queue", "scaidrive.sync-jobs".into()),
+        ("scaidrive.queue.depth", "queue", "scaidrive.sync-jobs.default".into()),
         ("http.server.request.duration", "http.route", "/api/v1/smb-connectors/{id}/sync".into()),
         ("rpc.server.duration", "rpc.method", "ClaimJob".into()),
         ("scaidrive.smb.request.duration", "status", "ok".into()),

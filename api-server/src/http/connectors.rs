@@ -156,6 +156,10 @@ pub struct CreateConnector {
     /// (0–100, default 50).
     #[serde(default)]
     pub max_delete_percent: Option<i64>,
+    /// The worker pool that runs this connector's jobs and connectivity tests (e.g. the
+    /// workers on the file server's site): `[a-z0-9][a-z0-9-]*`, at most 63; default `default`.
+    #[serde(default)]
+    pub worker_pool: Option<String>,
 }
 
 /// Changes to a connector: any field but `target_share_id` (which may only be repeated
@@ -227,6 +231,9 @@ pub struct UpdateConnector {
     #[serde(default)]
     #[schema(value_type = Option<i64>)]
     pub max_delete_percent: Patch<i64>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub worker_pool: Patch<String>,
 }
 
 /// A connector as read back: every configuration field but the password, and its state.
@@ -253,6 +260,8 @@ pub struct ConnectorResponse {
     pub conflict_resolution: String,
     pub sync_interval_minutes: i64,
     pub max_delete_percent: i64,
+    /// The worker pool that runs this connector's jobs.
+    pub worker_pool: String,
     /// `idle` until the first sync.
     pub status: String,
     pub status_message: Option<String>,
@@ -292,6 +301,7 @@ impl From<Connector> for ConnectorResponse {
             conflict_resolution: s.conflict_resolution.as_str().to_string(),
             sync_interval_minutes: s.sync_interval_minutes,
             max_delete_percent: s.max_delete_percent,
+            worker_pool: s.worker_pool,
             status: c.status,
             status_message: c.status_message,
             error_count: c.error_count,
@@ -326,6 +336,7 @@ struct Raw {
     conflict_resolution: Option<String>,
     sync_interval_minutes: Option<i64>,
     max_delete_percent: Option<i64>,
+    worker_pool: Option<String>,
 }
 
 impl Raw {
@@ -349,6 +360,7 @@ impl Raw {
             conflict_resolution: Some(s.conflict_resolution.as_str().to_string()),
             sync_interval_minutes: Some(s.sync_interval_minutes),
             max_delete_percent: Some(s.max_delete_percent),
+            worker_pool: Some(s.worker_pool),
         }
     }
 
@@ -382,6 +394,7 @@ impl Raw {
             max_delete_percent: validate::max_delete_percent(
                 self.max_delete_percent.unwrap_or(connectors::DEFAULT_MAX_DELETE_PERCENT),
             )?,
+            worker_pool: validate::worker_pool(self.worker_pool.as_deref())?,
         };
         Ok((settings, segs))
     }
@@ -445,6 +458,7 @@ pub async fn create_connector(
         conflict_resolution: body.conflict_resolution,
         sync_interval_minutes: body.sync_interval_minutes,
         max_delete_percent: body.max_delete_percent,
+        worker_pool: body.worker_pool,
     };
     let (settings, segs) = raw.validate()?;
     ensure_target(&s, &caller, &share.id, &segs).await?;
@@ -623,6 +637,7 @@ pub async fn update_connector(
             b.max_delete_percent,
             cur.max_delete_percent.unwrap_or_default(),
         )?),
+        worker_pool: Some(not_null("worker_pool", b.worker_pool, cur.worker_pool.unwrap_or_default())?),
     };
     let (settings, segs) = raw.validate()?;
     if settings.target_path != c.settings.target_path {

@@ -380,11 +380,12 @@ async fn run_test(
     s: &AppState,
     tenant: &crate::ids::TenantId,
     connector_id: Option<&str>,
+    pool: &str,
     t: conn_tests::PendingTest,
 ) -> ApiResult<(StatusCode, Json<TestResponse>)> {
     let id = t.id.clone();
     conn_tests::create(&s.db, &s.secrets, tenant, connector_id, &t).await?;
-    let a = fleet::run_test(s, &id, TEST_TIMEOUT).await?;
+    let a = fleet::run_test(s, &id, pool, TEST_TIMEOUT).await?;
     let status = if a.answered { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
     Ok((
         status,
@@ -434,7 +435,7 @@ pub async fn test_connector(
         password: creds.password,
         check_write: st.sync_direction != SyncDirection::SmbToScaidrive,
     };
-    run_test(&s, &c.tenant_id, Some(c.id.as_str()), t).await
+    run_test(&s, &c.tenant_id, Some(c.id.as_str()), &st.worker_pool, t).await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -456,6 +457,9 @@ pub struct TestUnsaved {
     pub target_share_id: Option<String>,
     /// Whether the connector would write to SMB (then write access is checked too).
     pub sync_direction: Option<String>,
+    /// The worker pool that would run it (the test goes to that pool's workers); default
+    /// `default`.
+    pub worker_pool: Option<String>,
 }
 
 /// Tests a connection for a configuration that is not saved yet.
@@ -476,6 +480,7 @@ pub async fn test_unsaved(
     }
     validate::password(&b.password)?;
     let direction = validate::sync_direction(b.sync_direction.as_deref())?;
+    let pool = validate::worker_pool(b.worker_pool.as_deref())?;
     let t = conn_tests::PendingTest {
         id: test_id(),
         server_host: validate::server_host(&b.server_host)?,
@@ -487,5 +492,5 @@ pub async fn test_unsaved(
         password: b.password,
         check_write: direction != SyncDirection::SmbToScaidrive,
     };
-    run_test(&s, &caller.tenant_id, None, t).await
+    run_test(&s, &caller.tenant_id, None, &pool, t).await
 }

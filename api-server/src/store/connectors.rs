@@ -28,6 +28,8 @@ pub const DEFAULT_INTERVAL_MINUTES: i64 = 15;
 /// Longest interval: 31 days.
 pub const MAX_INTERVAL_MINUTES: i64 = 44_640;
 pub const DEFAULT_MAX_DELETE_PERCENT: i64 = 50;
+/// The worker pool of connectors that name none.
+pub const DEFAULT_POOL: &str = sync_worker::DEFAULT_POOL;
 /// Most entries in one `extensions` or `patterns` list.
 pub const MAX_FILTER_ENTRIES: usize = 1000;
 
@@ -135,6 +137,8 @@ pub struct Settings {
     pub conflict_resolution: ConflictResolution,
     pub sync_interval_minutes: i64,
     pub max_delete_percent: i64,
+    /// The worker pool that runs the connector's jobs and tests.
+    pub worker_pool: String,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +195,7 @@ fn connector_from(r: &AnyRow) -> Connector {
                 .unwrap_or(DEFAULT_CONFLICT),
             sync_interval_minutes: get_i64(r, "sync_interval_minutes"),
             max_delete_percent: get_i64(r, "max_delete_percent"),
+            worker_pool: get_opt_str(r, "worker_pool").unwrap_or_else(|| DEFAULT_POOL.to_string()),
         },
         status: get_str(r, "status"),
         status_message: get_opt_str(r, "status_message"),
@@ -232,9 +237,9 @@ pub async fn create(
             domain, username, password_sealed, secret_key_id, target_share_id, target_path, sync_direction,
             sync_permissions, sync_hidden_files, sync_system_files, include_patterns, exclude_patterns,
             conflict_resolution, sync_interval_minutes, max_delete_percent, status, next_sync_at,
-            created_by, created_at, updated_at)
+            created_by, created_at, updated_at, worker_pool)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-            $21, $22, $23, 'idle', $24, $25, $26, $26)",
+            $21, $22, $23, 'idle', $24, $25, $26, $26, $27)",
     )
     .bind(id.as_str())
     .bind(tenant.as_str())
@@ -262,6 +267,7 @@ pub async fn create(
     .bind(next_sync_at(now, s.sync_interval_minutes))
     .bind(creator)
     .bind(now)
+    .bind(&s.worker_pool)
     .execute(&db.pool)
     .await?;
     get(db, tenant, id.as_str()).await
@@ -311,7 +317,7 @@ pub async fn update(
             base_path = $6, domain = $7, username = $8, target_path = $9, sync_direction = $10,
             sync_permissions = $11, sync_hidden_files = $12, sync_system_files = $13, include_patterns = $14,
             exclude_patterns = $15, conflict_resolution = $16, sync_interval_minutes = $17,
-            max_delete_percent = $18, next_sync_at = $19, updated_at = $20
+            max_delete_percent = $18, next_sync_at = $19, updated_at = $20, worker_pool = $22
          WHERE id = $21",
     )
     .bind(&s.name)
@@ -335,6 +341,7 @@ pub async fn update(
     .bind(next)
     .bind(now)
     .bind(old.id.as_str())
+    .bind(&s.worker_pool)
     .execute(&mut *tx)
     .await?;
     if let Some(p) = password {
@@ -657,6 +664,19 @@ pub mod validate {
             Err(bad(
                 "sync_interval_minutes",
                 format!("must be between 0 (no scheduled runs) and {MAX_INTERVAL_MINUTES}"),
+            ))
+        }
+    }
+
+    /// `[a-z0-9][a-z0-9-]*`, at most 63 characters (it names queues); default `default`.
+    pub fn worker_pool(p: Option<&str>) -> ApiResult<String> {
+        let p = p.unwrap_or(DEFAULT_POOL);
+        if sync_worker::valid_pool_name(p) {
+            Ok(p.to_string())
+        } else {
+            Err(bad(
+                "worker_pool",
+                "must be 1 to 63 characters: lowercase letters, digits and '-', not starting with '-'",
             ))
         }
     }
