@@ -22,7 +22,11 @@ start)
   cat >"$dir/smb.conf" <<CONF
 [global]
 workgroup = CORP
-server role = standalone server
+# A classic (NT4-style) domain controller of CORP, so accounts resolve as CORP\<name> through
+# LSA, as on a Windows domain (identity mappings such as "CORP\alice" work).
+netbios name = SCAIDRIVE-DEV
+server role = classic primary domain controller
+server signing = auto
 smb ports = $port
 interfaces = 127.0.0.1
 bind interfaces only = yes

@@ -241,7 +241,7 @@ pub async fn replicate(
                 "",
                 codes::MAPPING_UNRESOLVED,
                 format!(
-                    "the identity mapping of {:?} names no account the file server knows; it maps nobody",
+                    "the identity mapping of '{}' names no account the file server knows; it maps nobody",
                     m.smb_principal
                 ),
             )),
