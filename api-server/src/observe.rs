@@ -76,9 +76,16 @@ where
             Some((s, m)) => (s.to_string(), m.to_string()),
             None => (path.clone(), String::new()),
         };
-        let span =
-            tracing::info_span!("grpc.request", otel.kind = "server", rpc.service = %service, rpc.method = %method);
+        let span = tracing::info_span!(
+            "grpc.request",
+            otel.kind = "server",
+            rpc.service = %service,
+            rpc.method = %method,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty
+        );
         telemetry::propagation::adopt_http(&span, req.headers());
+        telemetry::propagation::record_ids(&span);
         let start = Instant::now();
         let fut = {
             let _e = span.enter();

@@ -191,12 +191,11 @@ async fn job_delivery(ctx: &JobContext, _queue: &dyn JobQueue, delivery: Deliver
         job.id = %msg.job_id,
         connector.id = %msg.connector_id,
         redelivered = delivery.redelivered,
-        trace_id = tracing::field::Empty
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
     );
     telemetry::propagation::adopt(&parent, &delivery.headers);
-    if let Some(t) = telemetry::propagation::trace_id(&parent) {
-        parent.record("trace_id", t.as_str());
-    }
+    telemetry::propagation::record_ids(&parent);
     let active = [telemetry::metrics::kv("pool", ctx.config.worker_pool.clone())];
     telemetry::metrics::get().worker_jobs_active.add(1, &active);
     let settle = handle_job(ctx, &msg, shutdown).instrument(parent).await;

@@ -284,6 +284,12 @@ async fn a_sync_run_is_one_trace_and_counted(distributed: bool) {
     if distributed {
         let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
         assert!(services.contains("sync-worker") && services.contains("api-server"), "{services:?} in trace {trace}");
+        // The worker's log lines of this job name the trace.
+        let log = _worker.as_ref().unwrap().log();
+        assert!(
+            log.lines().any(|l| l.contains("trace_id") && l.contains(&trace)),
+            "no log line names trace {trace}:\n{log}"
+        );
     }
     // The password is in no span attribute.
     let r = receiver().0 .0.lock().unwrap_or_else(|e| e.into_inner());

@@ -155,8 +155,16 @@ pub fn router(state: AppState) -> Router {
                 .get::<axum::extract::MatchedPath>()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default();
-            let span = tracing::info_span!("http.request", otel.kind = "server", http.method = %req.method(), http.route = %route);
+            let span = tracing::info_span!(
+                "http.request",
+                otel.kind = "server",
+                http.method = %req.method(),
+                http.route = %route,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
             telemetry::propagation::adopt_http(&span, req.headers());
+            telemetry::propagation::record_ids(&span);
             span
         }))
         .layer(axum::middleware::from_fn(crate::observe::http_metrics))

@@ -63,6 +63,17 @@ pub fn adopt_http(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
+/// Records `trace_id` and `span_id` on `span` (fields it declared as `Empty`), so every log
+/// line inside it names the trace, when traces are exported.
+pub fn record_ids(span: &tracing::Span) {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", sc.trace_id().to_string().as_str());
+        span.record("span_id", sc.span_id().to_string().as_str());
+    }
+}
+
 /// The trace id of `span` (hex), when it is being exported.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
