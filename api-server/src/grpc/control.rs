@@ -435,19 +435,11 @@ impl v1::control_plane_server::ControlPlane for Control {
     ) -> Result<Response<v1::ListFileStatesResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
-        let limit = match r.page_size {
-            0 => 1000,
-            n @ 1..=5000 => n as i64,
-            _ => return Err(invalid("page_size", "must be between 1 and 5000")),
-        };
+        let limit = page_limit(r.page_size, 5000)?;
         let page = file_states::list(&self.state.db, &sc.connector_id, None, None, Some(&r.page_token), limit)
             .await
             .map_err(from_api)?;
-        let next = if page.len() as i64 == limit {
-            page.last().map(|s| s.path.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = next_token(&page, limit, |s| &s.path);
         Ok(Response::new(v1::ListFileStatesResponse {
             states: page.iter().map(state_msg).collect(),
             next_page_token: next,
@@ -522,19 +514,11 @@ impl v1::control_plane_server::ControlPlane for Control {
     ) -> Result<Response<v1::ListPermissionStatesResponse>, Status> {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
-        let limit = match r.page_size {
-            0 => 1000,
-            n @ 1..=1000 => n as i64,
-            _ => return Err(invalid("page_size", "must be between 1 and 1000")),
-        };
+        let limit = page_limit(r.page_size, 1000)?;
         let page = permissions::list(&self.state.db, &sc.connector_id, &sc.share_id, &r.page_token, limit)
             .await
             .map_err(from_api)?;
-        let next = if page.len() as i64 == limit {
-            page.last().map(|s| s.path.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = next_token(&page, limit, |s| &s.path);
         Ok(Response::new(v1::ListPermissionStatesResponse {
             states: page.iter().map(permission_state_msg).collect(),
             next_page_token: next,
@@ -579,6 +563,24 @@ impl v1::control_plane_server::ControlPlane for Control {
             skipped: out.skipped,
             entries_dropped: out.entries_dropped,
         }))
+    }
+}
+
+/// A page size: 0 means 1000 (or `max` if smaller); 1..=`max`; else INVALID_ARGUMENT.
+fn page_limit(page_size: u32, max: u32) -> Result<i64, Status> {
+    match page_size {
+        0 => Ok(1000.min(max) as i64),
+        n if n <= max => Ok(n as i64),
+        _ => Err(invalid("page_size", format!("must be between 1 and {max}"))),
+    }
+}
+
+/// The next page's token (the last path) when the page is full; empty at the end.
+fn next_token<T>(page: &[T], limit: i64, path: impl Fn(&T) -> &String) -> String {
+    if page.len() as i64 == limit {
+        page.last().map(|s| path(s).clone()).unwrap_or_default()
+    } else {
+        String::new()
     }
 }
 

@@ -266,16 +266,7 @@ impl SmbClient {
     async fn build_conn_inner(&self) -> Result<Conn> {
         let cfg = &self.inner.cfg;
         let id = self.inner.next_id.fetch_add(1, Ordering::SeqCst);
-        let addr: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), cfg.port))
-            .await
-            .map_err(|e| SmbError::Unreachable { detail: format!("resolving {}: {e}", cfg.host), status: None })?
-            .next()
-            .ok_or_else(|| SmbError::Unreachable { detail: format!("{} has no address", cfg.host), status: None })?;
-        let (mut transport, credits) = NodelayTcp::new(cfg.timeouts.connect, cfg.tcp_nodelay);
-        transport
-            .connect_to(addr)
-            .await
-            .map_err(|e| SmbError::Unreachable { detail: format!("connecting to {addr}: {e}"), status: None })?;
+        let (transport, credits) = connect_transport(cfg).await?;
         let conn_cfg = ConnectionConfig {
             port: Some(cfg.port),
             timeout: Some(cfg.timeouts.request),
@@ -408,4 +399,19 @@ pub(crate) fn record(op: &'static str, start: std::time::Instant, err: Option<&S
             telemetry::metrics::kv("status", err.map(|e| e.code()).unwrap_or("ok")),
         ],
     );
+}
+
+/// Resolves the server and opens our TCP transport to it (no SMB yet).
+pub(crate) async fn connect_transport(cfg: &SmbConfig) -> Result<(NodelayTcp, Arc<crate::transport::CreditStats>)> {
+    let addr: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), cfg.port))
+        .await
+        .map_err(|e| SmbError::Unreachable { detail: format!("resolving {}: {e}", cfg.host), status: None })?
+        .next()
+        .ok_or_else(|| SmbError::Unreachable { detail: format!("{} has no address", cfg.host), status: None })?;
+    let (mut transport, credits) = NodelayTcp::new(cfg.timeouts.connect, cfg.tcp_nodelay);
+    transport
+        .connect_to(addr)
+        .await
+        .map_err(|e| SmbError::Unreachable { detail: format!("connecting to {addr}: {e}"), status: None })?;
+    Ok((transport, credits))
 }

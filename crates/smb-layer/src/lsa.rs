@@ -15,7 +15,6 @@
 //! Must never: log or print the password, panic on a garbled or hostile response (every read
 //! is bounds-checked in `ndr.rs` and here), or treat "not mapped" as an error.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use smb::{
@@ -27,7 +26,6 @@ use crate::client::SmbClient;
 use crate::config::SmbConfig;
 use crate::error::{classify, classify_connect, NtStatus, Result, SmbError};
 use crate::ndr::{Decoder, Encoder, NdrError, NdrResult, Sid};
-use crate::transport::NodelayTcp;
 
 /// What LSA says a SID is (`SID_NAME_USE`, [MS-LSAT] 2.2.13).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -660,16 +658,7 @@ impl LsaPipe {
     }
 
     async fn connect(cfg: &SmbConfig) -> Result<LsaPipe> {
-        let addr: SocketAddr = tokio::net::lookup_host((cfg.host.as_str(), cfg.port))
-            .await
-            .map_err(|e| SmbError::Unreachable { detail: format!("resolving {}: {e}", cfg.host), status: None })?
-            .next()
-            .ok_or_else(|| SmbError::Unreachable { detail: format!("{} has no address", cfg.host), status: None })?;
-        let (mut transport, _credits) = NodelayTcp::new(cfg.timeouts.connect, cfg.tcp_nodelay);
-        transport
-            .connect_to(addr)
-            .await
-            .map_err(|e| SmbError::Unreachable { detail: format!("connecting to {addr}: {e}"), status: None })?;
+        let (transport, _credits) = crate::client::connect_transport(cfg).await?;
         let conn_cfg = ConnectionConfig {
             port: Some(cfg.port),
             timeout: Some(cfg.timeouts.request),
