@@ -476,7 +476,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>
             if e < start {
                 return Err(());
             }
-            (e + 1).min(size)
+            e.saturating_add(1).min(size)
         };
         if start >= size {
             return Err(());
@@ -1001,6 +1001,7 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some((5, 10))));
         assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some((7, 10))));
         assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some((8, 10))));
+        assert_eq!(parse_range(Some("bytes=5-18446744073709551615"), 10), Ok(Some((5, 10))));
         assert_eq!(parse_range(Some("bytes=10-"), 10), Err(()));
         assert_eq!(parse_range(Some("bytes=4-2"), 10), Err(()));
         assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Ok(None));
