@@ -3,6 +3,7 @@
 mod authz;
 mod connectors;
 mod files;
+mod hostile;
 mod input;
 mod security;
 

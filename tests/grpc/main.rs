@@ -733,7 +733,7 @@ async fn every_rpc_answers_every_kind_of_caller_as_the_matrix_says(backend: Back
     let mut waiting = Some(waiting);
     let srv = &fx.srv;
     let mut proper = clients(srv, Some(format!("Bearer {}", srv.worker_token()))).await;
-    let mut unauthenticated = vec![
+    let mut unauthenticated = [
         ("no worker token", clients(srv, None).await),
         ("a wrong worker token", clients(srv, Some("Bearer swt_wrong".into())).await),
         ("an empty bearer", clients(srv, Some("Bearer ".into())).await),
@@ -855,7 +855,7 @@ fn judge(m: &Msg, out: &Result<(), tonic::Status>) -> Result<(), String> {
     if matches!(e.code(), Code::Internal | Code::Unknown | Code::Unavailable | Code::DataLoss | Code::Cancelled) {
         return Err(format!("{m:?} → {e:?}"));
     }
-    if !proto::error_detail(e).is_some_and(|d| !d.code.is_empty()) {
+    if proto::error_detail(e).is_none_or(|d| d.code.is_empty()) {
         return Err(format!("{m:?} → an error without a machine code: {e:?}"));
     }
     Ok(())
@@ -1145,18 +1145,20 @@ async fn hostile_messages_get_clean_answers(backend: Backend) {
     );
     let counts = std::sync::Mutex::new((0usize, 0usize));
     let result = tokio::task::block_in_place(|| {
-        runner.run(&msg, |m| {
-            let c = Clients { cp: c.cp.clone(), fs: c.fs.clone() };
-            let out = handle.block_on(send(c, lease.clone(), job_id.clone(), fx.share_a.clone(), m.clone()));
-            let mut n = counts.lock().unwrap();
-            if out.is_ok() {
-                n.0 += 1;
-            } else {
-                n.1 += 1;
-            }
-            judge(&m, &out).map_err(TestCaseError::fail)?;
-            Ok(())
-        })
+        runner
+            .run(&msg, |m| {
+                let c = Clients { cp: c.cp.clone(), fs: c.fs.clone() };
+                let out = handle.block_on(send(c, lease.clone(), job_id.clone(), fx.share_a.clone(), m.clone()));
+                let mut n = counts.lock().unwrap();
+                if out.is_ok() {
+                    n.0 += 1;
+                } else {
+                    n.1 += 1;
+                }
+                judge(&m, &out).map_err(TestCaseError::fail)?;
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
     });
     if let Err(e) = result {
         panic!("{e}");
