@@ -571,12 +571,21 @@ impl Run {
         }
         if conn.sync_permissions {
             self.board.set_phase(v1::JobPhase::Permissions);
-            if let Err(e) = self
+            match self
                 .permissions(client, &smb_root, conn, &change_times)
                 .instrument(tracing::info_span!("job.permissions"))
                 .await
             {
-                return self.rpc_failed(e);
+                Err(e) => return self.rpc_failed(e),
+                Ok(Some(fatal)) => {
+                    return End::Outcome {
+                        outcome: v1::JobOutcome::Failed,
+                        counts,
+                        error: Some(fatal),
+                        cursor: String::new(),
+                    }
+                }
+                Ok(None) => {}
             }
             self.board.set_phase(v1::JobPhase::Finalizing);
         }
@@ -601,7 +610,7 @@ impl Run {
         root: &SmbRoot,
         conn: &v1::ConnectorConfig,
         change_times: &std::collections::HashMap<RelPath, (FileTime, FileTime)>,
-    ) -> Result<(), RpcError> {
+    ) -> Result<Option<v1::ErrorDetail>, RpcError> {
         let base = self.list_base().await?;
         let items: Vec<crate::permissions::Item> = base
             .entries
@@ -637,7 +646,7 @@ impl Run {
             })
             .await?;
         }
-        Ok(())
+        Ok(out.fatal.map(|m| detail(crate::permissions::codes::NOT_REPLICATED, m)))
     }
 
     fn rpc_failed(&self, e: RpcError) -> End {

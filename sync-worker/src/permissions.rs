@@ -93,6 +93,8 @@ pub struct PermOutcome {
     pub written: u64,
     /// Items whose descriptor could not be read.
     pub failed: u64,
+    /// Why the phase could not replicate at all (the job fails with `PERMISSIONS_NOT_REPLICATED`).
+    pub fatal: Option<String>,
 }
 
 fn event(level: &str, path: &str, code: &str, message: String) -> v1::JobEvent {
@@ -208,14 +210,11 @@ pub async fn replicate(
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "LSA name lookup failed: permissions not replicated this run");
-                out.events.push(event(
-                    "warning",
-                    "",
-                    codes::NOT_REPLICATED,
-                    format!(
-                        "permissions were not replicated this run: the file server's LSA service could not resolve the identity mappings ({e}); the next run tries again"
-                    ),
-                ));
+                let msg = format!(
+                    "permissions were not replicated: the file server's LSA service could not resolve the identity mappings ({e}); the run fails so that nothing stays unreplicated unnoticed, and the next run tries again"
+                );
+                out.events.push(event("error", "", codes::NOT_REPLICATED, msg.clone()));
+                out.fatal = Some(msg);
                 return Ok(out);
             }
         }
@@ -296,6 +295,7 @@ pub async fn replicate(
         }
     }
     let mut names_of: HashMap<String, String> = HashMap::new();
+    let mut looked_up: HashSet<String> = unknown.iter().cloned().collect();
     lookup_sids(cx.client, &unknown, &mut ids, &mut names_of).await;
 
     // 4. Translate in path order (parents first), re-reading below folders whose ACL changed.
@@ -325,17 +325,55 @@ pub async fn replicate(
             out.read += 1;
             match sd {
                 Ok(sd) => {
+                    // Read late (below a folder whose ACL changed): its SIDs need kinds too.
+                    let new: BTreeSet<String> = sd
+                        .owner
+                        .iter()
+                        .chain(sd.dacl.iter().flatten().map(|a| &a.sid))
+                        .map(|s| s.to_ascii_uppercase())
+                        .filter(|s| ids.mapped(s).is_none() && !names_of.contains_key(s) && !looked_up.contains(s))
+                        .collect();
+                    looked_up.extend(new.iter().cloned());
+                    lookup_sids(cx.client, &new, &mut ids, &mut names_of).await;
                     Some(perm::translate(&sd, it.kind == ItemKind::Dir, parent_reach.as_ref(), &ids, &mut report))
                 }
                 Err(e) => {
                     out.failed += 1;
+                    // The last replicated ACL stays only if it still describes this node and
+                    // nothing above it changed; otherwise the item is closed (no access but
+                    // the share role) until its descriptor can be read: never more access.
+                    let trusted =
+                        !below_changed && stored.map(|s| s.node_id == it.node_id && !s.drifted).unwrap_or(false);
+                    let what = if trusted {
+                        "the last replicated permissions stay"
+                    } else {
+                        "the item is closed (no ACL entries, no inheritance) until it can be read"
+                    };
                     out.events.push(event(
                         "warning",
                         &key,
                         codes::READ_FAILED,
-                        format!("the security descriptor could not be read: {e}; the last replicated permissions stay"),
+                        format!("the security descriptor could not be read: {e}; {what}"),
                     ));
-                    None
+                    if trusted {
+                        None
+                    } else {
+                        let closed = DriveAcl { inherit_from_parent: false, entries: Vec::new(), owner: None };
+                        updates.push(v1::PermissionState {
+                            path: key.clone(),
+                            node_id: it.node_id.clone(),
+                            // Never a real change time: the next run reads it again.
+                            sd_changed_at_ns: 0,
+                            mappings_version: version,
+                            acl: Some(acl_msg(&closed)),
+                            drifted: false,
+                        });
+                        if it.kind == ItemKind::Dir {
+                            reread_dirs.insert(key.clone());
+                            reaches.insert(key, Reach::new());
+                        }
+                        continue;
+                    }
                 }
             }
         } else {
@@ -344,7 +382,7 @@ pub async fn replicate(
         let acl = match (&fresh, stored) {
             (Some(a), _) => a.clone(),
             (None, Some(s)) => acl_of(&s.acl.clone().unwrap_or_default()),
-            // Never read and unreadable now: nothing passes down from it.
+            // Never read and not readable now: handled above (closed).
             (None, None) => continue,
         };
         if let Some(a) = &fresh {
@@ -420,7 +458,7 @@ pub async fn replicate(
             "",
             perm::codes::UNMAPPED_PRINCIPAL,
             format!(
-                "{} appears on {n} item(s) without an identity mapping: its access was not replicated (denies for unmapped groups apply to everyone), and items it owns are owned by the connector",
+                "{} appears on {n} item(s) without an identity mapping: its allows were not replicated, its denies apply to everyone, and items it owns are owned by the connector",
                 who(sid)
             ),
         ));
@@ -444,7 +482,7 @@ pub async fn replicate(
         let what = match *reason {
             perm::codes::RIGHTS_WITHOUT_EQUIVALENT => "carried rights ScaiDrive cannot express (delete-child without delete, traverse or attributes alone); those rights were left out",
             perm::codes::OBJECT_OR_CONDITIONAL_ACE => "were object or conditional ACEs; allows were left out, denies kept unconditionally",
-            perm::codes::UNMAPPED_DENY_TO_EVERYONE => "denied access to an unmapped group; the deny was applied to everyone",
+            perm::codes::UNMAPPED_DENY_TO_EVERYONE => "denied access to an unmapped principal; the deny was applied to everyone (map the principal to lift it)",
             perm::codes::NULL_DACL => "had no DACL at all (everyone full control on the file server) and were replicated as such",
             perm::codes::OWNER_IS_GROUP => "are owned by a principal mapped to a ScaiDrive group; the connector owns them",
             _ => "could not be translated exactly",

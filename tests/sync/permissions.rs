@@ -177,7 +177,11 @@ async fn ntfs_rights_become_scaidrive_rights(setup: Setup) {
     assert_eq!(w.eff(&w.alice, "Team").await, READ | WRITE | CREATE | DELETE);
     // Files inherit their folder's entries as they are, CREATE included (it means nothing on a
     // file): the file keeps inheriting instead of carrying a copy.
-    assert_eq!(w.eff(&w.alice, "Team/plan.txt").await, READ | WRITE | DELETE | CREATE);
+    // bob's deny of READ on plan.txt: bob is not mapped yet, and an unmapped account may
+    // still be a ScaiDrive user through a group, so the deny applies to everyone (and says so).
+    assert_eq!(w.eff(&w.alice, "Team/plan.txt").await, WRITE | DELETE | CREATE);
+    assert_eq!(events(&j1, "UNMAPPED_DENY_APPLIED_TO_EVERYONE").len(), 1, "{:#}", j1["events"]);
+    assert_eq!(w.eff(&w.alice, "Team/notes.txt").await, READ | WRITE | DELETE | CREATE);
     assert_eq!(w.eff(&w.alice, "Team/Private").await, READ | WRITE | CREATE | DELETE | MANAGE);
     assert_eq!(w.eff(&w.alice, "Team/Private/diary.txt").await, READ | WRITE | DELETE | CREATE | MANAGE);
     // bob is unmapped: nothing anywhere, and the job log says so once, with a count.
@@ -222,6 +226,7 @@ async fn ntfs_rights_become_scaidrive_rights(setup: Setup) {
     // Run 2: the new mapping re-translates everything.
     let j2 = w.sync().await;
     assert_eq!(w.node("Team/alice.txt").await["owner_id"], json!(w.alice));
+    assert_eq!(w.eff(&w.alice, "Team/plan.txt").await, READ | WRITE | DELETE | CREATE, "bob's deny is bob's alone now");
     assert_eq!(w.eff(&w.bob, "Team").await, READ | WRITE | CREATE | DELETE);
     assert_eq!(w.eff(&w.bob, "Team/notes.txt").await, READ | WRITE | DELETE | CREATE);
     assert_eq!(w.eff(&w.bob, "Team/plan.txt").await, WRITE | DELETE | CREATE, "the explicit deny takes READ away");

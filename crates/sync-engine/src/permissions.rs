@@ -127,8 +127,9 @@ pub mod codes {
     /// An object or conditional (callback) allow ACE was left out; such denies are kept as
     /// plain denies.
     pub const OBJECT_OR_CONDITIONAL_ACE: &str = "OBJECT_OR_CONDITIONAL_ACE";
-    /// A deny for an unmapped group (or a principal of unknown kind) became a deny for
-    /// everyone: its members might be mapped users.
+    /// A deny for an unmapped principal became a deny for everyone: an unmapped account may
+    /// still reach the item in ScaiDrive through a mapped group or everyone, and an unmapped
+    /// group may contain mapped users.
     pub const UNMAPPED_DENY_TO_EVERYONE: &str = "UNMAPPED_DENY_APPLIED_TO_EVERYONE";
     /// The item has no DACL at all (NTFS: everyone has full control); replicated as an allow
     /// for everyone.
@@ -271,8 +272,11 @@ fn classify_unmapped(sid: &str) -> Unmapped {
     let s = sid.to_ascii_uppercase();
     match s.as_str() {
         "S-1-1-0" | "S-1-5-11" => return Unmapped::Everyone,
-        // SYSTEM, LOCAL SERVICE, NETWORK SERVICE, CREATOR OWNER, OWNER RIGHTS: one account.
-        "S-1-5-18" | "S-1-5-19" | "S-1-5-20" | "S-1-3-0" | "S-1-3-4" => return Unmapped::WellKnown(SidClass::Single),
+        // SYSTEM, LOCAL SERVICE, NETWORK SERVICE, CREATOR OWNER, OWNER RIGHTS, ANONYMOUS
+        // LOGON, BUILTIN\Guests: no ScaiDrive user is one of them (a deny for them is dropped).
+        "S-1-5-18" | "S-1-5-19" | "S-1-5-20" | "S-1-3-0" | "S-1-3-4" | "S-1-5-7" | "S-1-5-32-546" => {
+            return Unmapped::WellKnown(SidClass::Single)
+        }
         _ => {}
     }
     let parts: Vec<&str> = s.split('-').collect();
@@ -481,17 +485,20 @@ pub fn translate(
                 match how {
                     Unmapped::Everyone => Principal::Everyone,
                     Unmapped::WellKnown(_) | Unmapped::Ordinary => {
-                        let class = match how {
-                            Unmapped::WellKnown(c) => ids.class(&sid).unwrap_or(c),
-                            _ => ids.class(&sid).unwrap_or(SidClass::Group),
+                        // Who a deny may concern in ScaiDrive: an unmapped account may still be
+                        // a ScaiDrive user through a mapped group or everyone, and an unmapped
+                        // group may contain mapped users; only well-known principals that are
+                        // never a ScaiDrive user (SYSTEM, CREATOR OWNER, Guests…) concern nobody.
+                        let concerns_nobody = match how {
+                            Unmapped::WellKnown(c) => ids.class(&sid).unwrap_or(c) == SidClass::Single,
+                            _ => false,
                         };
                         if matches!(how, Unmapped::WellKnown(_)) {
                             well_known_here.insert(sid.clone());
                         } else {
                             unmapped_here.insert(sid.clone());
                         }
-                        if deny && class == SidClass::Group {
-                            // Its members may be mapped users: deny them all.
+                        if deny && !concerns_nobody {
                             report.lossy(codes::UNMAPPED_DENY_TO_EVERYONE);
                             Principal::Everyone
                         } else {
@@ -807,7 +814,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deny_for_an_unmapped_group_denies_everyone_but_one_for_an_unmapped_user_is_dropped() {
+    fn a_deny_for_an_unmapped_principal_denies_everyone_but_one_for_system_is_dropped() {
         let mut r = PermReport::default();
         let acl = translate(
             &sd(ALICE, vec![deny(INTERNS, nt::WRITE_DATA, 0), deny(CAROL, nt::READ_DATA, 0), allow(ALICE, MODIFY, 0)]),
@@ -816,9 +823,21 @@ mod tests {
             &ids(),
             &mut r,
         );
-        assert_eq!(effective(&[&acl], "usr_alice", &[]), READ | DELETE);
-        assert_eq!(r.lossy.get(codes::UNMAPPED_DENY_TO_EVERYONE), Some(&1));
+        // carol (an unmapped account) may be a ScaiDrive user through a group: her deny of
+        // READ denies everyone, like the interns' deny of WRITE.
+        assert_eq!(effective(&[&acl], "usr_alice", &[]), DELETE);
+        assert_eq!(r.lossy.get(codes::UNMAPPED_DENY_TO_EVERYONE), Some(&2));
         assert_eq!(r.unmapped.len(), 2);
+        let mut r = PermReport::default();
+        let acl = translate(
+            &sd(ALICE, vec![deny(SYSTEM, nt::DELETE, 0), deny("S-1-5-32-546", MODIFY, 0), allow(ALICE, MODIFY, 0)]),
+            false,
+            None,
+            &ids(),
+            &mut r,
+        );
+        assert_eq!(effective(&[&acl], "usr_alice", &[]), READ | WRITE | DELETE, "SYSTEM and Guests are nobody here");
+        assert!(r.lossy.is_empty());
         // A well-known group's deny (BUILTIN\Users here) is no different.
         let mut r = PermReport::default();
         let acl = translate(
