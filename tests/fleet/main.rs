@@ -392,7 +392,7 @@ async fn job_lifecycle_over_grpc_and_rest(backend: Backend) {
     let api = srv.admin();
     let (_share, cnn) = connector(&api, 0).await;
     // Simulate a worker on the in-process queue.
-    let mut consumer = srv.state.queue.consume("scaidrive.sync-jobs", 1).await.unwrap();
+    let mut consumer = srv.state.queue.consume("scaidrive.sync-jobs.default", 1).await.unwrap();
 
     let (st, job) = api.post(&format!("/api/v1/smb-connectors/{cnn}/sync"), json!({})).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{job}");
@@ -662,7 +662,7 @@ async fn a_dead_lettered_job_message_fails_its_job_with_the_reason(backend: Back
     let srv = TestServer::start(backend).await;
     let api = srv.admin();
     let (_share, cnn) = connector(&api, 0).await;
-    let mut consumer = srv.state.queue.consume("scaidrive.sync-jobs", 1).await.unwrap();
+    let mut consumer = srv.state.queue.consume("scaidrive.sync-jobs.default", 1).await.unwrap();
     let (_, job) = api.post(&format!("/api/v1/smb-connectors/{cnn}/sync"), json!({})).await;
     let job_id = job["id"].as_str().unwrap().to_string();
     // A worker that cannot process the message rejects it: it goes to the dead-letter queue.
