@@ -517,21 +517,7 @@ async fn world(backend: Backend) -> World {
     ids.insert("member2", member2_id.clone());
 
     // Another tenant, and its most powerful user.
-    let db = &srv.state.db;
-    let t2 = api_server::store::accounts::create_tenant(db, "authz-other").await.unwrap();
-    let eve = api_server::store::accounts::create_user(
-        db,
-        &t2.id,
-        api_server::store::accounts::NewUser {
-            username: "eve",
-            display_name: None,
-            email: None,
-            global_role: Some("super_admin"),
-        },
-    )
-    .await
-    .unwrap();
-    let (_, other_tenant) = api_server::store::accounts::create_token(db, &eve.id, "t").await.unwrap();
+    let other_tenant = srv.other_tenant_token("authz-other", "super_admin").await;
 
     let mut resource_secrets: Vec<String> =
         ids.iter().filter(|(k, _)| !["bystander", "member2"].contains(k)).map(|(_, v)| v.clone()).collect();

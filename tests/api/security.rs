@@ -48,22 +48,7 @@ async fn another_tenants_objects_are_404(backend: Backend) {
     let file = f["file"]["id"].as_str().unwrap().to_string();
 
     // A second tenant with its own admin, made through the store as the CLI does.
-    let db = &srv.state.db;
-    let t2 = api_server::store::accounts::create_tenant(db, "other").await.unwrap();
-    let u2 = api_server::store::accounts::create_user(
-        db,
-        &t2.id,
-        api_server::store::accounts::NewUser {
-            username: "eve",
-            display_name: None,
-            email: None,
-            global_role: Some("tenant_admin"),
-        },
-    )
-    .await
-    .unwrap();
-    let (_, tok) = api_server::store::accounts::create_token(db, &u2.id, "t").await.unwrap();
-    let eve = srv.client(Some(&tok));
+    let eve = srv.client(Some(&srv.other_tenant_token("other", "tenant_admin").await));
     for p in [
         format!("/api/v1/shares/{share}"),
         format!("/api/v1/shares/{share}/children"),

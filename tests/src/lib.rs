@@ -225,6 +225,17 @@ impl TestServer {
         (id, self.client(Some(t["token"].as_str().unwrap())))
     }
 
+    /// A user `eve` with `role` (`tenant_admin`, `super_admin`) in a new tenant named
+    /// `tenant`, made through the store as the CLI does: its token, for "another tenant" cases.
+    pub async fn other_tenant_token(&self, tenant: &str, role: &str) -> String {
+        use api_server::store::accounts;
+        let db = &self.state.db;
+        let t = accounts::create_tenant(db, tenant).await.unwrap();
+        let new = accounts::NewUser { username: "eve", display_name: None, email: None, global_role: Some(role) };
+        let u = accounts::create_user(db, &t.id, new).await.unwrap();
+        accounts::create_token(db, &u.id, "t").await.unwrap().1
+    }
+
     /// The fleet's worker token.
     pub fn worker_token(&self) -> String {
         self.state.worker_token.to_string()
