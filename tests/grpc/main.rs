@@ -21,7 +21,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
-on_both_backends!(every_rpc_answers_every_kind_of_caller_as_the_matrix_says, hostile_messages_get_clean_answers);
+on_both_backends!(
+    every_rpc_answers_every_kind_of_caller_as_the_matrix_says,
+    hostile_messages_get_clean_answers,
+    what_a_replicating_connector_creates_starts_closed
+);
 
 /// Puts `authorization` metadata on every call (nothing for `None`).
 #[derive(Clone)]
@@ -1186,4 +1190,56 @@ async fn hostile_messages_get_clean_answers(backend: Backend) {
     // The server still serves.
     c.cp.ping(v1::PingRequest::default()).await.unwrap();
     fx.srv.stop().await;
+}
+
+/// Issue 6: while a connector replicates permissions, the folders and files it creates start
+/// with a closed ACL (no entries, no inheritance) until its PERMISSIONS phase opens them; a
+/// connector that does not replicate creates ordinary, inheriting nodes.
+async fn what_a_replicating_connector_creates_starts_closed(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let share = api.share("Closed").await;
+    let replicating = connector(&api, &share, "replicating").await;
+    let (st, v) = api.patch(&format!("/api/v1/smb-connectors/{replicating}"), json!({"sync_permissions": true})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let plain = connector(&api, &share, "plain").await;
+    let mut c = clients(&srv, Some(format!("Bearer {}", srv.worker_token()))).await;
+    for (cnn, dir, closed) in [(&replicating, "r", true), (&plain, "p", false)] {
+        let lease = acquire(&mut c.cp, cnn, "w").await;
+        let folder =
+            c.fs.create_folder(v1::CreateFolderRequest {
+                lease: Some(lease.clone()),
+                share_id: share.clone(),
+                parent: by_path("/From FS"),
+                name: dir.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create folder: {e}"))
+            .into_inner();
+        let folder_id = folder.node.as_ref().map(|n| n.id.clone()).unwrap();
+        let data = b"figures".to_vec();
+        let msgs = vec![
+            v1::UploadRequest {
+                part: Some(v1::upload_request::Part::Header(v1::UploadHeader {
+                    lease: Some(lease.clone()),
+                    share_id: share.clone(),
+                    parent: by_id(&folder_id),
+                    name: "f.txt".into(),
+                    size: data.len() as u64,
+                    sha256: sha256_hex(&data),
+                    ..Default::default()
+                })),
+            },
+            v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(data)) },
+        ];
+        let file = c.fs.upload(futures::stream::iter(msgs)).await.unwrap().into_inner();
+        let file_id = file.node.map(|n| n.id).unwrap();
+        for (kind, id) in [("folder", &folder_id), ("file", &file_id)] {
+            let (st, acl) = api.get(&format!("/api/v1/permissions/acl/{kind}/{id}")).await;
+            assert_eq!(st, StatusCode::OK, "{acl}");
+            assert_eq!(acl["inherit_from_parent"], !closed, "{cnn} {kind}: {acl}");
+            assert_eq!(acl["entries"].as_array().map(Vec::len), Some(0), "{acl}");
+        }
+    }
 }

@@ -343,7 +343,40 @@ async fn insert_folder(
         err if err.code == "ALREADY_EXISTS" => name_taken(name),
         err => err,
     })?;
+    close_if_replicating(tx, tenant, actor, &node.id, "folder").await?;
     Ok(node)
+}
+
+/// While a connector replicates permissions (`sync_permissions`), what it creates starts
+/// closed — no entries, no inheritance, only the share role — so replication only ever opens
+/// access, and an item the PERMISSIONS phase never reaches (a stopped run, an unreadable
+/// descriptor) shows nobody more than the file server would.
+async fn close_if_replicating(
+    tx: &mut Tx<'_>,
+    tenant: &TenantId,
+    actor: &Actor,
+    node_id: &str,
+    kind: &'static str,
+) -> ApiResult<()> {
+    if actor.kind != "connector" {
+        return Ok(());
+    }
+    let on: Option<(i64,)> = sqlx::query_as("SELECT sync_permissions FROM connectors WHERE id = $1")
+        .bind(&actor.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if on.map(|(v,)| v != 0).unwrap_or(false) {
+        sqlx::query(
+            "INSERT INTO acls (resource_id, resource_type, tenant_id, inherit_from_parent) VALUES ($1, $2, $3, 0)
+             ON CONFLICT (resource_id) DO NOTHING",
+        )
+        .bind(node_id)
+        .bind(kind)
+        .bind(tenant.as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Makes sure every folder of `segs` exists under the share root, creating the missing ones,
@@ -501,6 +534,7 @@ pub async fn commit_content(
             err if err.code == "ALREADY_EXISTS" => name_taken(&name),
             err => err,
         })?;
+        close_if_replicating(&mut tx, tenant, actor, &file_id, "file").await?;
     }
     let (number,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE file_id = $1")
         .bind(&file_id)
