@@ -73,10 +73,3 @@ pub fn record_ids(span: &tracing::Span) {
         span.record("span_id", sc.span_id().to_string().as_str());
     }
 }
-
-/// The trace id of `span` (hex), when it is being exported.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
-}
