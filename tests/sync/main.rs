@@ -25,10 +25,15 @@ macro_rules! on_both_setups {
 mod driver;
 
 mod conntest;
+mod crash;
+mod edits;
 mod failures;
 mod filters;
 mod fleet;
+mod leases;
+mod limits;
 mod mirror;
+mod outages;
 mod permissions;
 mod pools;
 mod secrets;
