@@ -311,25 +311,32 @@ pub fn expand_generic(mask: u32) -> u32 {
     m
 }
 
-/// What an allow ACE grants in ScaiDrive (conservative: a right only when NTFS grants all of
-/// it), and whether rights were left out.
+/// The write rights ScaiDrive's `WRITE` stands for, all three needed: write data (overwrite),
+/// append data (extend) and write attributes (metadata). On a folder the first two are "add
+/// file" and "add subfolder".
+const WRITE_SET: u32 = nt::WRITE_DATA | nt::APPEND_DATA | nt::WRITE_ATTRIBUTES;
+/// What ScaiDrive's `CREATE` (new files *and* folders inside a folder) needs on a folder:
+/// add file and add subfolder.
+const CREATE_SET: u32 = nt::WRITE_DATA | nt::APPEND_DATA;
+
+/// What an allow ACE grants in ScaiDrive on an item of this kind (conservative: a right only
+/// when NTFS grants all of it), and whether rights were left out.
+///
+/// The same bits mean different things on files and folders (0x2 is write data on a file, add
+/// file on a folder; 0x4 append data / add subfolder): `WRITE` needs the whole [`WRITE_SET`]
+/// on either kind, `CREATE` needs both "add" rights on a folder and means nothing on a file.
 pub fn allow_bits(mask: u32, is_dir: bool) -> (u32, bool) {
     let m = expand_generic(mask);
     let mut b = 0;
     if m & nt::READ_DATA != 0 {
         b |= bits::READ;
     }
-    if is_dir {
-        if m & (nt::WRITE_DATA | nt::APPEND_DATA) != 0 {
-            b |= bits::CREATE;
-        }
-        // Renaming and changing a folder's metadata: the standard "Write" set on a folder.
-        if m & (nt::WRITE_DATA | nt::APPEND_DATA | nt::WRITE_ATTRIBUTES)
-            == nt::WRITE_DATA | nt::APPEND_DATA | nt::WRITE_ATTRIBUTES
-        {
-            b |= bits::WRITE;
-        }
-    } else if m & (nt::WRITE_DATA | nt::APPEND_DATA) != 0 {
+    if is_dir && m & CREATE_SET == CREATE_SET {
+        b |= bits::CREATE;
+    }
+    // Files: overwrite, extend and touch metadata. Folders: rename and change metadata, which
+    // ScaiDrive ties to the standard "Write" set there too.
+    if m & WRITE_SET == WRITE_SET {
         b |= bits::WRITE;
     }
     if m & nt::DELETE != 0 {
@@ -339,11 +346,40 @@ pub fn allow_bits(mask: u32, is_dir: bool) -> (u32, bool) {
         b |= bits::MANAGE_PERMISSIONS;
     }
     // Left out: delete-child without delete (ScaiDrive cannot grant "delete what is inside"
-    // without "delete this folder"), execute/traverse, extended attributes and attributes
-    // alone.
+    // without "delete this folder"); part of the write set on a file (append only, overwrite
+    // without metadata…); one of the two "add" rights on a folder (files only or folders
+    // only); execute/traverse, extended attributes and attributes alone.
+    let partial_write = !is_dir && m & CREATE_SET != 0 && b & bits::WRITE == 0;
+    let partial_create = is_dir && m & CREATE_SET != 0 && b & bits::CREATE == 0;
     let left_out = (m & nt::DELETE_CHILD != 0 && m & nt::DELETE == 0)
+        || partial_write
+        || partial_create
         || (b == 0 && m & !(nt::SYNCHRONIZE | nt::READ_CONTROL | nt::READ_ATTRIBUTES | nt::READ_EA) != 0);
     (b, left_out)
+}
+
+/// What a folder's allow ACE may pass down as one ScaiDrive `inherit_to_children` entry.
+///
+/// Such an entry reaches every file and folder below, at any depth, while NTFS passes an ACE
+/// to files only (object inherit), to folders only (container inherit), or to the direct
+/// children only (no-propagate). The entry therefore carries only the rights every item it
+/// reaches would get from NTFS: with both flags, what the ACE means on a folder and on a file
+/// (`CREATE` is meaningless on a file, so it may stay); folders only, `CREATE` alone (the one
+/// right that means nothing on the files it also reaches); files only or no-propagate,
+/// nothing. The items that NTFS does give more carry their own copy (they stop inheriting, see
+/// [`translate`]), so nothing is lost on existing items; only items made in ScaiDrive before
+/// the next run start with less.
+pub fn inheritable_allow_bits(mask: u32, flags: u8) -> u32 {
+    let (oi, ci) = (flags & nt::OBJECT_INHERIT != 0, flags & nt::CONTAINER_INHERIT != 0);
+    if flags & nt::NO_PROPAGATE_INHERIT != 0 || !ci {
+        return 0;
+    }
+    let on_dir = allow_bits(mask, true).0;
+    if oi {
+        on_dir & (allow_bits(mask, false).0 | !bits::FILE_MEANINGFUL)
+    } else {
+        on_dir & !bits::FILE_MEANINGFUL
+    }
 }
 
 /// What a deny ACE denies in ScaiDrive (liberal: a right as soon as NTFS denies part of it).
@@ -465,14 +501,18 @@ pub fn translate(
             // Only for the children, which carry their own inherited copy: nothing here.
             continue;
         }
-        let permissions = if deny {
-            deny_bits(ace.mask, is_dir)
+        // What passes down as an inheritable entry: a deny as it is (a deny reaching more
+        // items than NTFS says is less access, and those items stop inheriting anyway); an
+        // allow only as far as every item it reaches would get it.
+        let (permissions, passed_down) = if deny {
+            let b = deny_bits(ace.mask, is_dir);
+            (b, if inheritable { b } else { 0 })
         } else {
             let (b, left_out) = allow_bits(ace.mask, is_dir);
             if left_out {
                 report.lossy(codes::RIGHTS_WITHOUT_EQUIVALENT);
             }
-            b
+            (b, if inheritable { b & inheritable_allow_bits(ace.mask, ace.flags) } else { 0 })
         };
         if permissions == 0 {
             continue;
@@ -508,7 +548,25 @@ pub fn translate(
                 }
             }
         };
-        out.push(Translated { principal, deny, permissions, inheritable, inherited: ace.flags & nt::INHERITED != 0 });
+        let inherited = ace.flags & nt::INHERITED != 0;
+        if passed_down != 0 {
+            out.push(Translated {
+                principal: principal.clone(),
+                deny,
+                permissions: passed_down,
+                inheritable: true,
+                inherited,
+            });
+        }
+        if permissions & !passed_down != 0 {
+            out.push(Translated {
+                principal,
+                deny,
+                permissions: permissions & !passed_down,
+                inheritable: false,
+                inherited,
+            });
+        }
     }
     count(report, unmapped_here, well_known_here);
 
@@ -643,14 +701,122 @@ mod tests {
         assert_eq!(allow_bits(nt::GENERIC_ALL, true), (FULL, false));
         assert_eq!(allow_bits(nt::GENERIC_READ, false), (READ, false));
         assert_eq!(allow_bits(nt::GENERIC_WRITE, false), (WRITE, false));
-        // "Create files" alone on a folder: CREATE, not WRITE.
-        assert_eq!(allow_bits(nt::WRITE_DATA | nt::SYNCHRONIZE, true), (CREATE, false));
+        // "Create files" and "create folders" together on a folder: CREATE, not WRITE.
+        assert_eq!(allow_bits(nt::WRITE_DATA | nt::APPEND_DATA | nt::SYNCHRONIZE, true), (CREATE, false));
         assert_eq!(allow_bits(nt::WRITE_DAC, false), (MANAGE_PERMISSIONS, false));
         assert_eq!(allow_bits(nt::WRITE_OWNER, false), (MANAGE_PERMISSIONS, false));
         // Lossy: delete child without delete; traverse alone.
         assert_eq!(allow_bits(nt::READ_DATA | nt::DELETE_CHILD, true), (READ, true));
         assert_eq!(allow_bits(nt::EXECUTE | nt::SYNCHRONIZE, true), (0, true));
         assert_eq!(allow_bits(nt::READ_CONTROL | nt::SYNCHRONIZE, true), (0, false));
+    }
+
+    #[test]
+    fn partial_write_and_create_rights_grant_nothing_of_them_and_are_reported() {
+        // A folder: "create files" alone (0x2) or "create folders" alone (0x4). ScaiDrive's
+        // CREATE makes both, so neither alone grants it; neither ever means WRITE.
+        assert_eq!(allow_bits(nt::WRITE_DATA | nt::SYNCHRONIZE, true), (0, true));
+        assert_eq!(allow_bits(nt::APPEND_DATA | nt::SYNCHRONIZE, true), (0, true));
+        assert_eq!(allow_bits(nt::READ_DATA | nt::APPEND_DATA, true), (READ, true));
+        assert_eq!(allow_bits(CREATE_SET | nt::READ_DATA, true), (READ | CREATE, false));
+        // A file: append only, overwrite only, or data without metadata is not WRITE.
+        assert_eq!(allow_bits(nt::APPEND_DATA, false), (0, true));
+        assert_eq!(allow_bits(nt::WRITE_DATA | nt::READ_DATA, false), (READ, true));
+        assert_eq!(allow_bits(nt::WRITE_DATA | nt::APPEND_DATA, false), (0, true));
+        assert_eq!(allow_bits(WRITE_SET, false), (WRITE, false));
+        // Attributes alone stay unreported noise only when reading.
+        assert_eq!(allow_bits(nt::READ_DATA | nt::READ_ATTRIBUTES, false), (READ, false));
+    }
+
+    #[test]
+    fn what_a_folder_passes_down_depends_on_its_inheritance_flags() {
+        let ci = nt::CONTAINER_INHERIT;
+        assert_eq!(inheritable_allow_bits(MODIFY, OI_CI), READ | WRITE | CREATE | DELETE);
+        assert_eq!(inheritable_allow_bits(nt::FILE_ALL_ACCESS, OI_CI), FULL);
+        // Folders only: the files below would get it too in ScaiDrive; only CREATE (nothing on
+        // a file) may pass.
+        assert_eq!(inheritable_allow_bits(MODIFY, ci), CREATE);
+        assert_eq!(inheritable_allow_bits(READ_EXECUTE, ci), 0);
+        // Files only, or the direct children only: nothing passes.
+        assert_eq!(inheritable_allow_bits(MODIFY, nt::OBJECT_INHERIT), 0);
+        assert_eq!(inheritable_allow_bits(MODIFY, OI_CI | nt::NO_PROPAGATE_INHERIT), 0);
+        // "Create folders" (0x4) for the folder and its subfolders: it is "append data" on the
+        // files, never WRITE there.
+        assert_eq!(inheritable_allow_bits(nt::APPEND_DATA | READ_EXECUTE, OI_CI) & WRITE, 0);
+    }
+
+    #[test]
+    fn a_create_folders_ace_never_lets_anyone_write_the_files_below() {
+        let mut r = PermReport::default();
+        // Finance may list the folder and create subfolders (0x4), for this folder, subfolders
+        // and files: on the files below, 0x4 is "append data".
+        let folder_sd = sd(ALICE, vec![allow(FINANCE, READ_EXECUTE | nt::APPEND_DATA, OI_CI)]);
+        let folder = translate(&folder_sd, true, None, &ids(), &mut r);
+        let reach = reach_of(&folder, None);
+        let file_sd = sd(ALICE, vec![inherited(allow(FINANCE, READ_EXECUTE | nt::APPEND_DATA, OI_CI), 0)]);
+        let file = translate(&file_sd, false, Some(&reach), &ids(), &mut r);
+        assert_eq!(effective(&[&folder], "usr_alice", &["grp_finance"]), READ);
+        assert_eq!(effective(&[&file, &folder], "usr_alice", &["grp_finance"]), READ);
+        // A file made in ScaiDrive below it, before the next run, gets no more.
+        let fresh = DriveAcl { inherit_from_parent: true, entries: vec![], owner: None };
+        assert_eq!(effective(&[&fresh, &folder], "usr_alice", &["grp_finance"]), READ);
+        assert_eq!(r.lossy.get(codes::RIGHTS_WITHOUT_EQUIVALENT), Some(&2), "folder and file each say so");
+    }
+
+    #[test]
+    fn folder_only_file_only_and_one_level_aces_reach_exactly_what_ntfs_gives() {
+        let mut r = PermReport::default();
+        let ci = nt::CONTAINER_INHERIT;
+        let oi = nt::OBJECT_INHERIT;
+        // Top: finance may modify the folder and its subfolders (CI), alice may modify the files
+        // (OI), bob may read the folder and its direct children (OI|CI|NP).
+        let top_sd = sd(
+            ALICE,
+            vec![
+                allow(FINANCE, MODIFY, ci),
+                allow(ALICE, MODIFY, oi),
+                allow(BOB, READ_EXECUTE, OI_CI | nt::NO_PROPAGATE_INHERIT),
+            ],
+        );
+        let top = translate(&top_sd, true, None, &ids(), &mut r);
+        let top_reach = reach_of(&top, None);
+        // What NTFS gives the children: the subfolder gets finance's ACE (CI, applies), alice's
+        // as inherit-only (for its files), bob's without inherit flags; a file gets alice's
+        // and bob's.
+        let sub_sd = sd(
+            ALICE,
+            vec![
+                inherited(allow(FINANCE, MODIFY, ci), ci),
+                inherited(allow(ALICE, MODIFY, oi), oi | nt::INHERIT_ONLY),
+                inherited(allow(BOB, READ_EXECUTE, 0), 0),
+            ],
+        );
+        let sub = translate(&sub_sd, true, Some(&top_reach), &ids(), &mut r);
+        let sub_reach = reach_of(&sub, Some(&top_reach));
+        let file_sd =
+            sd(ALICE, vec![inherited(allow(ALICE, MODIFY, oi), 0), inherited(allow(BOB, READ_EXECUTE, 0), 0)]);
+        let file = translate(&file_sd, false, Some(&top_reach), &ids(), &mut r);
+        // A file two levels down: alice's ACE only (bob's stopped one level up).
+        let deep_sd = sd(ALICE, vec![inherited(allow(ALICE, MODIFY, oi), 0)]);
+        let deep = translate(&deep_sd, false, Some(&sub_reach), &ids(), &mut r);
+
+        let fin = ["grp_finance"];
+        assert_eq!(effective(&[&sub, &top], "usr_carol", &fin), READ | WRITE | CREATE | DELETE);
+        assert_eq!(effective(&[&file, &top], "usr_carol", &fin) & FILE_MEANINGFUL, 0, "CI: not the files");
+        assert_eq!(effective(&[&deep, &sub, &top], "usr_carol", &fin) & FILE_MEANINGFUL, 0);
+        assert_eq!(effective(&[&file, &top], "usr_alice", &[]), READ | WRITE | DELETE);
+        assert_eq!(effective(&[&deep, &sub, &top], "usr_alice", &[]), READ | WRITE | DELETE);
+        assert_eq!(effective(&[&sub, &top], "usr_alice", &[]), 0, "OI: not the subfolders");
+        assert_eq!(effective(&[&file, &top], "usr_bob", &[]), READ);
+        assert_eq!(effective(&[&sub, &top], "usr_bob", &[]), READ);
+        assert_eq!(effective(&[&deep, &sub, &top], "usr_bob", &[]), 0, "NP: one level only");
+        // Items made in ScaiDrive (inheriting, no entries of their own) get no more than NTFS
+        // would give a new item there, whatever their kind.
+        let fresh = DriveAcl { inherit_from_parent: true, entries: vec![], owner: None };
+        for who in ["usr_alice", "usr_bob"] {
+            assert_eq!(effective(&[&fresh, &sub, &top], who, &[]) & FILE_MEANINGFUL, 0, "{who}");
+        }
+        assert_eq!(effective(&[&fresh, &top], "usr_carol", &fin) & FILE_MEANINGFUL, 0);
     }
 
     #[test]
