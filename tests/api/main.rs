@@ -5,6 +5,7 @@ mod connectors;
 mod files;
 mod hostile;
 mod input;
+mod listings;
 mod security;
 
 use e2e_tests::{on_both_backends, Backend, TestServer};

@@ -1,5 +1,7 @@
 //! The change log, as ScaiDrive's sync clients read it.
 
+use std::collections::{HashMap, HashSet};
+
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -114,5 +116,45 @@ pub async fn list_changes(
         None => shares::list_visible(&s.db, &caller).await?.into_iter().map(|s| s.id.to_string()).collect(),
     };
     let (list, next, has_more) = changes::list(&s.db, &caller.tenant_id, &share_ids, cursor, limit).await?;
+    // The cursor still moves past changes filtered out: a page may be short, even empty,
+    // while `has_more` says whether to go on.
+    let list = readable_only(&s, &caller, list).await?;
     Ok(Json(ChangesPage { changes: list.into_iter().map(Into::into).collect(), cursor: next, has_more }))
+}
+
+/// Keeps the changes of items the caller may READ now, made in folders the caller may READ
+/// now (READ on the share is not enough: a folder may be closed to the caller, and its items'
+/// names and metadata with it). A move out of a folder the caller may not read keeps its
+/// change but not where it came from, so a client sees the item appear.
+async fn readable_only(s: &AppState, caller: &Caller, list: Vec<Change>) -> ApiResult<Vec<Change>> {
+    let who = acl::Who::from(caller);
+    if who.is_admin || list.is_empty() {
+        return Ok(list);
+    }
+    let mut per_share: HashMap<&str, Vec<String>> = HashMap::new();
+    for c in &list {
+        let ids = per_share.entry(c.share_id.as_str()).or_default();
+        ids.push(c.node_id.clone());
+        for p in [Some(&c.parent_id), c.old_parent_id.as_ref()].into_iter().flatten() {
+            if *p != c.share_id {
+                ids.push(p.clone());
+            }
+        }
+    }
+    let mut ok: HashSet<String> = HashSet::new();
+    for (share, ids) in &per_share {
+        ok.extend(acl::readable(&s.db, &who, share, ids).await?);
+    }
+    Ok(list
+        .into_iter()
+        // The item, and the folder it was in at that change (its path names it).
+        .filter(|c| ok.contains(&c.node_id) && (c.parent_id == c.share_id || ok.contains(&c.parent_id)))
+        .map(|mut c| {
+            if c.old_parent_id.as_ref().is_some_and(|p| *p != c.share_id && !ok.contains(p)) {
+                c.old_parent_id = None;
+                c.old_path = None;
+            }
+            c
+        })
+        .collect())
 }

@@ -328,8 +328,13 @@ pub async fn share_trash(
 ) -> ApiResult<Json<TrashList>> {
     let share = shares::get(&s.db, &caller.tenant_id, &id).await?;
     acl::require(&s.db, &caller, &share_resource(share.id.as_str()), perm::READ).await?;
+    // Only what the caller may read: READ on the share does not open a closed folder, nor
+    // what was trashed from it.
+    let trashed = nodes::trash(&s.db, share.id.as_str()).await?;
+    let ids: Vec<String> = trashed.iter().map(|n| n.id.clone()).collect();
+    let ok = acl::readable(&s.db, &acl::Who::from(&caller), share.id.as_str(), &ids).await?;
     let mut items = Vec::new();
-    for n in nodes::trash(&s.db, share.id.as_str()).await? {
+    for n in trashed.into_iter().filter(|n| ok.contains(&n.id)) {
         items.push(respond_node(&s, n).await?);
     }
     Ok(Json(TrashList { items }))
