@@ -365,6 +365,10 @@ struct Planner<'a> {
     vd: BTreeMap<PathKey, DriveItem>,
     /// Virtual synced state: entity index and state.
     w: BTreeMap<PathKey, (usize, SyncedState)>,
+    /// The key each entity was last put at in `w` (by entity index), so that finding an
+    /// entity is a lookup, not a search of `w` (which made planning quadratic). An entity
+    /// removed or overwritten since still points at its old key: [`Planner::w_find`] checks.
+    w_at: Vec<Option<PathKey>>,
     /// Folders whose creation is planned in the structural phase (their action records them).
     planned: BTreeSet<PathKey>,
     /// Out-of-scope roots (their subtrees too).
@@ -404,6 +408,7 @@ impl<'a> Planner<'a> {
             vs: BTreeMap::new(),
             vd: BTreeMap::new(),
             w: BTreeMap::new(),
+            w_at: vec![None; base.entries.len()],
             planned: BTreeSet::new(),
             oos: BTreeSet::new(),
             survive_smb: BTreeSet::new(),
@@ -505,7 +510,7 @@ impl<'a> Planner<'a> {
                 p.books.push(Action::ForgetState { path: st.path.clone() });
                 continue;
             }
-            p.w.insert(key, (i, st.clone()));
+            p.w_put(key, i, st.clone());
         }
 
         let mut dup_ids = BTreeSet::new();
@@ -586,8 +591,7 @@ impl<'a> Planner<'a> {
             self.w.values().map(|(i, st)| (st.path.depth(), st.path.clone(), *i)).collect();
         order.sort();
         for (_, _, idx) in order {
-            let Some((key, b)) = self.w.iter().find(|(_, (i, _))| *i == idx).map(|(k, (_, b))| (k.clone(), b.clone()))
-            else {
+            let Some((key, b)) = self.w_find(idx) else {
                 continue;
             };
             // A file found under its id elsewhere is the same file only if its last-write
@@ -647,6 +651,21 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Puts entity `i` at `key` in the virtual synced state.
+    fn w_put(&mut self, key: PathKey, i: usize, st: SyncedState) {
+        self.w_at[i] = Some(key.clone());
+        self.w.insert(key, (i, st));
+    }
+
+    /// Where entity `idx` is in the virtual synced state now, if it still is.
+    fn w_find(&self, idx: usize) -> Option<(PathKey, SyncedState)> {
+        let key = self.w_at.get(idx)?.as_ref()?;
+        match self.w.get(key) {
+            Some((i, st)) if *i == idx => Some((key.clone(), st.clone())),
+            _ => None,
+        }
+    }
+
     fn forget_entity(&mut self, key: &PathKey, b: &SyncedState) {
         let _ = b;
         if let Some((i, _)) = self.w.remove(key) {
@@ -682,7 +701,7 @@ impl<'a> Planner<'a> {
         let moved: Vec<(usize, SyncedState)> = keys.iter().map(|k| self.w.remove(k).expect("present")).collect();
         for (i, mut st) in moved {
             st.path = rebase_ci(&st.path, from, to);
-            self.w.insert(st.path.key(), (i, st));
+            self.w_put(st.path.key(), i, st);
         }
     }
 
@@ -737,7 +756,7 @@ impl<'a> Planner<'a> {
         }
         let rec = self.moved_record(b, to);
         self.rebase_w(&b.path, to);
-        self.w.insert(to.key(), (idx, rec.clone()));
+        self.w_put(to.key(), idx, rec.clone());
         let _ = key;
         self.structure.push(Action::RebaseState { from: b.path.clone(), to: to.clone(), record: Some(rec) });
     }
@@ -852,7 +871,7 @@ impl<'a> Planner<'a> {
         });
         self.rebase_vd(from, to);
         self.rebase_w(&b.path, to);
-        self.w.insert(tk, (idx, rec));
+        self.w_put(tk, idx, rec);
         self.moved.insert(idx);
         true
     }
@@ -900,7 +919,7 @@ impl<'a> Planner<'a> {
         });
         self.rebase_vs(from, to);
         self.rebase_w(&b.path, to);
-        self.w.insert(tk, (idx, rec));
+        self.w_put(tk, idx, rec);
         self.moved.insert(idx);
         true
     }
