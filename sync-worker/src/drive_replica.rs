@@ -229,6 +229,7 @@ async fn feed(
             let part = b.split_to(b.len().min(UPLOAD_CHUNK));
             let msg = v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(part.to_vec())) };
             tx.send(msg).await.map_err(|_| None)?;
+            crate::crash::point("upload");
         }
     }
     let digest = Sha256(hasher.finalize().into());

@@ -435,7 +435,9 @@ impl Run {
             return self.failed(detail(&e.code, e.message));
         }
         let board = self.board.clone();
-        let smb_scan = match scan_smb(client, &smb_root, &settings, &base, &self.stop, |n| {
+        let started = now_ts();
+        let started = FileTime::from_unix(started.seconds, started.nanos as u32);
+        let mut smb_scan = match scan_smb(client, &smb_root, &settings, &base, &self.stop, |n| {
             board.scanned.store(n, Ordering::Relaxed)
         })
         .instrument(tracing::info_span!("job.walk"))
@@ -454,6 +456,8 @@ impl Run {
             }
             Err(ScanError::Smb(e)) => return self.failed(smb_detail(&e)),
         };
+        crate::smb_replica::sweep_temp_leftovers(client, &smb_root, &mut smb_scan.snapshot, started).await;
+        crate::crash::point("listing");
         let first_run = self.spec.scaidrive_cursor.is_empty();
         let (drive_snapshot, touched, cursor) = match self
             .drive_side(&drive, &drive_root, &base, first_run)

@@ -19,6 +19,7 @@ pub mod changes;
 pub mod config;
 pub mod conntest;
 pub mod convert;
+pub mod crash;
 pub mod drive_replica;
 pub mod health;
 pub mod job;

@@ -38,6 +38,53 @@ pub fn replica_error(e: &SmbError) -> ReplicaError {
     ReplicaError::new(code, e.to_string())
 }
 
+/// Temporary files of downloads are named `.~scaidrive-<ulid>.tmp`, beside their target.
+pub const TEMP_PREFIX: &str = ".~scaidrive-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Whether a file name is one of our temporary files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.len() > TEMP_PREFIX.len() + TEMP_SUFFIX.len() && name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+}
+
+/// Takes the temporary files of earlier runs out of a scanned snapshot and deletes them on
+/// SMB (best effort: what cannot be deleted now is tried again next run). A run that died
+/// between writing a temporary file and renaming it over its target (a crash, a kill, a lost
+/// lease) leaves one behind; nobody else writes our names. Only files last written before
+/// `started` (this run's start, server time) go: a temporary file written right now belongs
+/// to a live run of another connector whose base path overlaps this one.
+pub async fn sweep_temp_leftovers(
+    client: &SmbClient,
+    root: &SmbRoot,
+    snapshot: &mut sync_engine::SmbSnapshot,
+    started: FileTime,
+) -> usize {
+    let temps: Vec<RelPath> = snapshot
+        .items
+        .values()
+        .filter(|i| i.kind == ItemKind::File && is_temp_name(i.path.name()))
+        .map(|i| i.path.clone())
+        .collect();
+    let mut removed = 0;
+    for p in temps {
+        // Never planned: neither side may see it.
+        let item = snapshot.items.remove(&p).expect("listed above");
+        if item.last_write >= started {
+            continue;
+        }
+        match client.delete_file(&root.abs(&p)).await {
+            Ok(()) | Err(SmbError::PathNotFound { .. }) => {
+                tracing::info!(smb.path = %p, "deleted the temporary file of an earlier run");
+                removed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(smb.path = %p, error = %e, "could not delete the temporary file of an earlier run")
+            }
+        }
+    }
+    removed
+}
+
 fn same(a: &SmbItem, b: &SmbItem) -> bool {
     a.file_id == b.file_id && a.size == b.size && a.last_write == b.last_write && a.change_time == b.change_time
 }
@@ -136,13 +183,14 @@ impl SmbReplica for SmbShare {
     }
 
     async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError> {
-        let name = format!(".~scaidrive-{}.tmp", ulid::Ulid::new().to_string().to_lowercase());
+        let name = format!("{TEMP_PREFIX}{}{TEMP_SUFFIX}", ulid::Ulid::new().to_string().to_lowercase());
         let temp = RelPath::child_of(target.parent().as_ref(), &name)
             .map_err(|e| ReplicaError::new("INVALID_PATH", e.to_string()))?;
         let abs = self.root.abs(&temp);
         let failure: std::sync::Arc<std::sync::Mutex<Option<ReplicaError>>> = Default::default();
         let f2 = failure.clone();
         let src = data.map(move |r| {
+            crate::crash::point("download");
             r.map_err(|e| {
                 let msg = e.to_string();
                 *f2.lock().unwrap() = Some(e);
@@ -189,10 +237,12 @@ impl SmbReplica for SmbShare {
             }
             _ => {}
         }
+        crate::crash::point("rename-over");
         self.client
             .rename(&self.root.abs(&temp.path), &self.root.abs(target), expected.is_some())
             .await
             .map_err(|e| replica_error(&e))?;
+        crate::crash::point("renamed");
         if last_write.0 != 0 {
             self.client
                 .set_times(

@@ -191,6 +191,7 @@ fn removed(path: &RelPath, kind: ItemKind) -> v1::FileState {
 #[async_trait]
 impl StateSink for StateReporter {
     async fn put(&self, state: SyncedState) -> Result<(), ReplicaError> {
+        crate::crash::point("state");
         let fs = file_state(&state, v1::FileSyncStatus::Synced);
         self.tally.lock().unwrap().current_path = state.path.as_str().to_string();
         self.known.lock().unwrap().insert(state.path.clone(), state);

@@ -201,7 +201,10 @@ async fn job_delivery(ctx: &JobContext, _queue: &dyn JobQueue, delivery: Deliver
     let settle = handle_job(ctx, &msg, shutdown).instrument(parent).await;
     telemetry::metrics::get().worker_jobs_active.add(-1, &active);
     let r = match settle {
-        Settle::Ack => delivery.ack().await,
+        Settle::Ack => {
+            crate::crash::point("ack");
+            delivery.ack().await
+        }
         Settle::Requeue => delivery.nack_requeue().await,
         Settle::Reject(reason) => delivery.reject(reason).await,
     };
