@@ -66,18 +66,33 @@ impl SmbRoot {
         smb_layer::path::join(&self.root, rel.as_str())
     }
     /// The sync-root-relative path of a share-relative path strictly below the root.
+    /// Records the server's spelling where it differs from the NFC form.
     pub fn rel(&self, share_path: &str) -> Option<RelPath> {
+        let (rel, raw) = self.split(share_path)?;
+        if rel.as_str() != raw {
+            self.set_spelling(&rel, Some(&raw));
+        }
+        Some(rel)
+    }
+    /// [`SmbRoot::rel`] and the server's own spelling of it (root-relative), recording nothing.
+    pub fn split(&self, share_path: &str) -> Option<(RelPath, String)> {
         let p = smb_layer::path::normalize(share_path);
         let rest =
             if self.root.is_empty() { p.as_str() } else { p.strip_prefix(self.root.as_str())?.strip_prefix('/')? };
         let rel = RelPath::new(rest).ok()?;
-        if rel.as_str() != rest {
-            self.spellings
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(rel.as_str().to_string(), rest.to_string());
+        Some((rel, rest.to_string()))
+    }
+    /// Records `raw` (root-relative) as the server's spelling of `rel`; `None` forgets it.
+    pub fn set_spelling(&self, rel: &RelPath, raw: Option<&str>) {
+        let mut map = self.spellings.write().unwrap_or_else(|e| e.into_inner());
+        match raw {
+            Some(raw) if raw != rel.as_str() => {
+                map.insert(rel.as_str().to_string(), raw.to_string());
+            }
+            _ => {
+                map.remove(rel.as_str());
+            }
         }
-        Some(rel)
     }
 }
 

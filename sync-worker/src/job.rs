@@ -513,6 +513,9 @@ impl Run {
         for issue in &smb_scan.unreadable {
             reporter.report_issue(issue).await;
         }
+        for issue in &smb_scan.twins {
+            reporter.warn(issue);
+        }
         let flusher = {
             let (r, stop, every) = (reporter.clone(), self.stop.clone(), self.ctx.config.state_flush_interval);
             tokio::spawn(async move {

@@ -21,7 +21,13 @@ pub struct SmbScan {
     pub snapshot: SmbSnapshot,
     /// Folders that could not be listed (their tracked content was carried over).
     pub unreadable: Vec<FileIssue>,
+    /// Names left alone because another name of the same folder is the same in Unicode NFC
+    /// (`NAME_NORMALIZATION_CONFLICT`): one of the twins syncs, these are reported.
+    pub twins: Vec<FileIssue>,
 }
+
+/// Code of a name left alone because a twin with the same NFC form syncs instead.
+pub const NORMALIZATION_CONFLICT: &str = "NAME_NORMALIZATION_CONFLICT";
 
 /// Why the walk could not produce a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +69,20 @@ pub async fn scan_smb(
         }
         Err(e) => return Err(e.into()),
     }
-    let pruned: Arc<Mutex<Vec<SmbItem>>> = Arc::default();
+    let pruned: Arc<Mutex<Vec<(String, SmbItem)>>> = Arc::default();
     let exclude = {
         let pruned = pruned.clone();
         let root = root.clone();
         let settings = settings.clone();
         Arc::new(move |e: &smb_layer::DirEntry| {
-            let Some(rel) = root.rel(&e.path) else {
+            let Some((rel, raw)) = root.split(&e.path) else {
                 return false;
             };
             let item = smb_item(rel, e);
             // Never descend into a reparse point (symlink, junction) nor an excluded folder;
             // keep the folder itself so the planner sees it (and reports or forgets it).
             if item.reparse || settings.filters.excludes_dir(&item, &settings) {
-                pruned.lock().unwrap().push(item);
+                pruned.lock().unwrap().push((raw, item));
                 return true;
             }
             false
@@ -85,6 +91,9 @@ pub async fn scan_smb(
     let opts = WalkOptions { exclude: Some(exclude), ..WalkOptions::default() };
     let mut walk = std::pin::pin!(client.walk(root.as_str(), opts));
     let mut scan = SmbScan::default();
+    // Entries whose name on the server is not in NFC (e.g. NFD, as macOS writes): they are
+    // placed once the walk is over, so that twins are resolved the same way every run.
+    let mut respelled: Vec<(String, SmbItem)> = Vec::new();
     let mut seen = 0u64;
     loop {
         let next = tokio::select! {
@@ -94,8 +103,13 @@ pub async fn scan_smb(
         let Some(r) = next else { break };
         match r {
             Ok(e) => {
-                if let Some(rel) = root.rel(&e.path) {
-                    scan.snapshot.items.insert(rel.clone(), smb_item(rel, &e));
+                if let Some((rel, raw)) = root.split(&e.path) {
+                    let item = smb_item(rel, &e);
+                    if raw == item.path.as_str() {
+                        scan.snapshot.items.insert(item.path.clone(), item);
+                    } else {
+                        respelled.push((raw, item));
+                    }
                     seen += 1;
                     if seen % 256 == 0 {
                         on_entry(seen);
@@ -121,10 +135,56 @@ pub async fn scan_smb(
         }
     }
     on_entry(seen);
-    for item in pruned.lock().unwrap().drain(..) {
-        scan.snapshot.items.insert(item.path.clone(), item);
+    for (raw, item) in pruned.lock().unwrap().drain(..) {
+        if raw == item.path.as_str() {
+            scan.snapshot.items.insert(item.path.clone(), item);
+        } else {
+            respelled.push((raw, item));
+        }
     }
+    place_respelled(&mut scan, root, respelled);
     Ok(scan)
+}
+
+/// Places the entries whose server spelling is not NFC. Two names of one folder may differ
+/// only in normalisation (`café` written precomposed and decomposed): both are the same path
+/// for the planner and in ScaiDrive, so exactly one of them syncs — the NFC spelling if there
+/// is one, else the smallest spelling byte-wise (the same one every run) — and the others are
+/// left alone on the file server, with everything below them, and reported. Without this the
+/// last one listed would win, and SMB operations could reach the other twin.
+fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled: Vec<(String, SmbItem)>) {
+    use std::collections::btree_map::Entry;
+    // Byte order puts a folder before everything below it, so its subtree is known to be left
+    // alone before its entries come.
+    respelled.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut left_alone: Vec<String> = Vec::new();
+    for (raw, item) in respelled {
+        if left_alone.iter().any(|l| raw.strip_prefix(l.as_str()).is_some_and(|rest| rest.starts_with('/'))) {
+            continue;
+        }
+        match scan.snapshot.items.entry(item.path.clone()) {
+            Entry::Vacant(v) => {
+                root.set_spelling(&item.path, Some(&raw));
+                v.insert(item);
+            }
+            Entry::Occupied(o) => {
+                let kept = root.abs(o.key());
+                tracing::warn!(smb.path = %raw, kept = %kept, "name differs from another only in Unicode normalisation; left alone");
+                scan.twins.push(FileIssue {
+                    path: o.key().clone(),
+                    code: NORMALIZATION_CONFLICT.to_string(),
+                    message: format!(
+                        "{raw:?} differs from {kept:?} only in Unicode normalisation: both are the same name in ScaiDrive, \
+                         so {kept:?} syncs and {raw:?} (with anything inside it) is left alone on the file server; rename one"
+                    ),
+                    is_error: false,
+                });
+                if item.kind == ItemKind::Dir {
+                    left_alone.push(raw);
+                }
+            }
+        }
+    }
 }
 
 /// An item as the last synced state saw it.

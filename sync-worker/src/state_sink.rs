@@ -86,6 +86,17 @@ impl StateReporter {
         p.len() >= MAX_BATCH
     }
 
+    /// A warning in the job log about `issue` (a name left alone, not a failure of the item),
+    /// sent with the next flush.
+    pub fn warn(&self, issue: &FileIssue) {
+        self.notes.lock().unwrap().push(v1::JobEvent {
+            level: "warning".to_string(),
+            path: issue.path.as_str().to_string(),
+            code: issue.code.clone(),
+            message: issue.message.clone(),
+        });
+    }
+
     /// Sends everything pending, in batches of at most [`MAX_BATCH`]. On failure the unsent
     /// states stay pending (in order) for the next flush.
     pub async fn flush(&self) -> Result<(), RpcError> {
