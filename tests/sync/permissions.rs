@@ -274,6 +274,42 @@ async fn ntfs_rights_become_scaidrive_rights(setup: Setup) {
 
 on_both_setups!(ntfs_rights_become_scaidrive_rights);
 
+/// A deny for an account whose ScaiDrive user was deleted after it was mapped (the server can
+/// no longer name them) denies everyone instead of vanishing, and what the server records is
+/// what it wrote: the next run finds nothing to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_for_a_user_deleted_in_scaidrive_denies_everyone() {
+    let w = World::start(Setup::Standalone).await;
+    w.smb.mkdir("Team").await.unwrap();
+    w.set_dacl(
+        "Team",
+        true,
+        vec![allow(&w.svc_sid, access::FULL_CONTROL, OI_CI), allow(&w.alice_sid, access::MODIFY, OI_CI)],
+    )
+    .await;
+    w.smb.write_all("Team/plan.txt", &b"the plan"[..]).await.unwrap();
+    let inherited = w.smb.read_security_descriptor("Team/plan.txt").await.unwrap().dacl.unwrap();
+    let mut with_deny = vec![deny(&w.bob_sid, 0x0012_0089 & !0x0010_0000, AceFlags(0))];
+    with_deny.extend(inherited);
+    w.set_dacl("Team/plan.txt", false, with_deny).await;
+    w.map("user", "CORP\\alice", &w.alice).await;
+    let (st, u) = w.env.api.post("/api/v1/users", json!({"username": "leaver"})).await;
+    assert_eq!(st, StatusCode::CREATED, "{u}");
+    let leaver = u["id"].as_str().unwrap().to_string();
+    w.map("user", &w.bob_sid, &leaver).await;
+    // Deleted between mapping and the run (the API has no user deletion: as an operator would).
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(&leaver).execute(&w.env.srv.state.db.pool).await.unwrap();
+
+    let j1 = w.sync().await;
+    assert_eq!(w.eff(&w.alice, "Team").await, READ | WRITE | CREATE | DELETE);
+    assert_eq!(w.eff(&w.alice, "Team/plan.txt").await, WRITE | DELETE | CREATE, "bob's deny of READ denies everyone");
+    assert!(summary(&j1).contains("no longer in ScaiDrive: 1"), "{}", summary(&j1));
+    let j2 = w.sync().await;
+    assert!(summary(&j2).contains("ACLs written: 0"), "recorded as written: {}", summary(&j2));
+    assert_eq!(w.eff(&w.alice, "Team/plan.txt").await, WRITE | DELETE | CREATE);
+    w.finish().await;
+}
+
 /// Turning `sync_permissions` off leaves the last replicated ACLs in place; a connector
 /// without it writes no ACL at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

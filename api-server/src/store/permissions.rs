@@ -207,6 +207,8 @@ pub struct Applied {
     pub written: u32,
     pub unchanged: u32,
     pub skipped: u32,
+    /// Entries naming a user or group no longer in the tenant: allows dropped, denies
+    /// applied to everyone.
     pub entries_dropped: u32,
 }
 
@@ -233,17 +235,25 @@ pub async fn apply(
             out.skipped += 1;
             continue;
         };
-        // Principals that left the tenant cannot hold an entry: drop them (a deny for nobody
-        // denies nothing; an allow for nobody grants nothing).
+        // Principals that left the tenant (deleted between mapping and now) cannot hold an
+        // entry. An allow for them is dropped (it granted nobody else anything). A deny is
+        // not: whoever the file server denied may still be a ScaiDrive user under another
+        // account or through a group, so it becomes a deny for everyone, as for an unmapped
+        // principal (less access, never more).
         let mut acl = s.acl.clone();
         let mut kept = Vec::with_capacity(acl.entries.len());
-        for e in acl.entries.drain(..) {
+        for mut e in acl.entries.drain(..) {
             let ok = match e.principal_type.as_str() {
                 "everyone" => true,
                 t @ ("user" | "group") => principal_exists(&mut tx, &mut exists, tenant, t, &e.principal_id).await?,
                 _ => false,
             };
             if ok {
+                kept.push(e);
+            } else if e.deny {
+                out.entries_dropped += 1;
+                e.principal_type = "everyone".into();
+                e.principal_id.clear();
                 kept.push(e);
             } else {
                 out.entries_dropped += 1;
@@ -253,6 +263,8 @@ pub async fn apply(
         if !acl.owner.is_empty() && !principal_exists(&mut tx, &mut exists, tenant, "user", &acl.owner).await? {
             acl.owner.clear();
         }
+        // What is recorded is what was written (after the substitutions above), so the next
+        // run's drift check compares the node with what it really got.
         let text = canonical(&acl);
         if canonical(before) == text {
             out.unchanged += 1;
