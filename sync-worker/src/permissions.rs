@@ -10,10 +10,29 @@
 //!
 //! What cannot be replicated exactly is reported in the job log, one event per principal or
 //! reason per run with counts, and never turned into more access.
+//!
+//! **Write order.** The writes go in batches that commit one by one, and a run may stop
+//! between any two. The invariant: *at every commit, every item's ScaiDrive access is either
+//! still what it was before the run or at most what it is once the run is done* — no moment
+//! grants anyone more than the file server says, however the run ends. How ([`write_order`]):
+//! - deepest first: an item is written before its parent, so a folder never opens while a
+//!   child that must stay closed below it still has its old ACL (parents first would do that);
+//! - an item that inherits is written while its parent still passes down its *old* entries;
+//!   when that could give more than the parent's new entries will (an allow the parent loses,
+//!   a deny it gains, or the old state is unknown), the item is first written *detached*
+//!   (not inheriting, carrying the parent's new entries as its own: the same access, whatever
+//!   the parent says meanwhile) and attached again in a second pass, once every parent is
+//!   written. Items that do not inherit never depend on their parent's state;
+//! - what is recorded is exactly what was written: a detached state is recorded with change
+//!   time 0, so a run that stops before re-attaching reads the item again next time; a state
+//!   that was not written is not recorded, and since parents come after their children, a
+//!   failed batch leaves every ancestor still to be written unrecorded, so the next run reads
+//!   and writes them again (and, as their ACL differs from the record, everything below).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use proto::v1;
 use smb_layer::{AceKind, SecurityDescriptor, SmbClient};
@@ -189,9 +208,104 @@ fn ft_ns(t: FileTime) -> i64 {
     s.saturating_mul(1_000_000_000).saturating_add(n as i64)
 }
 
+/// The file server, as the phase uses it (the job's SMB connection; a fake in unit tests).
+#[async_trait]
+pub trait SmbSide: Clone + Send + Sync + 'static {
+    /// The security descriptor of the item at `path` (relative to the sync root); the error
+    /// as the job log shows it.
+    async fn descriptor(&self, path: &RelPath) -> Result<NtDescriptor, String>;
+    /// LSA LookupNames: one answer per name, `None` for an unknown one.
+    async fn lookup_names(&self, names: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String>;
+    /// LSA LookupSids: one answer per SID, `None` for an unknown one.
+    async fn lookup_sids(&self, sids: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String>;
+}
+
+/// The control plane, as the phase uses it (fenced by the job's lease).
+#[async_trait]
+pub trait ServerSide: Send + Sync {
+    /// Every recorded state of the connector, by path, with drift detected.
+    async fn list_states(&self) -> Result<BTreeMap<String, v1::PermissionState>, RpcError>;
+    /// One `ApplyPermissions` call: one transaction on the server.
+    async fn apply(
+        &self,
+        states: Vec<v1::PermissionState>,
+        forget: Vec<String>,
+    ) -> Result<v1::ApplyPermissionsResponse, RpcError>;
+}
+
+#[derive(Clone)]
+struct LiveSmb {
+    client: SmbClient,
+    root: SmbRoot,
+}
+
+#[async_trait]
+impl SmbSide for LiveSmb {
+    async fn descriptor(&self, path: &RelPath) -> Result<NtDescriptor, String> {
+        self.client
+            .read_security_descriptor(&self.root.abs(path))
+            .await
+            .map(|sd| nt_descriptor(&sd))
+            .map_err(|e| format!("{} ({})", e, e.code()))
+    }
+    async fn lookup_names(&self, names: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String> {
+        self.client.lookup_names(names).await.map_err(|e| e.to_string())
+    }
+    async fn lookup_sids(&self, sids: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String> {
+        self.client.lookup_sids(sids).await.map_err(|e| e.to_string())
+    }
+}
+
+struct LiveServer<'a> {
+    cx: &'a PermContext<'a>,
+}
+
+#[async_trait]
+impl ServerSide for LiveServer<'_> {
+    async fn list_states(&self) -> Result<BTreeMap<String, v1::PermissionState>, RpcError> {
+        list_states(self.cx).await
+    }
+    async fn apply(
+        &self,
+        states: Vec<v1::PermissionState>,
+        forget: Vec<String>,
+    ) -> Result<v1::ApplyPermissionsResponse, RpcError> {
+        let cx = self.cx;
+        let req = v1::ApplyPermissionsRequest {
+            job_id: cx.job_id.to_string(),
+            lease: Some(cx.lease.clone()),
+            states,
+            forget_paths: forget,
+        };
+        let cp = cx.rpc.cp.clone();
+        call_retrying(cx.stop, cx.rpc.timeout.max(Duration::from_secs(30)), 3, || {
+            let (mut c, r) = (cp.clone(), req.clone());
+            async move { c.apply_permissions(r).await }
+        })
+        .await
+    }
+}
+
+/// States per `ApplyPermissions` call (the server takes at most 1000).
+pub const BATCH: usize = 500;
+
 /// Runs the phase over `items` (every synced item of the connector).
 pub async fn replicate(
     cx: &PermContext<'_>,
+    conn: &v1::ConnectorConfig,
+    items: Vec<Item>,
+) -> Result<PermOutcome, RpcError> {
+    let smb = LiveSmb { client: cx.client.clone(), root: cx.root.clone() };
+    run(&smb, &LiveServer { cx }, cx.stop, cx.concurrency, BATCH, conn, items).await
+}
+
+/// The phase itself, over any file server and control plane (see [`replicate`]).
+pub async fn run<S: SmbSide, C: ServerSide>(
+    smb: &S,
+    server: &C,
+    stop: &CancellationToken,
+    concurrency: usize,
+    batch: usize,
     conn: &v1::ConnectorConfig,
     mut items: Vec<Item>,
 ) -> Result<PermOutcome, RpcError> {
@@ -206,7 +320,7 @@ pub async fn replicate(
         Vec::new()
     } else {
         let list: Vec<String> = names.iter().map(|m| m.smb_principal.clone()).collect();
-        match cx.client.lookup_names(&list).await {
+        match smb.lookup_names(&list).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "LSA name lookup failed: permissions not replicated this run");
@@ -248,7 +362,7 @@ pub async fn replicate(
     }
 
     // 2. What was replicated before.
-    let states = list_states(cx).await?;
+    let states = server.list_states().await?;
     let version = conn.mappings_version;
     let reliable = change_time_tracks_acls(&items);
     let stale = |it: &Item| match states.get(it.path.as_str()) {
@@ -266,23 +380,23 @@ pub async fn replicate(
     let wanted: Vec<&Item> = items.iter().filter(|it| needs_read(it)).collect();
     let mut sds: HashMap<String, Result<NtDescriptor, String>> = HashMap::new();
     {
-        // Owned futures (no borrow of the context), so the job's future stays `Send`.
-        let jobs: Vec<(String, String)> =
-            wanted.iter().map(|it| (it.path.as_str().to_string(), cx.root.abs(&it.path))).collect();
-        let client = cx.client.clone();
+        // Owned futures (no borrow of the caller's state), so the job's future stays `Send`.
+        let jobs: Vec<(String, RelPath)> =
+            wanted.iter().map(|it| (it.path.as_str().to_string(), it.path.clone())).collect();
+        let side = smb.clone();
         let mut reads = futures::stream::iter(jobs.into_iter().map(move |(key, path)| {
-            let client = client.clone();
+            let side = side.clone();
             async move {
-                let r = client.read_security_descriptor(&path).await;
+                let r = side.descriptor(&path).await;
                 (key, r)
             }
         }))
-        .buffer_unordered(cx.concurrency.max(1));
+        .buffer_unordered(concurrency.max(1));
         while let Some((key, r)) = tokio::select! {
-            _ = cx.stop.cancelled() => return Err(RpcError::Cancelled),
+            _ = stop.cancelled() => return Err(RpcError::Cancelled),
             n = reads.next() => n,
         } {
-            sds.insert(key, r.map(|sd| nt_descriptor(&sd)).map_err(|e| format!("{} ({})", e, e.code())));
+            sds.insert(key, r);
         }
     }
     // Unmapped SIDs: names for the report, kinds for the deny rule.
@@ -296,15 +410,19 @@ pub async fn replicate(
     }
     let mut names_of: HashMap<String, String> = HashMap::new();
     let mut looked_up: HashSet<String> = unknown.iter().cloned().collect();
-    lookup_sids(cx.client, &unknown, &mut ids, &mut names_of).await;
+    lookup_sids(smb, &unknown, &mut ids, &mut names_of).await;
 
     // 4. Translate in path order (parents first), re-reading below folders whose ACL changed.
+    // Beside what ScaiDrive will pass down from each folder (`reaches`), what it passes down
+    // now, as far as the recorded states tell (`old_reaches`, `None`: unknown), for the
+    // write order below.
     let mut report = PermReport::default();
     let mut reaches: HashMap<String, Reach> = HashMap::new();
+    let mut old_reaches: HashMap<String, Option<Reach>> = HashMap::new();
     let mut reread_dirs: HashSet<String> = HashSet::new();
     let mut updates: Vec<v1::PermissionState> = Vec::new();
     for it in &items {
-        if cx.stop.is_cancelled() {
+        if stop.is_cancelled() {
             return Err(RpcError::Cancelled);
         }
         let parent = it.path.parent().map(|p| p.as_str().to_string());
@@ -312,15 +430,20 @@ pub async fn replicate(
         let below_changed = parent.as_ref().map(|p| reread_dirs.contains(p)).unwrap_or(false);
         let key = it.path.as_str().to_string();
         let stored = states.get(&key);
+        if it.kind == ItemKind::Dir {
+            let now = stored.filter(|s| s.node_id == it.node_id && !s.drifted).and_then(|s| {
+                let acl = acl_of(&s.acl.clone().unwrap_or_default());
+                match (&parent, acl.inherit_from_parent) {
+                    (Some(p), true) => old_reaches.get(p).cloned().flatten().map(|r| perm::reach_of(&acl, Some(&r))),
+                    _ => Some(perm::reach_of(&acl, None)),
+                }
+            });
+            old_reaches.insert(key.clone(), now);
+        }
         let fresh = if needs_read(it) || below_changed {
             let sd = match sds.remove(&key) {
                 Some(r) => r,
-                None => cx
-                    .client
-                    .read_security_descriptor(&cx.root.abs(&it.path))
-                    .await
-                    .map(|sd| nt_descriptor(&sd))
-                    .map_err(|e| format!("{} ({})", e, e.code())),
+                None => smb.descriptor(&it.path).await,
             };
             out.read += 1;
             match sd {
@@ -334,7 +457,7 @@ pub async fn replicate(
                         .filter(|s| ids.mapped(s).is_none() && !names_of.contains_key(s) && !looked_up.contains(s))
                         .collect();
                     looked_up.extend(new.iter().cloned());
-                    lookup_sids(cx.client, &new, &mut ids, &mut names_of).await;
+                    lookup_sids(smb, &new, &mut ids, &mut names_of).await;
                     Some(perm::translate(&sd, it.kind == ItemKind::Dir, parent_reach.as_ref(), &ids, &mut report))
                 }
                 Err(e) => {
@@ -411,32 +534,28 @@ pub async fn replicate(
         }
     }
 
-    // 5. Write, and forget what is no longer synced.
+    // 5. Write in the safe order (see the module doc), and forget what is no longer synced.
     let present: HashSet<&str> = items.iter().map(|i| i.path.as_str()).collect();
     let forget: Vec<String> = states.keys().filter(|p| !present.contains(p.as_str())).cloned().collect();
+    let n_updates = updates.len() as u64;
+    let (first, reattach) = write_order(updates, &reaches, &old_reaches);
+    let batch = batch.max(1);
     let (mut unchanged, mut dropped) = (0u64, 0u64);
-    let mut forget_iter = forget.chunks(500);
-    let mut update_iter = updates.chunks(500);
-    loop {
-        let (u, f) = (update_iter.next(), forget_iter.next());
-        if u.is_none() && f.is_none() {
-            break;
+    let first_calls = first.len().div_ceil(batch);
+    let mut calls: Vec<(Vec<v1::PermissionState>, Vec<String>)> =
+        first.chunks(batch).chain(reattach.chunks(batch)).map(|c| (c.to_vec(), Vec::new())).collect();
+    calls.extend(forget.chunks(batch).map(|f| (Vec::new(), f.to_vec())));
+    for (i, (states, forget)) in calls.into_iter().enumerate() {
+        if stop.is_cancelled() {
+            return Err(RpcError::Cancelled);
         }
-        let req = v1::ApplyPermissionsRequest {
-            job_id: cx.job_id.to_string(),
-            lease: Some(cx.lease.clone()),
-            states: u.map(|u| u.to_vec()).unwrap_or_default(),
-            forget_paths: f.map(|f| f.to_vec()).unwrap_or_default(),
-        };
-        let cp = cx.rpc.cp.clone();
-        let r = call_retrying(cx.stop, cx.rpc.timeout.max(Duration::from_secs(30)), 3, || {
-            let (mut c, r) = (cp.clone(), req.clone());
-            async move { c.apply_permissions(r).await }
-        })
-        .await?;
-        out.written += r.written as u64;
-        unchanged += r.unchanged as u64;
-        dropped += r.entries_dropped as u64;
+        let r = server.apply(states, forget).await?;
+        // A re-attachment rewrites a node already counted in the first pass.
+        if i < first_calls {
+            out.written += r.written as u64;
+            unchanged += r.unchanged as u64;
+            dropped += r.entries_dropped as u64;
+        }
     }
 
     // 6. The job log.
@@ -447,7 +566,7 @@ pub async fn replicate(
         .filter(|s| !names_of.contains_key(*s))
         .cloned()
         .collect();
-    lookup_sids(cx.client, &more, &mut ids, &mut names_of).await;
+    lookup_sids(smb, &more, &mut ids, &mut names_of).await;
     let who = |sid: &str| match names_of.get(sid) {
         Some(n) => format!("{n} ({sid})"),
         None => sid.to_string(),
@@ -480,7 +599,7 @@ pub async fn replicate(
             ],
         );
         let what = match *reason {
-            perm::codes::RIGHTS_WITHOUT_EQUIVALENT => "carried rights ScaiDrive cannot express (delete-child without delete, traverse or attributes alone); those rights were left out",
+            perm::codes::RIGHTS_WITHOUT_EQUIVALENT => "carried rights ScaiDrive cannot express (part of the write set, one of create-files/create-folders, delete-child without delete, traverse or attributes alone); those rights were left out",
             perm::codes::OBJECT_OR_CONDITIONAL_ACE => "were object or conditional ACEs; allows were left out, denies kept unconditionally",
             perm::codes::UNMAPPED_DENY_TO_EVERYONE => "denied access to an unmapped principal; the deny was applied to everyone (map the principal to lift it)",
             perm::codes::NULL_DACL => "had no DACL at all (everyone full control on the file server) and were replicated as such",
@@ -498,7 +617,7 @@ pub async fn replicate(
         "security descriptors read: {}; ACLs written: {}; unchanged: {}; unreadable: {}",
         out.read,
         out.written,
-        unchanged + (out.read - out.failed).saturating_sub(updates.len() as u64),
+        unchanged + (out.read - out.failed).saturating_sub(n_updates),
         out.failed
     );
     if !reliable {
@@ -507,15 +626,102 @@ pub async fn replicate(
         );
     }
     if dropped > 0 {
-        summary.push_str(&format!("; entries dropped for users or groups no longer in ScaiDrive: {dropped}"));
+        summary.push_str(&format!(
+            "; entries naming users or groups no longer in ScaiDrive: {dropped} (their allows dropped, their denies applied to everyone)"
+        ));
     }
     info!(read = out.read, written = out.written, unchanged, failed = out.failed, "permissions replicated");
     out.events.push(event("info", "", codes::REPLICATED, summary));
     Ok(out)
 }
 
-async fn lookup_sids(
-    client: &SmbClient,
+fn depth(path: &str) -> usize {
+    path.bytes().filter(|b| *b == b'/').count()
+}
+
+/// Whether an item that inherits, written while its parent still passes down `old`, gets no
+/// more than it will once the parent passes down `new`: every allow of `old` is in `new` (or
+/// in the item's own inheritable entries, which apply below it too), and every deny of `new`
+/// is in `old` (or the item's own). Checked per principal, which is enough: a user's access is
+/// the union over the principals that match them, allows minus denies.
+fn covered(old: &Reach, new: &Reach, own: &DriveAcl) -> bool {
+    let mut mine = Reach::new();
+    for e in own.entries.iter().filter(|e| e.inherit_to_children) {
+        *mine.entry((e.principal.clone(), e.deny)).or_default() |= e.permissions;
+    }
+    let get = |r: &Reach, k: &(Principal, bool)| r.get(k).copied().unwrap_or(0);
+    old.iter().filter(|((_, deny), _)| !deny).all(|(k, b)| b & !(get(new, k) | get(&mine, k)) == 0)
+        && new.iter().filter(|((_, deny), _)| *deny).all(|(k, b)| b & !(get(old, k) | get(&mine, k)) == 0)
+}
+
+/// `acl` made independent of its parent: it stops inheriting and carries what the parent will
+/// pass down (`reach`) as its own inheritable entries. The same access, for the item and
+/// everything below it, whatever the parent says meanwhile.
+fn detached(acl: &DriveAcl, reach: &Reach) -> DriveAcl {
+    let mut merged: BTreeMap<(Principal, bool, bool), u32> = BTreeMap::new();
+    for e in &acl.entries {
+        *merged.entry((e.principal.clone(), e.deny, e.inherit_to_children)).or_default() |= e.permissions;
+    }
+    for ((p, deny), b) in reach {
+        *merged.entry((p.clone(), *deny, true)).or_default() |= b;
+    }
+    let mut entries: Vec<DriveEntry> = merged
+        .into_iter()
+        .filter(|(_, b)| *b != 0)
+        .map(|((principal, deny, inherit_to_children), permissions)| DriveEntry {
+            principal,
+            deny,
+            permissions,
+            inherit_to_children,
+        })
+        .collect();
+    entries.sort();
+    DriveAcl { inherit_from_parent: false, entries, owner: acl.owner.clone() }
+}
+
+/// The order the run's writes go in, as two passes (each sent in batches that commit on their
+/// own): first every update, deepest first, an inheriting item *detached* (see [`detached`],
+/// recorded with change time 0) when what its parent passes down now is not [`covered`] by
+/// what it will pass down; then the detached items again, as they really are.
+/// `reaches`: what each folder passes down once everything is written; `old_reaches`: what it
+/// passes down now (`None`: unknown, e.g. never replicated or edited in ScaiDrive).
+pub fn write_order(
+    updates: Vec<v1::PermissionState>,
+    reaches: &HashMap<String, Reach>,
+    old_reaches: &HashMap<String, Option<Reach>>,
+) -> (Vec<v1::PermissionState>, Vec<v1::PermissionState>) {
+    let mut first = Vec::with_capacity(updates.len());
+    let mut reattach = Vec::new();
+    for u in updates {
+        let acl = acl_of(&u.acl.clone().unwrap_or_default());
+        let parent = u.path.rsplit_once('/').map(|(p, _)| p.to_string());
+        let detach_with = match &parent {
+            Some(p) if acl.inherit_from_parent => {
+                let new = reaches.get(p).cloned().unwrap_or_default();
+                match old_reaches.get(p) {
+                    Some(Some(old)) if covered(old, &new, &acl) => None,
+                    _ => Some(new),
+                }
+            }
+            _ => None,
+        };
+        match detach_with {
+            Some(new) => {
+                let mut d = u.clone();
+                d.acl = Some(acl_msg(&detached(&acl, &new)));
+                d.sd_changed_at_ns = 0;
+                first.push(d);
+                reattach.push(u);
+            }
+            None => first.push(u),
+        }
+    }
+    first.sort_by(|a, b| depth(&b.path).cmp(&depth(&a.path)).then_with(|| a.path.cmp(&b.path)));
+    (first, reattach)
+}
+
+async fn lookup_sids<S: SmbSide>(
+    smb: &S,
     sids: &BTreeSet<String>,
     ids: &mut Identities,
     names_of: &mut HashMap<String, String>,
@@ -524,7 +730,7 @@ async fn lookup_sids(
         return;
     }
     let list: Vec<String> = sids.iter().cloned().collect();
-    match client.lookup_sids(&list).await {
+    match smb.lookup_sids(&list).await {
         Ok(found) => {
             for (sid, p) in list.iter().zip(found) {
                 if let Some(p) = p {
@@ -618,5 +824,312 @@ mod tests {
         assert_eq!(acl_of(&acl_msg(&acl)), acl);
         let no_owner = DriveAcl { owner: None, ..acl };
         assert_eq!(acl_of(&acl_msg(&no_owner)), no_owner);
+    }
+
+    // The phase against in-memory stand-ins for the file server and the control plane (pure
+    // logic only; the end-to-end tests run it against Samba and the real server).
+    mod phase {
+        use super::*;
+        use perm::bits::{READ, WRITE};
+        use perm::nt;
+        use std::sync::{Arc, Mutex};
+
+        const ALICE: &str = "S-1-5-21-7-7-7-1001";
+        const BOB: &str = "S-1-5-21-7-7-7-1002";
+        const FULL: u32 = nt::FILE_ALL_ACCESS;
+        const READ_EXECUTE: u32 = 0x0012_00A9;
+        const OI_CI: u8 = nt::OBJECT_INHERIT | nt::CONTAINER_INHERIT;
+
+        #[derive(Clone, Default)]
+        struct FakeSmb {
+            sds: Arc<Mutex<HashMap<String, NtDescriptor>>>,
+        }
+
+        #[async_trait]
+        impl SmbSide for FakeSmb {
+            async fn descriptor(&self, path: &RelPath) -> Result<NtDescriptor, String> {
+                self.sds.lock().unwrap().get(path.as_str()).cloned().ok_or_else(|| "no such file".to_string())
+            }
+            async fn lookup_names(&self, names: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String> {
+                Ok(names.iter().map(|n| account(n.as_str().trim_start_matches("CORP\\"))).collect())
+            }
+            async fn lookup_sids(&self, sids: &[String]) -> Result<Vec<Option<smb_layer::Principal>>, String> {
+                let name = |s: &str| match s {
+                    ALICE => Some("alice"),
+                    BOB => Some("bob"),
+                    _ => None,
+                };
+                Ok(sids.iter().map(|s| name(s).and_then(account)).collect())
+            }
+        }
+
+        fn account(name: &str) -> Option<smb_layer::Principal> {
+            let sid = match name {
+                "alice" => ALICE,
+                "bob" => BOB,
+                _ => return None,
+            };
+            Some(smb_layer::Principal {
+                sid: sid.into(),
+                domain: "CORP".into(),
+                name: name.into(),
+                kind: smb_layer::SidKind::User,
+            })
+        }
+
+        /// The server's side: recorded states, the nodes' current ACLs (a node starts closed,
+        /// as the connector creates it), every commit's snapshot, and a call that fails.
+        #[derive(Default)]
+        struct Db {
+            recorded: BTreeMap<String, v1::PermissionState>,
+            current: BTreeMap<String, DriveAcl>,
+            snapshots: Vec<BTreeMap<String, DriveAcl>>,
+            calls: usize,
+            fail_call: Option<usize>,
+        }
+
+        #[derive(Default)]
+        struct FakeServer(Mutex<Db>);
+
+        #[async_trait]
+        impl ServerSide for FakeServer {
+            async fn list_states(&self) -> Result<BTreeMap<String, v1::PermissionState>, RpcError> {
+                let db = self.0.lock().unwrap();
+                Ok(db
+                    .recorded
+                    .iter()
+                    .map(|(p, s)| {
+                        let mut s = s.clone();
+                        s.drifted = db.current.get(p) != Some(&acl_of(&s.acl.clone().unwrap_or_default()));
+                        (p.clone(), s)
+                    })
+                    .collect())
+            }
+            async fn apply(
+                &self,
+                states: Vec<v1::PermissionState>,
+                forget: Vec<String>,
+            ) -> Result<v1::ApplyPermissionsResponse, RpcError> {
+                let mut db = self.0.lock().unwrap();
+                db.calls += 1;
+                if db.fail_call == Some(db.calls) {
+                    return Err(RpcError::Unavailable("injected failure".into()));
+                }
+                let mut r = v1::ApplyPermissionsResponse::default();
+                for s in states {
+                    let acl = acl_of(&s.acl.clone().unwrap_or_default());
+                    if db.current.get(&s.path) == Some(&acl) {
+                        r.unchanged += 1;
+                    } else {
+                        r.written += 1;
+                    }
+                    db.current.insert(s.path.clone(), acl);
+                    db.recorded.insert(s.path.clone(), s);
+                }
+                for p in forget {
+                    db.recorded.remove(&p);
+                }
+                let snap = db.current.clone();
+                db.snapshots.push(snap);
+                Ok(r)
+            }
+        }
+
+        impl Db {
+            /// `user`'s effective rights on `path` in `acls`, the way ScaiDrive resolves them.
+            fn eff(acls: &BTreeMap<String, DriveAcl>, path: &str, user: &str) -> u32 {
+                let closed = DriveAcl::default();
+                let mut chain = vec![acls.get(path).unwrap_or(&closed)];
+                let mut at = path;
+                while let Some((p, _)) = at.rsplit_once('/') {
+                    chain.push(acls.get(p).unwrap_or(&closed));
+                    at = p;
+                }
+                perm::effective(&chain, user, &[])
+            }
+        }
+
+        fn allow(sid: &str, mask: u32, flags: u8) -> NtAce {
+            NtAce { ace_type: nt::ACCESS_ALLOWED, flags, mask, sid: sid.into() }
+        }
+        fn sd(protected: bool, aces: Vec<NtAce>) -> NtDescriptor {
+            NtDescriptor { owner: Some(ALICE.into()), dacl: Some(aces), protected }
+        }
+        fn inherited(sid: &str, mask: u32) -> NtAce {
+            allow(sid, mask, nt::INHERITED)
+        }
+
+        const PATHS: [(&str, ItemKind); 4] =
+            [("A", ItemKind::Dir), ("A/c.txt", ItemKind::File), ("B", ItemKind::Dir), ("B/c.txt", ItemKind::File)];
+
+        fn items(generation: u64) -> Vec<Item> {
+            PATHS
+                .iter()
+                .enumerate()
+                .map(|(i, (p, kind))| Item {
+                    path: RelPath::new(p).unwrap(),
+                    kind: *kind,
+                    node_id: format!("n{i}"),
+                    // NTFS-like: the change time moves with every ACL change.
+                    change_time: FileTime(1000 + generation),
+                    last_write: FileTime(1),
+                })
+                .collect()
+        }
+
+        fn conn() -> v1::ConnectorConfig {
+            let m = |p: &str, to: &str| v1::IdentityMapping {
+                identity_type: "user".into(),
+                smb_principal: p.into(),
+                scaidrive_principal_id: to.into(),
+            };
+            v1::ConnectorConfig {
+                connector_id: "cnn_1".into(),
+                identity_mappings: vec![m("CORP\\alice", "usr_alice"), m(BOB, "usr_bob")],
+                mappings_version: 1,
+                ..Default::default()
+            }
+        }
+
+        async fn run_once(smb: &FakeSmb, server: &FakeServer, generation: u64) -> Result<PermOutcome, RpcError> {
+            run(smb, server, &CancellationToken::new(), 4, 1, &conn(), items(generation)).await
+        }
+
+        fn set(smb: &FakeSmb, sds: Vec<(&str, NtDescriptor)>) {
+            let mut m = smb.sds.lock().unwrap();
+            for (p, d) in sds {
+                m.insert(p.into(), d);
+            }
+        }
+
+        /// bob may never read a child the file server closes to him, at any commit of any
+        /// run: not when the folder above opens to him while the child closes (parents first
+        /// would open it), nor when the child starts inheriting from a folder that drops him
+        /// (children first, attached, would open it), nor when a run fails halfway.
+        #[tokio::test]
+        async fn no_commit_ever_opens_a_closed_child_and_a_failed_run_is_finished_next_time() {
+            let (smb, server) = (FakeSmb::default(), FakeServer::default());
+            let gen1 = vec![
+                ("A", sd(true, vec![allow(ALICE, FULL, OI_CI)])),
+                ("A/c.txt", sd(false, vec![inherited(ALICE, FULL)])),
+                ("B", sd(true, vec![allow(ALICE, FULL, OI_CI), allow(BOB, READ_EXECUTE, OI_CI)])),
+                ("B/c.txt", sd(true, vec![allow(ALICE, FULL, 0)])),
+            ];
+            // Generation 2: A opens to bob but its child closes; B drops bob and its child
+            // starts inheriting from it.
+            let gen2 = vec![
+                ("A", sd(true, vec![allow(ALICE, FULL, OI_CI), allow(BOB, READ_EXECUTE, OI_CI)])),
+                ("A/c.txt", sd(true, vec![allow(ALICE, FULL, 0)])),
+                ("B", sd(true, vec![allow(ALICE, FULL, OI_CI)])),
+                ("B/c.txt", sd(false, vec![inherited(ALICE, FULL)])),
+            ];
+            let bob_never_reads_a_child = |server: &FakeServer| {
+                let db = server.0.lock().unwrap();
+                for (i, snap) in db.snapshots.iter().enumerate() {
+                    for child in ["A/c.txt", "B/c.txt"] {
+                        assert_eq!(
+                            Db::eff(snap, child, "usr_bob") & READ,
+                            0,
+                            "commit {i}: bob reads {child}: {snap:#?}"
+                        );
+                    }
+                }
+            };
+
+            set(&smb, gen1.clone());
+            let o = run_once(&smb, &server, 1).await.unwrap();
+            assert!(o.fatal.is_none(), "{:?}", o.events);
+            bob_never_reads_a_child(&server);
+            {
+                let db = server.0.lock().unwrap();
+                assert_eq!(Db::eff(&db.current, "B", "usr_bob"), READ);
+                assert_eq!(Db::eff(&db.current, "A/c.txt", "usr_alice") & (READ | WRITE), READ | WRITE);
+                assert!(db.current["A/c.txt"].inherit_from_parent, "attached again after its parent");
+            }
+
+            set(&smb, gen2.clone());
+            run_once(&smb, &server, 2).await.unwrap();
+            bob_never_reads_a_child(&server);
+            {
+                let db = server.0.lock().unwrap();
+                assert_eq!(Db::eff(&db.current, "A", "usr_bob"), READ);
+                assert_eq!(Db::eff(&db.current, "B", "usr_bob"), 0);
+                assert!(db.current["B/c.txt"].inherit_from_parent);
+                assert!(db.recorded.values().all(|s| s.sd_changed_at_ns != 0), "everything recorded as read");
+            }
+
+            // Generation 3 (back to 1), and the second commit fails: the run fails, nothing
+            // unwritten is recorded as done, and the next run finishes the job.
+            set(&smb, gen1);
+            {
+                let mut db = server.0.lock().unwrap();
+                db.fail_call = Some(db.calls + 2);
+            }
+            assert!(run_once(&smb, &server, 3).await.is_err());
+            bob_never_reads_a_child(&server);
+            {
+                let db = server.0.lock().unwrap();
+                for dir in ["A", "B"] {
+                    assert_eq!(db.recorded[dir].sd_changed_at_ns, ft_ns(FileTime(1002)), "{dir} was not written");
+                }
+            }
+            let o = run_once(&smb, &server, 3).await.unwrap();
+            bob_never_reads_a_child(&server);
+            let db = server.0.lock().unwrap();
+            assert_eq!(Db::eff(&db.current, "A", "usr_bob"), 0);
+            assert_eq!(Db::eff(&db.current, "B", "usr_bob"), READ);
+            assert!(db.recorded.values().all(|s| s.sd_changed_at_ns == ft_ns(FileTime(1003))), "{:#?}", db.recorded);
+            assert!(db.recorded.iter().all(|(p, s)| db.current[p] == acl_of(s.acl.as_ref().unwrap())), "no drift");
+            drop(db);
+            assert!(o.written > 0);
+            // Nothing changed since: nothing is written.
+            let o = run_once(&smb, &server, 3).await.unwrap();
+            assert_eq!((o.read, o.written), (0, 0));
+        }
+
+        #[test]
+        fn detaching_only_where_the_old_parent_could_give_more() {
+            let alice = || Principal::User("usr_alice".into());
+            let bob = || Principal::User("usr_bob".into());
+            let reach =
+                |v: Vec<(Principal, bool, u32)>| -> Reach { v.into_iter().map(|(p, d, b)| ((p, d), b)).collect() };
+            let attached = DriveAcl { inherit_from_parent: true, entries: vec![], owner: None };
+            let state = |path: &str| v1::PermissionState {
+                path: path.into(),
+                node_id: "n".into(),
+                sd_changed_at_ns: 5,
+                mappings_version: 1,
+                acl: Some(acl_msg(&attached)),
+                drifted: false,
+            };
+            let new = reach(vec![(alice(), false, READ)]);
+            let reaches: HashMap<String, Reach> = [("D".to_string(), new.clone())].into();
+            // The old parent gave less (or the same): written as is.
+            for old in [reach(vec![]), new.clone()] {
+                let olds: HashMap<String, Option<Reach>> = [("D".to_string(), Some(old))].into();
+                let (first, again) = write_order(vec![state("D/x")], &reaches, &olds);
+                assert_eq!((first.len(), again.len()), (1, 0));
+            }
+            // It gave bob something, lacked a deny the new one has, or is unknown: detached.
+            for old in [Some(reach(vec![(alice(), false, READ), (bob(), false, READ)])), None] {
+                let olds: HashMap<String, Option<Reach>> = [("D".to_string(), old)].into();
+                let (first, again) = write_order(vec![state("D/x")], &reaches, &olds);
+                assert_eq!(again.len(), 1);
+                let d = acl_of(first[0].acl.as_ref().unwrap());
+                assert!(!d.inherit_from_parent);
+                assert_eq!(perm::effective(&[&d], "usr_alice", &[]), READ);
+                assert_eq!(first[0].sd_changed_at_ns, 0, "recorded as not read, until attached");
+                assert_eq!(again[0].sd_changed_at_ns, 5);
+            }
+            let with_deny = reach(vec![(alice(), false, READ), (bob(), true, READ)]);
+            let reaches: HashMap<String, Reach> = [("D".to_string(), with_deny)].into();
+            let olds: HashMap<String, Option<Reach>> = [("D".to_string(), Some(new))].into();
+            assert_eq!(write_order(vec![state("D/x")], &reaches, &olds).1.len(), 1);
+            // Deepest first.
+            let (first, _) =
+                write_order(vec![state("D"), state("D/x/y"), state("D/x")], &HashMap::new(), &HashMap::new());
+            let order: Vec<&str> = first.iter().map(|s| s.path.as_str()).collect();
+            assert_eq!(order, ["D/x/y", "D/x", "D"]);
+        }
     }
 }
