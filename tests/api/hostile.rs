@@ -24,22 +24,39 @@ on_both_backends!(
     connector_paths_never_escape,
 );
 
-/// Cases per endpoint.
-const CASES: u32 = 64;
+/// Cases per endpoint: 64 in CI; `HOSTILE_CASES=5000` for a long campaign.
+static CASES: std::sync::LazyLock<u32> =
+    std::sync::LazyLock::new(|| std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64));
 
-/// Runs `test` on `cases` values of `strategy` from a fixed seed, on the current (multi-thread)
-/// runtime; a failure is shrunk and reported with the minimal input.
+/// The random stream: a fixed one in CI (every run the same cases), another with
+/// `HOSTILE_SEED=<number>` (printed with a failure, to replay it).
+fn rng() -> TestRng {
+    match std::env::var("HOSTILE_SEED").ok().and_then(|v| v.parse::<u64>().ok()) {
+        None => TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            for (i, b) in seed.to_le_bytes().iter().cycle().take(32).enumerate() {
+                bytes[i] = b.wrapping_add(i as u8);
+            }
+            TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+        }
+    }
+}
+
+/// Runs `test` on `cases` values of `strategy` from the seed of [`rng`], on the current
+/// (multi-thread) runtime; a failure is shrunk and reported with the minimal input.
 fn fuzz<S: Strategy>(label: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), String>)
 where
     S::Value: std::fmt::Debug,
 {
     let mut runner = TestRunner::new_with_rng(
         Config { cases, failure_persistence: None, max_shrink_iters: 256, ..Config::default() },
-        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        rng(),
     );
     let result = tokio::task::block_in_place(|| runner.run(&strategy, |v| test(v).map_err(TestCaseError::fail)));
     if let Err(e) = result {
-        panic!("{label}: {e}");
+        let seed = std::env::var("HOSTILE_SEED").unwrap_or_else(|_| "the fixed CI seed".into());
+        panic!("{label} ({seed}): {e}");
     }
 }
 
@@ -337,7 +354,7 @@ async fn json_bodies_get_clean_answers(backend: Backend) {
     for (method, path, base) in endpoints {
         let label = format!("{method} {path}");
         let seen = std::sync::Mutex::new(BTreeMap::<u16, usize>::new());
-        fuzz(&label, CASES, body(base), |b| {
+        fuzz(&label, *CASES, body(base), |b| {
             let (st, _) = handle.block_on(fx.send(method.clone(), &path, "application/json", b))?;
             *seen.lock().unwrap().entry(st.as_u16()).or_default() += 1;
             Ok(())
@@ -398,18 +415,18 @@ async fn query_strings_ranges_and_csv_get_clean_answers(backend: Backend) {
     ];
     let handle = tokio::runtime::Handle::current();
     for (path, keys) in targets {
-        fuzz(&format!("GET {path}?…"), CASES, query(keys), |q| {
+        fuzz(&format!("GET {path}?…"), *CASES, query(keys), |q| {
             handle.block_on(clean(handle.block_on(fx.api.request(Method::GET, &format!("{path}?{q}")).send())))?;
             Ok(())
         });
     }
     // Writes with hostile query strings.
-    fuzz("PUT files?…", CASES, query(&["path", "create_parents", "base_version_id", "modified_at"]), |q| {
+    fuzz("PUT files?…", *CASES, query(&["path", "create_parents", "base_version_id", "modified_at"]), |q| {
         let rb = fx.api.request(Method::PUT, &format!("/api/v1/shares/{share}/files?{q}")).body("q");
         handle.block_on(clean(handle.block_on(rb.send())))?;
         Ok(())
     });
-    fuzz("DELETE folders?…", CASES, query(&["base_version_id"]), |q| {
+    fuzz("DELETE folders?…", *CASES, query(&["base_version_id"]), |q| {
         let (_, f) = handle.block_on(fx.api.upload(share, "/Trash me/x.txt", "x"));
         let id = f["file"]["id"].as_str().unwrap_or_default().to_string();
         let rb = fx.api.request(Method::DELETE, &format!("/api/v1/files/{id}?{q}"));
@@ -426,7 +443,7 @@ async fn query_strings_ranges_and_csv_get_clean_answers(backend: Backend) {
         Just("bytes=-18446744073709551615".to_string()),
         Just("bytes=5-18446744073709551615".to_string()),
     ];
-    fuzz("GET content with Range", CASES, header.clone(), |r| {
+    fuzz("GET content with Range", *CASES, header.clone(), |r| {
         let resp = handle
             .block_on(fx.api.request(Method::GET, &format!("/api/v1/files/{file}/content")).header("Range", &r).send());
         let resp = resp.map_err(|e| format!("{r}: {e}"))?;
@@ -444,7 +461,7 @@ async fn query_strings_ranges_and_csv_get_clean_answers(backend: Backend) {
         }
         Ok(())
     });
-    fuzz("PUT content with If-Match", CASES, header, |m| {
+    fuzz("PUT content with If-Match", *CASES, header, |m| {
         let rb = fx.api.request(Method::PUT, &format!("/api/v1/files/{file}/content")).header("If-Match", &m).body("v");
         handle.block_on(clean(handle.block_on(rb.send())))?;
         Ok(())
@@ -454,7 +471,7 @@ async fn query_strings_ranges_and_csv_get_clean_answers(backend: Backend) {
     let upload = u["id"].as_str().unwrap().to_string();
     let offset =
         prop_oneof!["[ -~]{0,24}", any::<i64>().prop_map(|n| n.to_string()), Just("18446744073709551616".into())];
-    fuzz("PUT uploads/{id} with Upload-Offset", CASES, offset, |o| {
+    fuzz("PUT uploads/{id} with Upload-Offset", *CASES, offset, |o| {
         let rb =
             fx.api.request(Method::PUT, &format!("/api/v1/uploads/{upload}")).header("Upload-Offset", &o).body("p");
         handle.block_on(clean(handle.block_on(rb.send())))?;
@@ -469,7 +486,7 @@ async fn query_strings_ranges_and_csv_get_clean_answers(backend: Backend) {
         Just("\"unterminated,".to_string()),
         Just(format!("{}\n", "a,".repeat(50_000))),
     ];
-    fuzz("POST identity-mappings/import", CASES, csv, |body| {
+    fuzz("POST identity-mappings/import", *CASES, csv, |body| {
         handle.block_on(fx.send(
             Method::POST,
             &format!("/api/v1/smb-connectors/{cnn}/identity-mappings/import"),

@@ -1144,7 +1144,12 @@ async fn hostile_messages_get_clean_answers(backend: Backend) {
     }
     let handle = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new_with_rng(
-        Config { cases: 256, failure_persistence: None, ..Config::default() },
+        // 256 cases in CI; `HOSTILE_CASES=<n>` for a long campaign.
+        Config {
+            cases: std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            failure_persistence: None,
+            ..Config::default()
+        },
         TestRng::deterministic_rng(RngAlgorithm::ChaCha),
     );
     let counts = std::sync::Mutex::new((0usize, 0usize));
