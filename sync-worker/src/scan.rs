@@ -43,7 +43,7 @@ pub enum ScanError {
     Cancelled,
 }
 
-fn error_path(e: &SmbError) -> Option<&str> {
+pub(crate) fn error_path(e: &SmbError) -> Option<&str> {
     match e {
         SmbError::PathNotFound { path, .. }
         | SmbError::AccessDenied { path, .. }
@@ -152,7 +152,7 @@ pub async fn scan_smb(
 /// is one, else the smallest spelling byte-wise (the same one every run) — and the others are
 /// left alone on the file server, with everything below them, and reported. Without this the
 /// last one listed would win, and SMB operations could reach the other twin.
-fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled: Vec<(String, SmbItem)>) {
+pub(crate) fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled: Vec<(String, SmbItem)>) {
     use std::collections::btree_map::Entry;
     // Byte order puts a folder before everything below it, so its subtree is known to be left
     // alone before its entries come.
@@ -188,7 +188,7 @@ fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled: Vec<(Strin
 }
 
 /// An item as the last synced state saw it.
-fn carried(s: &sync_engine::SyncedState) -> SmbItem {
+pub(crate) fn carried(s: &sync_engine::SyncedState) -> SmbItem {
     SmbItem {
         path: s.path.clone(),
         kind: s.kind,
