@@ -120,6 +120,76 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// What [`TestServer::spawn_worker_with`] changes.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerOptions {
+    /// The control plane's gRPC endpoint (default: the test server's).
+    pub control_plane_url: Option<String>,
+    /// More environment, e.g. `SCAIDRIVE_CRASH_AT`.
+    pub env: Vec<(String, String)>,
+}
+
+/// An `api-server` replica process (see [`TestServer::api_process`]): started, SIGKILLed and
+/// started again on the same ports; killed when dropped.
+pub struct ApiProcess {
+    pub url: String,
+    pub grpc_url: String,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+}
+
+impl ApiProcess {
+    /// Starts the process and waits until it answers `/healthz` (and so listens on gRPC).
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let bin = bin_path("api-server");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = std::process::Command::new(&bin)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} (build it with cargo build -p api-server): {e}", bin.display()));
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "api-server exited at start ({st}):\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(std::time::Instant::now() < deadline, "api-server did not start within 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, then reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A binary of this workspace, next to the test executable's directory (`cargo test
 /// --workspace` builds every package's binaries before running tests).
 pub fn bin_path(name: &str) -> PathBuf {
@@ -203,6 +273,71 @@ impl TestServer {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} (build it with cargo build -p sync-worker): {e}", bin.display()));
         WorkerProcess { child, log }
+    }
+
+    /// Starts a `sync-worker` process as [`TestServer::spawn_worker`] does, with `opts` on top;
+    /// its log is appended to `<data dir>/<worker_id>.log` (restarts keep the earlier lines).
+    pub fn spawn_worker_with(&self, worker_id: &str, opts: &WorkerOptions) -> WorkerProcess {
+        let amqp = self.vhost.as_ref().expect("worker processes need the RabbitMQ option").url().to_string();
+        let bin = bin_path("sync-worker");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = self.data_dir.join(format!("{worker_id}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("SCAIDRIVE_CONTROL_PLANE_URL", opts.control_plane_url.as_deref().unwrap_or(&self.grpc_url))
+            .env("SCAIDRIVE_WORKER_TOKEN", self.worker_token())
+            .env("SCAIDRIVE_AMQP_URL", amqp)
+            .env("SCAIDRIVE_WORKER_ID", worker_id)
+            .env("SCAIDRIVE_WORKER_POOL", "default")
+            .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
+            .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .env_remove("SCAIDRIVE_CRASH_AT");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child =
+            cmd.stdout(std::process::Stdio::null()).stderr(file).spawn().unwrap_or_else(|e| {
+                panic!("starting {} (build it with cargo build -p sync-worker): {e}", bin.display())
+            });
+        WorkerProcess { child, log }
+    }
+
+    /// The PostgreSQL database of this server (`None` on SQLite).
+    pub fn database_url(&self) -> Option<String> {
+        self._pg.as_ref().map(|p| p.url.clone())
+    }
+
+    /// An `api-server` replica as a process of its own (PostgreSQL and RabbitMQ only), on the
+    /// same database, queue, content store, sealing key and worker token as this server, so
+    /// that a test can SIGKILL it. Not started yet: see [`ApiProcess::start`].
+    pub fn api_process(&self, name: &str) -> ApiProcess {
+        let db = self.database_url().expect("an api-server process needs PostgreSQL");
+        let amqp = self.vhost.as_ref().expect("an api-server process needs the RabbitMQ option").url().to_string();
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (http, grpc) = (free(), free());
+        let dir = self.data_dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = vec![
+            ("DATABASE_URL".to_string(), db),
+            ("SCAIDRIVE_AMQP_URL".to_string(), amqp),
+            ("SCAIDRIVE_DATA_DIR".to_string(), dir.display().to_string()),
+            ("SCAIDRIVE_CONTENT_DIR".to_string(), self.state.config.content_dir().display().to_string()),
+            ("SCAIDRIVE_SECRET_KEY_FILE".to_string(), self.state.config.secret_key_file().display().to_string()),
+            ("SCAIDRIVE_WORKER_TOKEN".to_string(), self.worker_token()),
+            ("SCAIDRIVE_EMBEDDED_WORKERS".to_string(), "0".to_string()),
+            ("SCAIDRIVE_LISTEN".to_string(), format!("127.0.0.1:{http}")),
+            ("SCAIDRIVE_GRPC_LISTEN".to_string(), format!("127.0.0.1:{grpc}")),
+            ("SCAIDRIVE_SCHEDULER_TICK_MS".to_string(), "1000".to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ];
+        ApiProcess {
+            url: format!("http://127.0.0.1:{http}"),
+            grpc_url: format!("http://127.0.0.1:{grpc}"),
+            log: dir.join("api-server.log"),
+            env,
+            child: None,
+        }
     }
 
     /// A client authenticated as the bootstrap admin.
