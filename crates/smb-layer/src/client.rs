@@ -1,15 +1,18 @@
-//! [`SmbClient`]: one logical connection to one share, rebuilt on demand.
+//! [`SmbClient`]: a small pool of connections to one share, rebuilt on demand.
 //!
-//! The client owns at most one live SMB connection (TCP + session + tree). Every operation
-//! takes the current one; a connection that broke (server restart, timeout) or that is wearing
-//! out on lost credits (see `transport.rs`) is replaced by a fresh one on the next operation,
+//! The client owns up to `Limits::connections` live SMB connections (TCP + session + tree),
+//! built lazily. Each operation takes the next slot in turn (a streamed transfer keeps the
+//! connection it opened its file on): Samba serves each connection from one single-threaded
+//! `smbd`, so spreading work over a few connections lets the server use more than one core.
+//! A connection that broke (server restart, timeout) or that is wearing out on lost credits
+//! (see `transport.rs`) is replaced by a fresh one in its slot on the next operation there,
 //! while operations still running on the old one finish there.
 //!
 //! Must never: hang (every library call is under a timeout), log or print the password, or let
 //! a library type escape the crate.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,19 +136,21 @@ impl Drop for Conn {
 pub struct ConnectionStats {
     /// Connections established by this client so far (1 + reconnects and recycles).
     pub connections_made: u64,
-    /// Credits the current connection can spend.
+    /// Credits the live connections can spend (summed over the pool).
     pub credits_available: i64,
-    /// Credits the current connection lost in interim responses.
+    /// Credits the live connections lost in interim responses (summed).
     pub credits_lost: u64,
-    /// Interim (STATUS_PENDING) responses seen on the current connection.
+    /// Interim (STATUS_PENDING) responses seen on the live connections (summed).
     pub interim_responses: u64,
-    /// Messages sent on the current connection.
+    /// Messages sent on the live connections (summed).
     pub requests_sent: u64,
 }
 
 pub(crate) struct Inner {
     pub(crate) cfg: SmbConfig,
-    current: Mutex<Option<Arc<Conn>>>,
+    /// The pool: one slot per connection, filled on first use.
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    next_slot: AtomicUsize,
     pub(crate) ops: Semaphore,
     next_id: AtomicU64,
     connects: AtomicU64,
@@ -177,8 +182,9 @@ impl SmbClient {
         let client = SmbClient {
             inner: Arc::new(Inner {
                 ops: Semaphore::new(cfg.limits.max_ops_in_flight.max(1)),
+                slots: (0..cfg.limits.connections.max(1)).map(|_| Mutex::new(None)).collect(),
+                next_slot: AtomicUsize::new(0),
                 cfg,
-                current: Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 connects: AtomicU64::new(0),
             }),
@@ -197,38 +203,45 @@ impl SmbClient {
         self.inner.connects.load(Ordering::SeqCst)
     }
 
-    /// Counters of the client and its current connection (for telemetry and tests).
+    /// Counters of the client and its live connections (for telemetry and tests).
     pub async fn stats(&self) -> ConnectionStats {
-        let cur = self.inner.current.lock().await;
         let mut s = ConnectionStats { connections_made: self.connections_made(), ..Default::default() };
-        if let Some(c) = cur.as_ref() {
-            s.credits_available = c.credits.available();
-            s.credits_lost = c.credits.lost();
-            s.interim_responses = c.credits.interim_responses();
-            s.requests_sent = c.credits.sent();
+        for slot in &self.inner.slots {
+            if let Some(c) = slot.lock().await.as_ref() {
+                s.credits_available += c.credits.available();
+                s.credits_lost += c.credits.lost();
+                s.interim_responses += c.credits.interim_responses();
+                s.requests_sent += c.credits.sent();
+            }
         }
         s
     }
 
-    /// Drops the current connection; the next operation builds a new one.
+    /// Drops every connection; the next operation builds a new one.
     pub async fn reconnect(&self) -> Result<()> {
-        if let Some(c) = self.inner.current.lock().await.take() {
-            c.mark_broken();
+        for slot in &self.inner.slots {
+            if let Some(c) = slot.lock().await.take() {
+                c.mark_broken();
+            }
         }
         self.conn().await.map(|_| ())
     }
 
-    /// Closes the connection (operations still running on it fail).
+    /// Closes the connections (operations still running on them fail).
     pub async fn close(&self) {
-        if let Some(c) = self.inner.current.lock().await.take() {
-            c.mark_broken();
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.connection.close()).await;
+        for slot in &self.inner.slots {
+            if let Some(c) = slot.lock().await.take() {
+                c.mark_broken();
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.connection.close()).await;
+            }
         }
     }
 
-    /// The current usable connection, building one if needed.
+    /// A usable connection of the pool (the next slot in turn), building one if needed.
     pub(crate) async fn conn(&self) -> Result<Arc<Conn>> {
-        let mut cur = self.inner.current.lock().await;
+        let slots = &self.inner.slots;
+        let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % slots.len();
+        let mut cur = slots[i].lock().await;
         if let Some(c) = cur.as_ref() {
             if c.usable() {
                 return Ok(c.clone());
@@ -354,19 +367,23 @@ impl SmbClient {
         res
     }
 
-    /// Runs an idempotent operation, once more on a fresh connection if the first attempt
-    /// lost its connection (e.g. the server restarted since the last call): callers see a
-    /// transparent reconnect.
+    /// Runs an idempotent operation again if an attempt lost its connection (e.g. the server
+    /// restarted since the last call): callers see a transparent reconnect. Each lost attempt
+    /// retires its connection and the next takes the next slot of the pool, so after a server
+    /// restart at most one attempt per pooled connection fails before a fresh one is built.
     pub(crate) async fn retrying<T, Fut>(&self, mut op: impl FnMut() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        match op().await {
-            Err(e) if e.is_connection_lost() => {
-                info!(error = %e, "retrying once on a fresh SMB connection");
-                op().await
+        let mut attempts_left = self.inner.slots.len();
+        loop {
+            match op().await {
+                Err(e) if e.is_connection_lost() && attempts_left > 0 => {
+                    attempts_left -= 1;
+                    info!(error = %e, "retrying on another SMB connection");
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 

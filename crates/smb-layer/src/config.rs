@@ -76,11 +76,15 @@ pub struct Limits {
     pub io_chunk: u32,
     /// Operations (of any kind) in flight on the client at once.
     pub max_ops_in_flight: usize,
+    /// SMB connections the client spreads its operations over (at least 1). Samba serves each
+    /// connection from one single-threaded `smbd`, so one connection caps the client at one
+    /// server core; a transfer stays on the connection it opened its file on.
+    pub connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { io_depth: 4, io_chunk: 1024 * 1024, max_ops_in_flight: 64 }
+        Limits { io_depth: 4, io_chunk: 4 * 1024 * 1024, max_ops_in_flight: 64, connections: 4 }
     }
 }
 

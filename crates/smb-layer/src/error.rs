@@ -150,6 +150,14 @@ pub enum SmbError {
         /// NT status returned by the call, if any.
         status: Option<NtStatus>,
     },
+    /// The file's size, times or id on the open handle after the last byte of a
+    /// [`read_checked`](crate::SmbClient::read_checked) differ from those at open: what was
+    /// read may mix old and new content.
+    #[error("changed while being read: {path}")]
+    ChangedWhileReading {
+        /// The share-relative path.
+        path: String,
+    },
     /// Anything else.
     #[error("SMB error: {detail}{}", St(.status))]
     Other {
@@ -175,6 +183,7 @@ impl SmbError {
             SmbError::DirectoryNotEmpty { .. } => "SMB_DIRECTORY_NOT_EMPTY",
             SmbError::ConnectionLost { .. } => "SMB_CONNECTION_LOST",
             SmbError::Rpc { .. } => "SMB_RPC_FAILED",
+            SmbError::ChangedWhileReading { .. } => "SMB_CHANGED_DURING_READ",
             SmbError::Other { .. } => "SMB_ERROR",
         }
     }
@@ -194,6 +203,7 @@ impl SmbError {
             | SmbError::ConnectionLost { status, .. }
             | SmbError::Rpc { status, .. }
             | SmbError::Other { status, .. } => *status,
+            SmbError::ChangedWhileReading { .. } => None,
         }
     }
 

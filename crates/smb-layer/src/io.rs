@@ -23,7 +23,9 @@ use tracing::{debug, info};
 
 use crate::client::{am, Conn, SmbClient};
 use crate::error::{classify, classify_io, Result, SmbError};
+use crate::ops::entry_of_all;
 use crate::path::normalize;
+use crate::types::DirEntry;
 
 /// Credits a request of `len` payload bytes costs (one per 64 KiB).
 fn charge(len: usize) -> i64 {
@@ -156,30 +158,82 @@ async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration
     Ok(done)
 }
 
+/// Whether the file behind `h` still has the size, times and id it had at open (asked on the
+/// handle, so a rename meanwhile does not matter; a write by anyone does).
+async fn still_same(h: &Handle, at_open: &DirEntry, timeout: Duration) -> Result<()> {
+    let (conn, file) = h.current().await?;
+    let info: smb::FileAllInformation = match tokio::time::timeout(timeout, file.query_info()).await {
+        Ok(r) => r.map_err(|e| lost_or(&conn, classify(e, &h.path)))?,
+        Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("query of {:?} timed out", h.path)))),
+    };
+    let now = entry_of_all(&h.path, &info);
+    let same = now.size == at_open.size
+        && now.last_write_time == at_open.last_write_time
+        && now.change_time == at_open.change_time
+        && now.file_id == at_open.file_id;
+    if same {
+        Ok(())
+    } else {
+        debug!(smb.path = %h.path, before = ?at_open, after = ?now, "file changed while being read");
+        Err(SmbError::ChangedWhileReading { path: h.path.clone() })
+    }
+}
+
 impl SmbClient {
     fn chunk_size(&self, server_max: u32) -> usize {
         self.inner.cfg.limits.io_chunk.min(server_max).max(4096) as usize
     }
 
-    async fn open_handle(&self, path: &str, write: bool) -> Result<(Arc<Handle>, u64)> {
+    /// Opens a handle and asks the server about the file on it (one FileAllInformation query:
+    /// size, times, attributes, file id).
+    async fn open_handle(&self, path: &str, write: bool) -> Result<(Arc<Handle>, DirEntry)> {
         let path = normalize(path);
         let client = self.clone();
         let p = path.clone();
-        let (conn, file, size) = self
+        let (conn, file, entry) = self
             .run(&path, |conn| async move {
                 let file = Handle::open(&client, &conn, &p, write, write).await?;
-                let info: smb::FileNetworkOpenInformation = file.query_info().await.map_err(|e| classify(e, &p))?;
-                Ok((conn, file, info.end_of_file))
+                let info: smb::FileAllInformation = file.query_info().await.map_err(|e| classify(e, &p))?;
+                Ok((conn, file, entry_of_all(&p, &info)))
             })
             .await?;
         let h = Handle { client: self.clone(), path, write, cur: Mutex::new((conn, Arc::new(file))) };
-        Ok((Arc::new(h), size))
+        Ok((Arc::new(h), entry))
     }
 
     /// Streams a file's content as `Bytes` chunks in order, with several reads in flight.
     /// The size is taken when the file is opened; the stream ends after the first error.
     pub async fn read_stream(&self, path: &str) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
-        let (h, size) = self.retrying(|| self.open_handle(path, false)).await?;
+        let (h, entry) = self.retrying(|| self.open_handle(path, false)).await?;
+        Ok(self.content(h, entry, false).await)
+    }
+
+    /// Opens a file for one consistent read: its metadata as seen on the open handle, and its
+    /// content. After the last byte, the stream asks the server about the file again on the same
+    /// handle; if its size, last-write time, change time or file id differ from those at open,
+    /// the stream ends with [`SmbError::ChangedWhileReading`] instead of ending cleanly, so a
+    /// consumer that commits only on a clean end never commits content that may mix old and
+    /// new bytes. That is 1 CREATE + 2 QUERY_INFO + the READs + 1 CLOSE for the whole check,
+    /// instead of a separate stat (open, query, close) before and after.
+    pub async fn read_checked(
+        &self,
+        path: &str,
+    ) -> Result<(DirEntry, impl Stream<Item = Result<Bytes>> + Send + 'static)> {
+        let (h, entry) = self.retrying(|| self.open_handle(path, false)).await?;
+        if entry.is_dir {
+            let _ = h.close().await;
+            return Err(SmbError::other(format!("{path:?} is a directory")));
+        }
+        Ok((entry.clone(), self.content(h, entry, true).await))
+    }
+
+    async fn content(
+        &self,
+        h: Arc<Handle>,
+        entry: DirEntry,
+        check_at_end: bool,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let size = entry.size;
         let chunk = self.chunk_size(h.cur.lock().await.0.max_read) as u64;
         let depth = self.inner.cfg.limits.io_depth.max(1);
         let timeout = self.inner.cfg.timeouts.request;
@@ -200,18 +254,29 @@ impl SmbClient {
                 *failed = r.is_err();
                 futures::future::ready(Some(r))
             })
+            .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())));
+        // After the content (or its first error): the check, then the close. An empty chunk
+        // stands for "nothing to report" and is filtered out.
+        let ended = futures::stream::once(async move {
+            let checked = if check_at_end { still_same(&h, &entry, timeout).await } else { Ok(()) };
+            let _ = h.close().await;
+            checked.map(|()| Bytes::new())
+        });
+        stream
+            .chain(ended)
+            .scan(false, |failed, r| {
+                if *failed {
+                    return futures::future::ready(None);
+                }
+                *failed = r.is_err();
+                futures::future::ready(Some(r))
+            })
             .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
-            .chain(
-                futures::stream::once(async move {
-                    let _ = h.close().await;
-                    Ok(Bytes::new())
-                })
-                .filter(|_| futures::future::ready(false)),
-            );
-        Ok(stream)
     }
 
     /// Reads a whole file into memory (for small files and tests).
+    ///
+    /// (Unchecked: see [`read_checked`](Self::read_checked) for a read that detects writes.)
     pub async fn read_to_vec(&self, path: &str) -> Result<Vec<u8>> {
         let mut s = std::pin::pin!(self.read_stream(path).await?);
         let mut out = Vec::new();
@@ -231,7 +296,7 @@ impl SmbClient {
         B: Into<Bytes>,
         E: std::fmt::Display,
     {
-        let (h, _) = self.retrying(|| self.open_handle(path, true)).await?;
+        let (h, _entry) = self.retrying(|| self.open_handle(path, true)).await?;
         let chunk = self.chunk_size(h.cur.lock().await.0.max_write);
         let depth = self.inner.cfg.limits.io_depth.max(1);
         let timeout = self.inner.cfg.timeouts.request;

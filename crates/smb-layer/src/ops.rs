@@ -72,22 +72,11 @@ impl SmbClient {
         self.run_op("stat", &p2, |conn| async move {
             let r = Self::open_meta(&conn, &path, am::READ_ATTRIBUTES).await?;
             let h = handle_of(&r)?;
-            let info: smb::FileNetworkOpenInformation = h.query_info().await.map_err(|e| classify(e, &path))?;
-            let id: smb::FileInternalInformation = h.query_info().await.map_err(|e| classify(e, &path))?;
+            // One FileAllInformation query (times, attributes, size and file id) instead of
+            // FileNetworkOpenInformation + FileInternalInformation: 3 requests per stat, not 4.
+            let info: smb::FileAllInformation = h.query_info().await.map_err(|e| classify(e, &path))?;
             close(&r, &path).await?;
-            let attributes = attrs_from_smb(info.file_attributes);
-            Ok(DirEntry {
-                name: file_name(&path).to_string(),
-                path: path.clone(),
-                is_dir: attributes.is_directory(),
-                size: if attributes.is_directory() { 0 } else { info.end_of_file },
-                file_id: id.index_number,
-                creation_time: FileTime(*info.creation_time),
-                last_write_time: FileTime(*info.last_write_time),
-                last_access_time: FileTime(*info.last_access_time),
-                change_time: FileTime(*info.change_time),
-                attributes,
-            })
+            Ok(entry_of_all(&path, &info))
         })
         .await
     }
@@ -367,4 +356,21 @@ fn sd_to_smb(sd: &SecurityDescriptor) -> Result<smb::SecurityDescriptor> {
         sacl: None,
         dacl,
     })
+}
+
+/// A [`DirEntry`] of `path` from a FileAllInformation query on an open handle.
+pub(crate) fn entry_of_all(path: &str, info: &smb::FileAllInformation) -> DirEntry {
+    let attributes = attrs_from_smb(info.basic.file_attributes);
+    DirEntry {
+        name: file_name(path).to_string(),
+        path: path.to_string(),
+        is_dir: attributes.is_directory(),
+        size: if attributes.is_directory() { 0 } else { info.standard.end_of_file },
+        file_id: info.internal.index_number,
+        creation_time: FileTime(*info.basic.creation_time),
+        last_write_time: FileTime(*info.basic.last_write_time),
+        last_access_time: FileTime(*info.basic.last_access_time),
+        change_time: FileTime(*info.basic.change_time),
+        attributes,
+    }
 }

@@ -352,3 +352,43 @@ async fn a_hung_server_mid_session_fails_the_call_then_recovers() {
     s.resume().unwrap();
     assert_eq!(c.stat("x.txt").await.unwrap().size, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_read_gives_the_stat_of_its_handle_and_fails_if_the_file_changes_while_read() {
+    let s = samba();
+    let c = client(&s).await;
+    let data = pseudo_random(11, 6 * 1024 * 1024 + 7);
+    c.write_all("f.bin", data.clone()).await.unwrap();
+    // Unchanged: the stat on the handle is the path's stat, and the stream ends cleanly.
+    let (entry, stream) = c.read_checked("f.bin").await.unwrap();
+    let stat = c.stat("f.bin").await.unwrap();
+    assert_eq!(
+        (entry.size, entry.file_id, entry.last_write_time, entry.change_time),
+        (stat.size, stat.file_id, stat.last_write_time, stat.change_time)
+    );
+    let mut got = Vec::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(b) = stream.next().await {
+        got.extend_from_slice(&b.unwrap());
+    }
+    assert_eq!(got, data);
+    // Written (same size) by someone else after the first chunk: the stream does not end
+    // cleanly, whatever bytes it gave.
+    let (_, stream) = c.read_checked("f.bin").await.unwrap();
+    let mut stream = std::pin::pin!(stream);
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    let other = client(&s).await;
+    other.write_all("f.bin", pseudo_random(12, data.len())).await.unwrap();
+    let mut last = Ok(());
+    while let Some(b) = stream.next().await {
+        if let Err(e) = b {
+            last = Err(e);
+        }
+    }
+    let e = last.expect_err("a file written while read must fail the stream");
+    assert!(matches!(e, SmbError::ChangedWhileReading { .. }), "{e:?}");
+    assert_eq!(e.code(), "SMB_CHANGED_DURING_READ");
+    // Missing file: PathNotFound at open.
+    assert!(matches!(c.read_checked("nope.bin").await, Err(SmbError::PathNotFound { .. })));
+}
