@@ -49,6 +49,10 @@ pub struct WorkerConfig {
     pub max_jobs: usize,
     /// Files in flight per job.
     pub max_transfers: usize,
+    /// SMB connections per job (a pool the walk and the transfers spread over; at least 1).
+    /// Samba serves each connection from one single-threaded process, so more than one lets
+    /// a job use more than one server core.
+    pub smb_connections: usize,
     /// Requested lease lifetime; renewed every third of it.
     pub lease_ttl: Duration,
     /// How long a job whose connector is leased elsewhere waits before it is requeued.
@@ -78,6 +82,7 @@ impl WorkerConfig {
             worker_id: default_worker_id(),
             max_jobs: 2,
             max_transfers: 4,
+            smb_connections: 4,
             lease_ttl: Duration::from_secs(30),
             lease_held_backoff: Duration::from_secs(3),
             progress_interval: Duration::from_secs(1),

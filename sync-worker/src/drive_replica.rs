@@ -204,15 +204,18 @@ impl DriveTarget {
     }
 }
 
-/// Sends `data` as chunks of at most [`UPLOAD_CHUNK`], checking size and digest.
-/// `Err(None)`: the call ended first.
+/// Sends `data` as chunks of at most [`UPLOAD_CHUNK`], hashing as they pass (the only hash
+/// pass of the worker), and checks the size and, when it was announced, the digest. Without an
+/// announced digest, sends it in the trailer once the source ended cleanly: a source that fails
+/// (an SMB file that changed while read) never gets a trailer, so nothing is committed.
+/// Returns the digest sent. `Err(None)`: the call ended first.
 async fn feed(
     tx: &tokio::sync::mpsc::Sender<v1::UploadRequest>,
     mut data: ByteStream,
     expect_size: u64,
-    expect_sha: Sha256,
+    expect_sha: Option<Sha256>,
     path: &RelPath,
-) -> Result<(), Option<ReplicaError>> {
+) -> Result<Sha256, Option<ReplicaError>> {
     let mut hasher = sha2::Sha256::new();
     let mut sent: u64 = 0;
     while let Some(item) = data.next().await {
@@ -233,13 +236,18 @@ async fn feed(
         }
     }
     let digest = Sha256(hasher.finalize().into());
-    if sent != expect_size || digest != expect_sha {
+    if sent != expect_size || expect_sha.is_some_and(|e| e != digest) {
         return Err(Some(ReplicaError::new(
             codes::CHECKSUM_MISMATCH,
             format!("{path}: the content read ({sent} bytes) does not match the size and SHA-256 planned"),
         )));
     }
-    Ok(())
+    if expect_sha.is_none() {
+        let trailer = v1::UploadTrailer { sha256: digest.to_hex() };
+        let msg = v1::UploadRequest { part: Some(v1::upload_request::Part::Trailer(trailer)) };
+        tx.send(msg).await.map_err(|_| None)?;
+    }
+    Ok(digest)
 }
 
 #[async_trait]
@@ -261,7 +269,7 @@ impl DriveReplica for DriveTarget {
             parent: Self::path_ref(self.root.parent_abs(&spec.path)),
             name: spec.path.name().to_string(),
             size: spec.size,
-            sha256: spec.sha256.to_hex(),
+            sha256: spec.sha256.map(|s| s.to_hex()).unwrap_or_default(),
             modified_at: ts_of_ft(spec.modified_at),
             created_at: None,
             base_version_id: spec.base_version_id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
@@ -275,13 +283,18 @@ impl DriveReplica for DriveTarget {
         let expect_size = spec.size;
         let expect_sha = spec.sha256;
         let path = spec.path.clone();
+        let sent_digest: std::sync::Arc<std::sync::Mutex<Option<Sha256>>> = Default::default();
+        let sent = sent_digest.clone();
         let feeder = tokio::spawn(async move {
             let first = v1::UploadRequest { part: Some(v1::upload_request::Part::Header(header)) };
             if tx.send(first).await.is_err() {
                 return;
             }
             match feed(&tx, data, expect_size, expect_sha, &path).await {
-                Ok(()) => drop(tx), // ends the request stream: the server may commit
+                Ok(digest) => {
+                    *sent.lock().unwrap() = Some(digest);
+                    drop(tx) // ends the request stream: the server may commit
+                }
                 Err(Some(e)) => {
                     // Keep the stream open: the call is dropped (cancelled) instead of ended.
                     let _ = fail_tx.send(e);
@@ -301,7 +314,17 @@ impl DriveReplica for DriveTarget {
         feeder.abort();
         let resp = result?;
         let node = resp.node.ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "upload reply without a node"))?;
-        Ok(Committed { item: self.item(&node)?, unchanged: resp.unchanged })
+        let item = self.item(&node)?;
+        // ScaiDrive verified the digest before committing; this only guards against a reply
+        // about other content.
+        let sent = *sent_digest.lock().unwrap();
+        if item.sha256.is_none() || (sent.is_some() && item.sha256 != sent) {
+            return Err(ReplicaError::new(
+                codes::CHECKSUM_MISMATCH,
+                format!("{}: ScaiDrive reports other content than was sent", spec.path),
+            ));
+        }
+        Ok(Committed { item, unchanged: resp.unchanged })
     }
 
     async fn create_folder(&self, path: &RelPath, modified_at: FileTime) -> Result<DriveItem, ReplicaError> {

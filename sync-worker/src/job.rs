@@ -394,7 +394,8 @@ impl Run {
 
         // CONNECTING
         self.board.set_phase(v1::JobPhase::Connecting);
-        let smb_cfg = crate::conntest::smb_config(&endpoint, &creds, &self.ctx.config.smb_timeouts);
+        let mut smb_cfg = crate::conntest::smb_config(&endpoint, &creds, &self.ctx.config.smb_timeouts);
+        smb_cfg.limits.connections = self.ctx.config.smb_connections.max(1);
         drop(creds);
         let client = tokio::select! {
             _ = self.stop.cancelled() => return self.stopped(Default::default()),

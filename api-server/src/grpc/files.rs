@@ -238,15 +238,30 @@ impl v1::file_service_server::FileService for Files {
         };
         let sc = scope(&self.state, header.lease.as_ref(), Some(&header.share_id)).await?;
         let name = paths::name("header.name", &header.name).map_err(from_api)?;
-        if header.sha256.len() != 64 {
+        // Either the header announces the digest, or a trailer after the last chunk does.
+        let trailer_expected = header.sha256.is_empty();
+        if !trailer_expected && header.sha256.len() != 64 {
             return Err(invalid("header.sha256", "must be a SHA-256 in lowercase hex"));
         }
         let parent =
             folder_id(&self.state, &sc, header.parent.as_ref(), header.create_parents, "header.parent").await?;
-        let body = stream.map(|m| match m {
-            Ok(v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(c)) }) => Ok(Bytes::from(c)),
-            Ok(_) => Err(Status::invalid_argument("only content chunks may follow the header")),
-            Err(e) => Err(e),
+        let trailer: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let seen = trailer.clone();
+        let body = stream.map(move |m| {
+            if seen.lock().expect("unpoisoned").is_some() {
+                return Err(Status::invalid_argument("nothing may follow the upload trailer"));
+            }
+            match m {
+                Ok(v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(c)) }) => Ok(Bytes::from(c)),
+                Ok(v1::UploadRequest { part: Some(v1::upload_request::Part::Trailer(t)) }) if trailer_expected => {
+                    *seen.lock().expect("unpoisoned") = Some(t.sha256);
+                    Ok(Bytes::new())
+                }
+                Ok(_) => Err(Status::invalid_argument(
+                    "only content chunks may follow the header (and a trailer, if the header has no sha256)",
+                )),
+                Err(e) => Err(e),
+            }
         });
         let ingested = content::ingest(self.state.content.as_ref(), Box::pin(body), Some(header.size)).await.map_err(
             |e| match e {
@@ -259,11 +274,24 @@ impl v1::file_service_server::FileService for Files {
                 other => from_api(other.into()),
             },
         )?;
-        if ingested.size != header.size || ingested.sha256 != header.sha256 {
+        let announced = if trailer_expected {
+            // No trailer: the sender did not vouch for the content (it ended the stream
+            // without one), so nothing is committed.
+            trailer.lock().expect("unpoisoned").take().ok_or_else(|| {
+                status(
+                    Code::InvalidArgument,
+                    proto::codes::CHECKSUM_MISMATCH,
+                    "the upload ended without the trailer its header announced",
+                )
+            })?
+        } else {
+            header.sha256.clone()
+        };
+        if ingested.size != header.size || ingested.sha256 != announced {
             return Err(status(
                 Code::InvalidArgument,
                 proto::codes::CHECKSUM_MISMATCH,
-                format!("received {} bytes with another checksum than the header's", ingested.size),
+                format!("received {} bytes with another checksum than the one announced", ingested.size),
             ));
         }
         let existing = nodes::child(&self.state.db, &parent, &name).await.map_err(from_api)?;
@@ -272,7 +300,7 @@ impl v1::file_service_server::FileService for Files {
             let base_stale = !header.base_version_id.is_empty()
                 && ex.current_version_id.as_deref() != Some(header.base_version_id.as_str());
             if ex.kind == Kind::File
-                && ex.sha256.as_deref() == Some(header.sha256.as_str())
+                && ex.sha256.as_deref() == Some(announced.as_str())
                 && ex.size as u64 == header.size
                 && (header.base_version_id.is_empty() || base_stale)
             {

@@ -8,15 +8,17 @@
 //! - A synced state is written only after its side effect succeeded and was verified: the
 //!   SHA-256 of what was read from SMB equals what ScaiDrive committed, and what was written to
 //!   SMB has the SHA-256 ScaiDrive announced.
-//! - An SMB file that changed while being read (stat before and after differ, or the bytes do
-//!   not match the first pass) is not committed; it is reported and retried next run.
+//! - An SMB file that changed while being read is not committed; it is reported and retried
+//!   next run. Each upload reads the file once ([`SmbReplica::open_read`]): the read stream
+//!   ends with an error unless the file after the last byte (size, times, id) is the file
+//!   as opened, and the drive replica lets ScaiDrive commit only on a clean end of that
+//!   stream, with the SHA-256 of exactly the bytes that passed.
 //! - Before SMB content is overwritten or deleted, it is in ScaiDrive (as a version, or in the
 //!   trash), and the SMB item is checked to still be what the plan saw.
 //! - Per-file failures are data: reported through [`StateSink::report_issue`] and in the
 //!   [`ExecReport`]; the run goes on. A blocked plan (delete guard) does nothing at all.
 //! - Cancellation is checked between actions. Content is streamed, never buffered whole
-//!   (memory stays flat in file size): uploads read SMB twice (hash, then send), because the
-//!   upload header carries the SHA-256.
+//!   (memory stays flat in file size).
 
 use std::sync::{Arc, Mutex};
 
@@ -357,30 +359,37 @@ impl Executor<'_> {
         Ok(Moved::default())
     }
 
-    /// Reads an SMB file twice (hash, then stream to ScaiDrive with that hash), checking it
-    /// did not change meanwhile. Returns the state to record (not yet recorded).
+    /// Streams an SMB file to ScaiDrive, reading it once. Returns the state to record (not
+    /// yet recorded).
+    ///
+    /// No torn content is committed, without a second read: `open_read` gives the file as
+    /// opened (checked against the plan here) and a stream that fails instead of ending if
+    /// the file's size, last-write time, change time or id differ after the last byte. The
+    /// drive replica commits only on a clean end of the stream (a failed stream cancels the
+    /// upload), announcing the SHA-256 of the bytes that passed after the last one, and
+    /// ScaiDrive commits only if what it received has that digest and the planned size. So
+    /// what is committed is exactly what was read while the file stayed unchanged, which is
+    /// what the former hash pass + send pass + stats before and after established, at half
+    /// the reads. The digest recorded for SMB is the one ScaiDrive verified.
     async fn upload(
         &self,
         path: &RelPath,
         base_version_id: Option<VersionId>,
         expected: &SmbExpect,
     ) -> Result<(SyncedState, Moved), ReplicaError> {
-        let before = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished"))?;
+        let (before, data) = self.smb.open_read(path).await?.ok_or_else(|| changed(path, "vanished"))?;
         if before.kind != ItemKind::File || !expected.matches(&before) {
             return Err(changed(path, "changed since it was listed"));
         }
-        let (sha, size) = hash_stream(self.smb.read(path).await?).await?;
-        if size != before.size {
-            return Err(changed(path, "size changed while reading"));
-        }
+        let size = before.size;
         let spec =
-            UploadSpec { path: path.clone(), base_version_id, size, sha256: sha, modified_at: before.last_write };
-        let committed = self.drive.upload(&spec, self.smb.read(path).await?).await?;
-        let after = self.smb.stat(path).await?.ok_or_else(|| changed(path, "vanished while reading"))?;
-        if after != before {
-            return Err(changed(path, "changed while being read"));
-        }
-        if committed.item.sha256 != Some(sha) || committed.item.size != size {
+            UploadSpec { path: path.clone(), base_version_id, size, sha256: None, modified_at: before.last_write };
+        let committed = self.drive.upload(&spec, data).await?;
+        let Some(sha) = committed.item.sha256 else {
+            return Err(ReplicaError::new(codes::CHECKSUM_MISMATCH, format!("{path}: ScaiDrive committed no digest")));
+        };
+        let after = before;
+        if committed.item.size != size {
             return Err(ReplicaError::new(
                 codes::CHECKSUM_MISMATCH,
                 format!("{path}: ScaiDrive committed other content than was read"),
@@ -507,9 +516,13 @@ impl Executor<'_> {
             return Err(changed(path, "changed since it was listed"));
         }
         if drive.sha256.is_some() && drive.size == now.size {
-            let (sha, _) = hash_stream(self.smb.read(path).await?).await?;
-            let after = self.smb.stat(path).await?;
-            if Some(sha) == drive.sha256 && after.as_ref() == Some(&now) {
+            // One checked read: an error (the file changed while read) is not identity.
+            let read = match self.smb.open_read(path).await? {
+                Some((opened, data)) if opened == now => hash_stream(data).await.ok(),
+                _ => None,
+            };
+            if read.is_some_and(|(sha, _)| Some(sha) == drive.sha256) {
+                let sha = read.expect("some").0;
                 // Identical content on both sides: no conflict.
                 self.put(SyncedState {
                     path: path.clone(),

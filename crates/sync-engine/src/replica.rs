@@ -101,6 +101,24 @@ pub trait SmbReplica: Send + Sync {
     /// Streams a file's content.
     async fn read(&self, path: &RelPath) -> Result<ByteStream, ReplicaError>;
 
+    /// Opens a file for one consistent read: the file as it is when opened (`None` if it is
+    /// not there), and its content. The stream must end with an error (not cleanly) if the
+    /// file's size, times or id after the last byte differ from those returned, so that a
+    /// consumer that commits only on a clean end never commits torn content.
+    ///
+    /// The default stats, reads (whose stream checks the file again at its end) and is
+    /// correct for replicas whose [`read`](Self::read) makes that check; the SMB replica
+    /// does all of it on one open handle.
+    async fn open_read(&self, path: &RelPath) -> Result<Option<(SmbItem, ByteStream)>, ReplicaError> {
+        let Some(item) = self.stat(path).await? else {
+            return Ok(None);
+        };
+        if item.kind != ItemKind::File {
+            return Ok(Some((item, Box::pin(futures::stream::empty()))));
+        }
+        Ok(Some((item, self.read(path).await?)))
+    }
+
     /// Writes `data` to a fresh temporary name starting with [`TEMP_PREFIX`] in the folder of
     /// `target` (which must exist).
     async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError>;
@@ -145,8 +163,11 @@ pub struct UploadSpec {
     pub base_version_id: Option<VersionId>,
     /// Exact size of the content.
     pub size: u64,
-    /// SHA-256 of the content; the replica commits only if the received bytes match.
-    pub sha256: Sha256,
+    /// SHA-256 of the content, if known before sending; the replica commits only if the
+    /// received bytes match. `None`: the replica hashes the bytes as they pass, and ScaiDrive
+    /// commits only once the stream ended cleanly and what it received has that digest
+    /// (announced after the last byte); the committed item carries it.
+    pub sha256: Option<Sha256>,
     /// Stored modification time (the SMB LastWriteTime).
     pub modified_at: FileTime,
 }

@@ -351,6 +351,28 @@ impl SmbReplica for MemSmb {
         Ok(stream)
     }
 
+    /// Like the SMB replica: the content as it was at open, then a check of the file against
+    /// its state at open (a write meanwhile, e.g. by [`MemSmb::change_on_next_read`], fails
+    /// the stream's end with `SMB_CHANGED_DURING_READ`).
+    async fn open_read(&self, path: &RelPath) -> Result<Option<(SmbItem, ByteStream)>, ReplicaError> {
+        let Some(item) = self.stat(path).await? else {
+            return Ok(None);
+        };
+        if item.kind != ItemKind::File {
+            return Ok(Some((item, futures::stream::empty().boxed())));
+        }
+        let content = self.read(path).await?;
+        // The in-memory share changes only between calls, so the state after `read` is the
+        // state after the last byte.
+        let same = self.fs.lock().unwrap().0.get(&path.key()).map(|e| e.item()) == Some(item.clone());
+        let end: Vec<Result<Bytes, ReplicaError>> = if same {
+            vec![]
+        } else {
+            vec![Err(err("SMB_CHANGED_DURING_READ", format!("{path} changed while being read")))]
+        };
+        Ok(Some((item, content.chain(futures::stream::iter(end)).boxed())))
+    }
+
     async fn write_temp(&self, target: &RelPath, data: ByteStream) -> Result<TempFile, ReplicaError> {
         self.faults.check()?;
         let data = collect(data).await?;
@@ -767,7 +789,8 @@ impl DriveReplica for MemDrive {
         self.faults.check()?;
         let data = collect(data).await?;
         self.faults.check()?;
-        if data.len() as u64 != spec.size || Sha256::of(&data) != spec.sha256 {
+        let sha = Sha256::of(&data);
+        if data.len() as u64 != spec.size || spec.sha256.is_some_and(|s| s != sha) {
             return Err(err(codes::CHECKSUM_MISMATCH, format!("{}", spec.path)));
         }
         let mut fs = self.fs.lock().unwrap();
@@ -777,7 +800,7 @@ impl DriveReplica for MemDrive {
             if it.kind == ItemKind::Dir {
                 return Err(err(codes::NAME_CONFLICT, format!("{} is a folder", spec.path)));
             }
-            if it.sha256 == Some(spec.sha256) {
+            if it.sha256 == Some(sha) {
                 return Ok(Committed { item: it, unchanged: true });
             }
             match &spec.base_version_id {
