@@ -36,6 +36,7 @@ mod mirror;
 mod outages;
 mod permissions;
 mod pools;
+mod proxy;
 mod secrets;
 mod special;
 mod twoway;
