@@ -1075,12 +1075,14 @@ mod tests {
             }
             let o = run_once(&smb, &server, 3).await.unwrap();
             bob_never_reads_a_child(&server);
-            let db = server.0.lock().unwrap();
-            assert_eq!(Db::eff(&db.current, "A", "usr_bob"), 0);
-            assert_eq!(Db::eff(&db.current, "B", "usr_bob"), READ);
-            assert!(db.recorded.values().all(|s| s.sd_changed_at_ns == ft_ns(FileTime(1003))), "{:#?}", db.recorded);
-            assert!(db.recorded.iter().all(|(p, s)| db.current[p] == acl_of(s.acl.as_ref().unwrap())), "no drift");
-            drop(db);
+            {
+                let db = server.0.lock().unwrap();
+                assert_eq!(Db::eff(&db.current, "A", "usr_bob"), 0);
+                assert_eq!(Db::eff(&db.current, "B", "usr_bob"), READ);
+                let when = ft_ns(FileTime(1003));
+                assert!(db.recorded.values().all(|s| s.sd_changed_at_ns == when), "{:#?}", db.recorded);
+                assert!(db.recorded.iter().all(|(p, s)| db.current[p] == acl_of(s.acl.as_ref().unwrap())), "no drift");
+            }
             assert!(o.written > 0);
             // Nothing changed since: nothing is written.
             let o = run_once(&smb, &server, 3).await.unwrap();
