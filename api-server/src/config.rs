@@ -63,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "SCAIDRIVE_EMBEDDED_WORKER_POOLS", value_delimiter = ',', default_value = "default")]
     pub embedded_worker_pools: Vec<String>,
 
+    /// Embedded workers watch idle connectors for SMB change notifications (as `sync-worker`'s
+    /// `SCAIDRIVE_WATCH`; `SCAIDRIVE_MAX_WATCHES` and `SCAIDRIVE_WATCH_DEBOUNCE_MS` apply too).
+    #[arg(long, env = "SCAIDRIVE_WATCH", default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub embedded_watch: bool,
+
     /// How often due scheduled runs are looked for, in milliseconds.
     #[arg(long, env = "SCAIDRIVE_SCHEDULER_TICK_MS", default_value = "5000")]
     pub scheduler_tick_ms: u64,
@@ -82,6 +88,8 @@ impl Config {
             amqp_url: None,
             embedded_workers: Some(0),
             embedded_worker_pools: vec!["default".to_string()],
+            // Off for tests and tools: change-triggered runs would interleave with theirs.
+            embedded_watch: false,
             scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,

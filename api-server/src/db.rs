@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "fleet", include_str!("../../migrations/0003_fleet.sql")),
     (4, "permissions", include_str!("../../migrations/0004_permissions.sql")),
     (5, "worker_pools", include_str!("../../migrations/0005_worker_pools.sql")),
+    (6, "watch", include_str!("../../migrations/0006_watch.sql")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

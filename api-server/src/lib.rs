@@ -146,6 +146,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     });
     let workers = state.config.embedded_workers();
     let config_pools = state.config.embedded_worker_pools.clone();
+    let watch = state.config.embedded_watch;
     let queue = state.queue.clone();
     let token = state.worker_token.to_string();
     let mut tasks = fleet::spawn_background(state.clone(), stop.clone());
@@ -158,6 +159,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
         let mut wc = sync_worker::WorkerConfig::new(format!("http://{grpc_addr}"), token.clone());
         wc.worker_id = format!("embedded-{}-{pool}-{i}", std::process::id());
         wc.worker_pool = pool;
+        wc.watch.enabled = watch;
         let (q, s) = (queue.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = sync_worker::run(wc, q, s).await {

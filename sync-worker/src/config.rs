@@ -71,6 +71,62 @@ pub struct WorkerConfig {
     pub worker_version: String,
     /// The worker pool this worker serves (`default` unless configured).
     pub worker_pool: String,
+    /// SMB change notification of idle connectors (see [`WatchConfig`]).
+    pub watch: WatchConfig,
+}
+
+/// Change notification: after a completed run a worker keeps watching the connector's SMB
+/// tree (CHANGE_NOTIFY) while it is idle and asks for a sync of the changed folders.
+///
+/// Read from the environment by [`WatchConfig::from_env`] (so the binary and standalone mode
+/// take the same settings): `SCAIDRIVE_WATCH` (`1`/`0`, `true`/`false`; default on),
+/// `SCAIDRIVE_MAX_WATCHES` (per worker, default 64), `SCAIDRIVE_WATCH_DEBOUNCE_MS` (quiet
+/// time before changes are sent, default 1500, at most 10 000).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Watch at all.
+    pub enabled: bool,
+    /// Connectors watched at once by this worker; later ones are not watched.
+    pub max_watches: usize,
+    /// Changes are sent once none came for this long (and at the latest [`MAX_DEBOUNCE`]
+    /// after the first of a batch).
+    pub debounce: Duration,
+}
+
+/// The longest debounce, and the longest a reported change waits before it is sent.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig { enabled: true, max_watches: 64, debounce: Duration::from_millis(1500) }
+    }
+}
+
+impl WatchConfig {
+    /// The defaults, overridden by `SCAIDRIVE_WATCH`, `SCAIDRIVE_MAX_WATCHES` and
+    /// `SCAIDRIVE_WATCH_DEBOUNCE_MS` where set and valid.
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`WatchConfig::from_env`] over any variable source.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut c = WatchConfig::default();
+        if let Some(v) = var("SCAIDRIVE_WATCH") {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "0" | "false" | "off" | "no" => c.enabled = false,
+                "1" | "true" | "on" | "yes" => c.enabled = true,
+                _ => {}
+            }
+        }
+        if let Some(n) = var("SCAIDRIVE_MAX_WATCHES").and_then(|v| v.trim().parse::<usize>().ok()) {
+            c.max_watches = n;
+        }
+        if let Some(ms) = var("SCAIDRIVE_WATCH_DEBOUNCE_MS").and_then(|v| v.trim().parse::<u64>().ok()) {
+            c.debounce = Duration::from_millis(ms).min(MAX_DEBOUNCE);
+        }
+        c
+    }
 }
 
 impl WorkerConfig {
@@ -92,6 +148,7 @@ impl WorkerConfig {
             smb_timeouts: smb_layer::Timeouts::default(),
             worker_version: env!("CARGO_PKG_VERSION").to_string(),
             worker_pool: "default".to_string(),
+            watch: WatchConfig::from_env(),
         }
     }
 }
@@ -105,4 +162,24 @@ pub fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_string());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_settings_come_from_the_environment_with_a_capped_debounce() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(WatchConfig::from_vars(env(&[])), WatchConfig::default());
+        let c = WatchConfig::from_vars(env(&[
+            ("SCAIDRIVE_WATCH", "0"),
+            ("SCAIDRIVE_MAX_WATCHES", "3"),
+            ("SCAIDRIVE_WATCH_DEBOUNCE_MS", "60000"),
+        ]));
+        assert_eq!(c, WatchConfig { enabled: false, max_watches: 3, debounce: MAX_DEBOUNCE });
+        assert!(WatchConfig::from_vars(env(&[("SCAIDRIVE_WATCH", "bogus")])).enabled);
+    }
 }

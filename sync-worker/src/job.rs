@@ -51,6 +51,8 @@ pub struct JobContext {
     pub config: Arc<WorkerConfig>,
     /// The control plane.
     pub rpc: ControlPlane,
+    /// This worker's change-notification watchers (started after completed runs).
+    pub watches: Arc<crate::watch::Watches>,
 }
 
 /// How a run ended (one per job; its size does not matter).
@@ -212,7 +214,9 @@ async fn claim_and_run(
             return Settle::Requeue;
         }
     };
-    info!(job.attempt = spec.attempt, "job claimed");
+    info!(job.attempt = spec.attempt, trigger = spec.trigger, scoped = spec.scope.is_some(), "job claimed");
+    // What a watcher started after this run needs (kept only if the run completes).
+    let watched = (spec.connector.clone(), spec.config_version.clone());
 
     let run = Run::new(ctx.clone(), spec, lease.clone(), lease_lost.clone(), shutdown.clone());
     let end = run.run().await;
@@ -243,6 +247,9 @@ async fn claim_and_run(
             {
                 Ok(r) => {
                     info!(outcome = ?outcome, already_recorded = r.already_recorded, error.code = error.as_ref().map(|e| e.code.as_str()).unwrap_or(""), "job completed");
+                    if let (v1::JobOutcome::Completed, (Some(conn), version)) = (outcome, watched) {
+                        ctx.watches.after_completed(ctx, conn, version, shutdown);
+                    }
                     Settle::Ack
                 }
                 Err(e) if e.code() == proto::codes::JOB_FINISHED => Settle::Ack,
@@ -438,12 +445,32 @@ impl Run {
         let board = self.board.clone();
         let started = now_ts();
         let started = FileTime::from_unix(started.seconds, started.nanos as u32);
-        let mut smb_scan = match scan_smb(client, &smb_root, &settings, &base, &self.stop, |n| {
-            board.scanned.store(n, Ordering::Relaxed)
-        })
-        .instrument(tracing::info_span!("job.walk"))
-        .await
-        {
+        // A change-triggered run with a scope looks only there (not on a first run: there is
+        // no base to carry over).
+        let scope = self
+            .spec
+            .scope
+            .as_ref()
+            .map(crate::scope::Scope::from_proto)
+            .filter(|s| !s.full && !base.entries.is_empty() && !self.spec.scaidrive_cursor.is_empty());
+        let mut looked_at: Option<u64> = None;
+        let walked = match &scope {
+            Some(scope) => crate::scope::scan_scoped(client, &smb_root, &settings, &base, scope, &self.stop, |n| {
+                board.scanned.store(n, Ordering::Relaxed)
+            })
+            .instrument(tracing::info_span!("job.walk", scoped_folders = scope.folders.len()))
+            .await
+            .map(|s| {
+                looked_at = Some(s.looked_at);
+                s.scan
+            }),
+            None => {
+                scan_smb(client, &smb_root, &settings, &base, &self.stop, |n| board.scanned.store(n, Ordering::Relaxed))
+                    .instrument(tracing::info_span!("job.walk"))
+                    .await
+            }
+        };
+        let mut smb_scan = match walked {
             Ok(s) => s,
             Err(ScanError::Cancelled) => return self.stopped(self.board.counts().0),
             Err(ScanError::RootNotFound(p)) => {
@@ -495,6 +522,8 @@ impl Run {
             Ok(p) => p,
             Err(e) => return self.failed(detail(proto::codes::INTERNAL, format!("the planner failed: {e}"))),
         };
+        // A scoped run counts what it looked at, not what it carried over.
+        let scanned = looked_at.unwrap_or(scanned);
         self.board.scanned.store(scanned, Ordering::Relaxed);
         self.board.total.store(plan.actions.len() as u64, Ordering::Relaxed);
         if self.stop.is_cancelled() {

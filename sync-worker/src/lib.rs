@@ -27,8 +27,10 @@ pub mod message;
 pub mod permissions;
 pub mod rpc;
 pub mod scan;
+pub mod scope;
 pub mod smb_replica;
 pub mod state_sink;
+pub mod watch;
 pub mod worker;
 
 pub use config::{Secret, WorkerConfig};

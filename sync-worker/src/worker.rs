@@ -72,12 +72,14 @@ pub async fn run_with_readiness(
 ) -> anyhow::Result<()> {
     let rpc = ControlPlane::connect_lazy(&config.control_plane_url, &config.worker_token, config.rpc_timeout)?;
     readiness.set_control_plane(rpc.clone(), config.worker_id.clone(), config.worker_version.clone());
-    let ctx = JobContext { config: Arc::new(config), rpc };
+    let ctx = JobContext { config: Arc::new(config), rpc, watches: Default::default() };
     info!(worker.id = %ctx.config.worker_id, max_jobs = ctx.config.max_jobs, max_transfers = ctx.config.max_transfers, "sync worker starting");
     let jobs = tokio::spawn(jobs_loop(ctx.clone(), queue.clone(), shutdown.clone(), readiness.clone()));
     let tests = tokio::spawn(tests_loop(ctx.clone(), queue, shutdown.clone()));
     tokio::spawn(pinger(ctx.clone(), shutdown.clone()));
     let (a, b) = tokio::join!(jobs, tests);
+    // Watchers stop with the worker and release their watch leases.
+    ctx.watches.stop_all().await;
     a?;
     b?;
     info!("sync worker stopped");

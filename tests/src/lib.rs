@@ -207,6 +207,9 @@ pub struct Options {
     pub rabbitmq: bool,
     /// Seconds between scheduler passes (default 1).
     pub scheduler_tick_ms: Option<u64>,
+    /// Workers (embedded and spawned) watch idle connectors for SMB change notifications.
+    /// Off by default: change-triggered runs would interleave with the runs a test triggers.
+    pub watch: bool,
 }
 
 impl TestServer {
@@ -227,6 +230,7 @@ impl TestServer {
         };
         let mut config = Config::for_dir(dir.path().to_path_buf(), pg.as_ref().map(|p| p.url.clone()));
         config.embedded_workers = Some(opts.embedded_workers);
+        config.embedded_watch = opts.watch;
         config.amqp_url = vhost.as_ref().map(|v| v.url().to_string());
         if let Some(t) = opts.scheduler_tick_ms {
             config.scheduler_tick_ms = t;
@@ -265,6 +269,7 @@ impl TestServer {
             .env("SCAIDRIVE_AMQP_URL", amqp)
             .env("SCAIDRIVE_WORKER_ID", worker_id)
             .env("SCAIDRIVE_WORKER_POOL", pool)
+            .env("SCAIDRIVE_WATCH", if self.state.config.embedded_watch { "1" } else { "0" })
             .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")
@@ -289,6 +294,7 @@ impl TestServer {
             .env("SCAIDRIVE_AMQP_URL", amqp)
             .env("SCAIDRIVE_WORKER_ID", worker_id)
             .env("SCAIDRIVE_WORKER_POOL", "default")
+            .env("SCAIDRIVE_WATCH", if self.state.config.embedded_watch { "1" } else { "0" })
             .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "info")

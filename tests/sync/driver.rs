@@ -72,12 +72,14 @@ impl Env {
     pub async fn start_with(setup: Setup, tick_ms: Option<u64>) -> Env {
         let samba = tokio::task::spawn_blocking(SambaServer::start).await.unwrap().expect("samba");
         let (backend, opts) = match setup {
-            Setup::Standalone => {
-                (Backend::Sqlite, Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: tick_ms })
-            }
-            Setup::Distributed => {
-                (Backend::Postgres, Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: tick_ms })
-            }
+            Setup::Standalone => (
+                Backend::Sqlite,
+                Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: tick_ms, watch: false },
+            ),
+            Setup::Distributed => (
+                Backend::Postgres,
+                Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: tick_ms, watch: false },
+            ),
         };
         let srv = TestServer::start_with(backend, opts).await;
         let workers = match setup {

@@ -177,9 +177,9 @@ async fn a_sync_run_is_one_trace_and_counted(distributed: bool) {
     }
     samba.give_to_service_account(samba.share_dir()).unwrap();
     let (backend, opts) = if distributed {
-        (Backend::Postgres, Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: None })
+        (Backend::Postgres, Options { embedded_workers: 0, rabbitmq: true, scheduler_tick_ms: None, watch: false })
     } else {
-        (Backend::Sqlite, Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: None })
+        (Backend::Sqlite, Options { embedded_workers: 2, rabbitmq: false, scheduler_tick_ms: None, watch: false })
     };
     let srv = TestServer::start_with(backend, opts).await;
     let _worker = distributed.then(|| srv.spawn_worker("otel-w1"));

@@ -6,6 +6,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::{fence_of, from_api, from_ts, from_ts_ns, invalid, refusal, scope, status, ts, ts_ns};
 use crate::store::file_states::{self, FileState};
 use crate::store::jobs::{self, ClaimRefusal, Counts};
+use crate::store::watch::{self, Scope, ScopeFolder, WatchFence};
 use crate::store::{connectors, leases, permissions};
 use crate::AppState;
 
@@ -272,7 +273,11 @@ impl v1::control_plane_server::ControlPlane for Control {
             connector_id: job.connector_id.clone(),
             tenant_id: job.tenant_id.clone(),
             attempt: job.attempt as u32,
-            trigger: if job.trigger == "scheduled" { v1::JobTrigger::Scheduled } else { v1::JobTrigger::Manual } as i32,
+            trigger: match job.trigger.as_str() {
+                "scheduled" => v1::JobTrigger::Scheduled,
+                "change_notify" => v1::JobTrigger::ChangeNotify,
+                _ => v1::JobTrigger::Manual,
+            } as i32,
             requested_at: Some(ts(job.requested_at)),
             connector: Some(v1::ConnectorConfig {
                 connector_id: c.id.to_string(),
@@ -311,6 +316,11 @@ impl v1::control_plane_server::ControlPlane for Control {
                 mappings_version: c.mappings_version.max(0) as u64,
             }),
             scaidrive_cursor: cursor.unwrap_or_default(),
+            scope: job.scope.as_deref().map(|j| scope_msg(&Scope::parse(j))),
+            config_version: watch::config_version(&self.state.db, &job.connector_id)
+                .await
+                .map_err(from_api)?
+                .unwrap_or_default(),
         };
         tracing::info!(job.id = %job.id, connector.id = %job.connector_id, job.attempt = job.attempt, "job claimed");
         crate::observe::job_started(&job);
@@ -378,7 +388,7 @@ impl v1::control_plane_server::ControlPlane for Control {
             v1::JobOutcome::Interrupted => "interrupted",
             v1::JobOutcome::Unspecified => return Err(invalid("outcome", "an outcome is required")),
         };
-        let already = jobs::complete(
+        let (already, follow_up) = jobs::complete_with_follow_up(
             &self.state.db,
             &r.job_id,
             &fence,
@@ -393,6 +403,10 @@ impl v1::control_plane_server::ControlPlane for Control {
         .await
         .map_err(from_api)?;
         tracing::info!(job.id = %r.job_id, job.outcome = outcome, "job completed");
+        if let Some(next) = follow_up {
+            tracing::info!(job.id = %next, after = %r.job_id, "changes were reported during the run: follow-up queued");
+            self.publish(&next).await;
+        }
         if !already {
             let c: Option<(String, String)> = sqlx::query_as(
                 "SELECT c.conflict_resolution, c.sync_direction FROM jobs j JOIN connectors c ON c.id = j.connector_id WHERE j.id = $1",
@@ -525,6 +539,42 @@ impl v1::control_plane_server::ControlPlane for Control {
         }))
     }
 
+    async fn acquire_watch(
+        &self,
+        req: Request<v1::AcquireWatchRequest>,
+    ) -> Result<Response<v1::AcquireWatchResponse>, Status> {
+        self.do_acquire_watch(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn renew_watch(
+        &self,
+        req: Request<v1::RenewWatchRequest>,
+    ) -> Result<Response<v1::RenewWatchResponse>, Status> {
+        let r = req.into_inner();
+        let fence = watch_fence(r.watch.as_ref())?;
+        let w = watch::renew(&self.state.db, &fence, duration_ms(r.ttl.as_ref()))
+            .await
+            .map_err(from_api)?
+            .map_err(watch_refusal)?;
+        Ok(Response::new(v1::RenewWatchResponse { expires_at: Some(ts(w.expires_at)) }))
+    }
+
+    async fn release_watch(
+        &self,
+        req: Request<v1::ReleaseWatchRequest>,
+    ) -> Result<Response<v1::ReleaseWatchResponse>, Status> {
+        let fence = watch_fence(req.into_inner().watch.as_ref())?;
+        let released = watch::release(&self.state.db, &fence).await.map_err(from_api)?;
+        Ok(Response::new(v1::ReleaseWatchResponse { released }))
+    }
+
+    async fn request_sync(
+        &self,
+        req: Request<v1::RequestSyncRequest>,
+    ) -> Result<Response<v1::RequestSyncResponse>, Status> {
+        self.do_request_sync(req.into_inner()).await.map(Response::new)
+    }
+
     async fn apply_permissions(
         &self,
         req: Request<v1::ApplyPermissionsRequest>,
@@ -563,6 +613,105 @@ impl v1::control_plane_server::ControlPlane for Control {
             skipped: out.skipped,
             entries_dropped: out.entries_dropped,
         }))
+    }
+}
+
+fn scope_msg(s: &Scope) -> v1::SyncScope {
+    v1::SyncScope {
+        full: s.full,
+        folders: s.folders.iter().map(|f| v1::ScopeFolder { path: f.path.clone(), recursive: f.recursive }).collect(),
+    }
+}
+
+/// A scope from a worker: relative paths without empty, `.` or `..` parts (`""` is the root).
+fn scope_of(m: Option<&v1::SyncScope>) -> Result<Scope, Status> {
+    let Some(m) = m.filter(|m| !m.full) else { return Ok(Scope::full()) };
+    let mut folders = Vec::with_capacity(m.folders.len());
+    for f in &m.folders {
+        let p = f.path.as_str();
+        if !p.is_empty()
+            && (p.starts_with('/') || p.contains('\\') || p.split('/').any(|s| s.is_empty() || s == "." || s == ".."))
+        {
+            return Err(invalid(
+                "scope.folders.path",
+                "a path relative to the sync root without empty, '.' or '..' parts",
+            ));
+        }
+        folders.push(ScopeFolder { path: p.to_string(), recursive: f.recursive });
+    }
+    Ok(Scope { full: false, folders }.merge(&Scope::default()))
+}
+
+fn watch_fence(w: Option<&v1::WatchToken>) -> Result<WatchFence, Status> {
+    let w = w.ok_or_else(|| invalid("watch", "a watch token is required"))?;
+    Ok(WatchFence { watch_id: w.watch_id.clone(), token: w.fencing_token.min(i64::MAX as u64) as i64 })
+}
+
+fn watch_refusal(r: watch::Refusal) -> Status {
+    match r {
+        watch::Refusal::ConnectorGone => status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, r.message()),
+        watch::Refusal::Held { expires_at } => {
+            let mut metadata = std::collections::HashMap::new();
+            metadata.insert("expires_at".to_string(), crate::time::rfc3339(expires_at));
+            proto::error_status(
+                Code::FailedPrecondition,
+                &v1::ErrorDetail { code: r.code().into(), message: r.message().into(), field: String::new(), metadata },
+            )
+        }
+        _ => status(Code::FailedPrecondition, r.code(), r.message()),
+    }
+}
+
+impl Control {
+    /// Publishes a queued job; on failure the sweeper publishes it later.
+    async fn publish(&self, job_id: &str) {
+        match jobs::get(&self.state.db, job_id).await {
+            Ok(Some(job)) => {
+                if let Err(e) = crate::fleet::publish_job(&self.state, &job).await {
+                    tracing::warn!(job.id = %job_id, error = %e.message, "publishing a change-triggered job failed; the sweeper retries");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(job.id = %job_id, error = %e.message, "reading a job to publish failed"),
+        }
+    }
+
+    /// `AcquireWatch`.
+    pub async fn do_acquire_watch(&self, r: v1::AcquireWatchRequest) -> Result<v1::AcquireWatchResponse, Status> {
+        if r.worker_id.is_empty() {
+            return Err(invalid("worker_id", "a worker id is required"));
+        }
+        let ttl = duration_ms(r.ttl.as_ref()).unwrap_or(30_000);
+        let w = watch::acquire(&self.state.db, &r.connector_id, &r.worker_id, ttl, &r.config_version)
+            .await
+            .map_err(from_api)?
+            .map_err(watch_refusal)?;
+        tracing::info!(connector.id = %w.connector_id, worker.id = %w.worker_id, watch.token = w.fencing_token, "watch acquired");
+        Ok(v1::AcquireWatchResponse {
+            watch: Some(v1::WatchToken { watch_id: w.watch_id, fencing_token: w.fencing_token as u64 }),
+            expires_at: Some(ts(w.expires_at)),
+        })
+    }
+
+    /// `RequestSync`.
+    pub async fn do_request_sync(&self, r: v1::RequestSyncRequest) -> Result<v1::RequestSyncResponse, Status> {
+        let fence = watch_fence(r.watch.as_ref())?;
+        let scope = scope_of(r.scope.as_ref())?;
+        let w = watch::validate(&self.state.db, &fence).await.map_err(from_api)?.map_err(watch_refusal)?;
+        let out = watch::request_sync(&self.state.db, &w, &scope).await.map_err(from_api)?;
+        let (job, disposition) = match out {
+            watch::Requested::Queued(job) => {
+                tracing::info!(job.id = %job.id, connector.id = %job.connector_id, folders = scope.folders.len(), full = scope.full, "change-triggered sync queued");
+                self.publish(&job.id).await;
+                (job, v1::RequestSyncDisposition::Queued)
+            }
+            watch::Requested::Merged(job) => (job, v1::RequestSyncDisposition::Merged),
+            watch::Requested::FollowUp(job) => {
+                tracing::info!(job.id = %job.id, connector.id = %job.connector_id, "change reported during a run: follow-up recorded");
+                (job, v1::RequestSyncDisposition::FollowUp)
+            }
+        };
+        Ok(v1::RequestSyncResponse { job_id: job.id, disposition: disposition as i32 })
     }
 }
 

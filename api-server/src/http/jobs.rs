@@ -68,8 +68,13 @@ pub struct JobResponse {
     pub connector_id: String,
     /// queued, running, completed, failed, cancelled, skipped, interrupted
     pub status: String,
-    /// manual or scheduled
+    /// manual, scheduled, or change_notify (a change reported by the file server)
     pub trigger: String,
+    /// change_notify runs: the folders looked at (relative to the sync root, `""` is the root;
+    /// `recursive`: with everything below). Absent: the whole tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub scope: Option<serde_json::Value>,
     /// Why a scheduled run was skipped, and the like.
     pub reason: Option<String>,
     /// The worker that ran (or runs) it.
@@ -111,6 +116,7 @@ impl From<Job> for JobResponse {
             connector_id: j.connector_id,
             status: j.status,
             trigger: j.trigger,
+            scope: j.scope.as_deref().and_then(|s| serde_json::from_str(s).ok()),
             reason: j.reason,
             worker: j.worker_id,
             attempt: j.attempt,

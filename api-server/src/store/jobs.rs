@@ -59,6 +59,11 @@ pub struct Job {
     pub cancel_requested: bool,
     pub cancel_reason: Option<String>,
     pub updated_at: i64,
+    /// change_notify jobs: the folders to look at (JSON, see `store::watch::Scope`); `None`:
+    /// the whole tree.
+    pub scope: Option<String>,
+    /// A change reported while the job runs: the follow-up's scope (JSON).
+    pub follow_up: Option<String>,
 }
 
 impl Job {
@@ -103,6 +108,8 @@ fn job_from(r: &AnyRow) -> Job {
         cancel_requested: get_i64(r, "cancel_requested") != 0,
         cancel_reason: get_opt_str(r, "cancel_reason"),
         updated_at: get_i64(r, "updated_at"),
+        scope: get_opt_str(r, "scope"),
+        follow_up: get_opt_str(r, "follow_up"),
     }
 }
 
@@ -544,6 +551,17 @@ pub struct Outcome<'a> {
 /// Records a job's outcome once, and the connector's bookkeeping with it. Returns true if
 /// the same outcome was already recorded (a retry).
 pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiResult<bool> {
+    Ok(complete_with_follow_up(db, id, fence, o).await?.0)
+}
+
+/// [`complete`], and the id of the follow-up job queued in the same transaction when changes
+/// were reported while the job ran (`store::watch::request_sync`): the caller publishes it.
+pub async fn complete_with_follow_up(
+    db: &Db,
+    id: &str,
+    fence: &Fence,
+    o: Outcome<'_>,
+) -> ApiResult<(bool, Option<String>)> {
     let mut tx = db.pool.begin().await?;
     let lease = leases::check(&mut tx, fence).await?;
     let job = sqlx::query("SELECT * FROM jobs WHERE id = $1")
@@ -558,7 +576,7 @@ pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiRe
     }
     if !job.is_active() {
         if job.status == o.status {
-            return Ok(true);
+            return Ok((true, None));
         }
         return Err(ApiError::conflict("JOB_FINISHED", format!("the job already ended as {}", job.status))
             .with_details(serde_json::json!({ "outcome": job.status })));
@@ -568,11 +586,13 @@ pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiRe
     }
     let now = now_ms();
     let c = &o.counts;
-    sqlx::query(
+    // RETURNING reads the follow-up under the row lock the update takes: a follow-up recorded
+    // before is seen here, one attempted after finds the job no longer running.
+    let (follow_up,): (Option<String>,) = sqlx::query_as(
         "UPDATE jobs SET status = $1, finished_at = $2, updated_at = $2, phase = NULL, current_path = NULL,
             files_scanned = $3, files_synced = $4, files_failed = $5, files_skipped = $6, files_deleted = $7,
             conflicts = $8, bytes_transferred = $9, error_code = $10, error_message = $11
-         WHERE id = $12",
+         WHERE id = $12 RETURNING follow_up",
     )
     .bind(o.status)
     .bind(now)
@@ -586,7 +606,7 @@ pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiRe
     .bind(o.error_code)
     .bind(o.error_message)
     .bind(id)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     let (status, message) = match o.status {
         "completed" if c.files_failed == 0 => ("idle", format!("last run {id} completed")),
@@ -622,8 +642,12 @@ pub async fn complete(db: &Db, id: &str, fence: &Fence, o: Outcome<'_>) -> ApiRe
         .execute(&mut *tx)
         .await?;
     }
+    let follow_up = match follow_up {
+        Some(f) => Some(super::watch::queue_follow_up(&mut tx, &job.tenant_id, &job.connector_id, &f).await?),
+        None => None,
+    };
     tx.commit().await?;
-    Ok(false)
+    Ok((false, follow_up))
 }
 
 pub async fn cursor(db: &Db, connector_id: &str) -> ApiResult<Option<String>> {

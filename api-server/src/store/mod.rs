@@ -15,6 +15,7 @@ pub mod mappings;
 pub mod nodes;
 pub mod permissions;
 pub mod shares;
+pub mod watch;
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
