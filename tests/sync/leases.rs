@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1;
 use proto::v1::control_plane_client::ControlPlaneClient;
+use proto::v1::file_service_client::FileServiceClient;
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -101,6 +102,18 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
         for j in env.jobs(c).await {
             assert!(TERMINAL.contains(&j["status"].as_str().unwrap()), "{j:#}");
         }
+        // A run that took over re-sends what the frozen run had committed but not recorded:
+        // stored once, not as a second identical version.
+        for (path, e) in env.drive_tree(c).await {
+            if let crate::driver::Entry::File { .. } = e {
+                let item = env.must(c, &path).await;
+                let versions = env.versions(item["id"].as_str().unwrap()).await;
+                let mut shas: Vec<&str> = versions.iter().map(|v| v["sha256"].as_str().unwrap()).collect();
+                let n = shas.len();
+                shas.dedup();
+                assert_eq!(shas.len(), n, "{dir}/{path}: one content stored twice in a row: {versions:#?}");
+            }
+        }
     }
 
     // The lease records: per connector, by token, a lease is acquired only after the one
@@ -154,6 +167,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 type Cp = ControlPlaneClient<InterceptedService<Channel, Auth>>;
+type Fs = FileServiceClient<InterceptedService<Channel, Auth>>;
 
 async fn control_plane(url: &str, token: &str) -> Cp {
     let ch = Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap();
@@ -244,5 +258,76 @@ async fn racing_acquirers_on_two_replicas_get_one_lease_at_a_time() {
         .unwrap();
     assert_eq!(n as u64, rounds, "one lease row per round, the refused attempts left none");
     drop(replica);
+    env.finish().await;
+}
+
+async fn acquire(cp: &mut Cp, connector: &str, worker: &str) -> v1::LeaseToken {
+    let r = cp
+        .acquire_lease(v1::AcquireLeaseRequest {
+            connector_id: connector.into(),
+            worker_id: worker.into(),
+            ttl: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    v1::LeaseToken { lease_id: r.lease_id, fencing_token: r.fencing_token }
+}
+
+async fn upload(fs: &mut Fs, lease: &v1::LeaseToken, share: &str, data: &[u8], base: &str) -> v1::UploadResponse {
+    let header = v1::UploadHeader {
+        lease: Some(lease.clone()),
+        share_id: share.into(),
+        parent: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::Path(crate::driver::TARGET.into())) }),
+        name: "report.txt".into(),
+        size: data.len() as u64,
+        sha256: crate::driver::sha256(data),
+        base_version_id: base.into(),
+        create_parents: true,
+        modified_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+        ..Default::default()
+    };
+    let msgs = vec![
+        v1::UploadRequest { part: Some(v1::upload_request::Part::Header(header)) },
+        v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(data.to_vec())) },
+    ];
+    fs.upload(futures::stream::iter(msgs)).await.unwrap().into_inner()
+}
+
+/// The case the frozen-worker stress found, step by step: a run commits a new version and
+/// freezes before recording it; the run that takes over sees ScaiDrive changed (by the frozen
+/// run) and SMB changed since the last recorded state, so SMB wins and it uploads the same
+/// bytes with the current version as base. That must be `unchanged`, not a second version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_resending_what_the_frozen_run_committed_stores_it_once() {
+    let mut env = Env::start(Setup::Distributed).await;
+    drop(std::mem::take(&mut env.workers));
+    let c = env.connector(json!({})).await;
+    let token = env.srv.worker_token();
+    let mut cp = control_plane(&env.srv.grpc_url, &token).await;
+    let ch = Channel::from_shared(env.srv.grpc_url.clone()).unwrap().connect().await.unwrap();
+    let mut fs: Fs = FileServiceClient::with_interceptor(ch, Auth(token.clone()));
+
+    let a = acquire(&mut cp, &c.id, "w1").await;
+    let v1 = upload(&mut fs, &a, &c.share, b"first", "").await;
+    let base = v1.node.as_ref().unwrap().current_version_id.clone();
+    let v2 = upload(&mut fs, &a, &c.share, b"second", &base).await;
+    assert!(!v2.unchanged);
+    let node = v2.node.unwrap();
+    // w1 freezes past its lease; w2 takes over and re-sends "second" on the current version.
+    sqlx::query("UPDATE leases SET expires_at = 0 WHERE id = $1")
+        .bind(&a.lease_id)
+        .execute(&env.srv.state.db.pool)
+        .await
+        .unwrap();
+    let b = acquire(&mut cp, &c.id, "w2").await;
+    let again = upload(&mut fs, &b, &c.share, b"second", &node.current_version_id).await;
+    assert!(again.unchanged, "identical content on its own current version is stored once: {again:?}");
+    assert_eq!(again.node.unwrap().current_version_id, node.current_version_id);
+    // With the base the takeover's state named (the version before): unchanged as well.
+    let stale = upload(&mut fs, &b, &c.share, b"second", &base).await;
+    assert!(stale.unchanged, "{stale:?}");
+    let versions = env.versions(&node.id).await;
+    assert_eq!(versions.len(), 2, "{versions:#?}");
     env.finish().await;
 }

@@ -295,14 +295,12 @@ impl v1::file_service_server::FileService for Files {
             ));
         }
         let existing = nodes::child(&self.state.db, &parent, &name).await.map_err(from_api)?;
-        // A retry after a lost reply: the content is already there.
+        // The content is already the current version: a retry after a lost reply, or a run
+        // taking over from one that died (or froze) between its upload and recording it, whose
+        // base is then that very version. Whatever the base, a second identical version would
+        // only duplicate it.
         if let Some(ex) = &existing {
-            let base_stale = !header.base_version_id.is_empty()
-                && ex.current_version_id.as_deref() != Some(header.base_version_id.as_str());
-            if ex.kind == Kind::File
-                && ex.sha256.as_deref() == Some(announced.as_str())
-                && ex.size as u64 == header.size
-                && (header.base_version_id.is_empty() || base_stale)
+            if ex.kind == Kind::File && ex.sha256.as_deref() == Some(announced.as_str()) && ex.size as u64 == header.size
             {
                 let node = located(&self.state, ex.clone()).await?;
                 return Ok(Response::new(v1::UploadResponse { node: Some(node), unchanged: true }));
