@@ -50,7 +50,10 @@ pub struct LocalDirStore {
 
 impl LocalDirStore {
     pub fn open(root: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(root.join("chunks"))?;
+        // All 256 fan-out folders up front: a put then needs no directory calls of its own.
+        for i in 0..=255u8 {
+            std::fs::create_dir_all(root.join("chunks").join(format!("{i:02x}")))?;
+        }
         std::fs::create_dir_all(root.join("tmp"))?;
         Ok(Self { root: root.to_path_buf() })
     }
@@ -76,7 +79,6 @@ impl ContentStore for LocalDirStore {
         let dest2 = dest.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
-            std::fs::create_dir_all(dest2.parent().expect("chunk path has a parent"))?;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&data)?;
             f.sync_data()?;
@@ -122,6 +124,11 @@ pub struct Ingested {
 
 /// Reads a byte stream to its end, storing it chunk by chunk, and returns the chunk list and
 /// the whole content's SHA-256. Hashing runs off the async threads. `limit` bounds the total.
+///
+/// Each byte is hashed twice (its chunk's name, and the whole content), in one blocking task
+/// per chunk, except for content of a single chunk, whose chunk hash is the whole hash. The
+/// chunk is stored (written, synced, renamed into place) while the next one is received: one
+/// store in flight, so memory holds at most two chunks and the store still completes in order.
 pub async fn ingest<S, E>(store: &dyn ContentStore, mut body: S, limit: Option<u64>) -> Result<Ingested, ContentError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -131,9 +138,21 @@ where
     let mut chunks = Vec::new();
     let mut size: u64 = 0;
     let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
+    // The store of the previous full chunk, running while the next one is received.
+    let mut storing: Option<Pin<Box<dyn std::future::Future<Output = Result<(), ContentError>> + Send + '_>>> = None;
     loop {
-        let next = body.next().await;
-        let done = match next {
+        let next = match storing.as_mut() {
+            Some(put) => {
+                // Receive while the previous chunk is being stored; surface its failure early.
+                tokio::select! {
+                    biased;
+                    r = put => { r?; storing = None; continue; }
+                    n = body.next() => n,
+                }
+            }
+            None => body.next().await,
+        };
+        match next {
             Some(Ok(mut data)) => {
                 size += data.len() as u64;
                 if limit.is_some_and(|l| size > l) {
@@ -141,33 +160,57 @@ where
                 }
                 while !data.is_empty() {
                     let take = (CHUNK_SIZE - buf.len()).min(data.len());
+                    if buf.is_empty() && take == CHUNK_SIZE {
+                        // A whole chunk as received: no copy.
+                        buf = BytesMut::new();
+                        let chunk = data.split_to(take);
+                        whole = stage_chunk(store, chunk, whole, &mut chunks, &mut storing).await?;
+                        continue;
+                    }
                     buf.extend_from_slice(&data.split_to(take));
                     if buf.len() == CHUNK_SIZE {
                         let chunk = buf.split().freeze();
                         buf.reserve(CHUNK_SIZE);
-                        whole = store_chunk(store, chunk, whole, &mut chunks).await?;
+                        whole = stage_chunk(store, chunk, whole, &mut chunks, &mut storing).await?;
                     }
                 }
-                false
             }
             Some(Err(e)) => return Err(ContentError::Body(e.to_string())),
-            None => true,
-        };
-        if done {
-            break;
+            None => break,
         }
     }
+    if let Some(put) = storing.take() {
+        put.await?;
+    }
     if !buf.is_empty() {
-        whole = store_chunk(store, buf.freeze(), whole, &mut chunks).await?;
+        if chunks.is_empty() {
+            // The only chunk: its hash is the whole content's hash (one pass, not two).
+            let chunk = buf.freeze();
+            let data = chunk.clone();
+            let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&data)))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let size_of = chunk.len() as u64;
+            store.put(&hash, chunk).await?;
+            chunks.push(ChunkRef { sha256: hash.clone(), size: size_of });
+            return Ok(Ingested { size, sha256: hash, chunks });
+        }
+        whole = stage_chunk(store, buf.freeze(), whole, &mut chunks, &mut storing).await?;
+        if let Some(put) = storing.take() {
+            put.await?;
+        }
     }
     Ok(Ingested { size, sha256: hex::encode(whole.finalize()), chunks })
 }
 
-async fn store_chunk(
-    store: &dyn ContentStore,
+/// Hashes `chunk` (and feeds the whole-content hash), records it, and starts storing it once
+/// the previous chunk's store has finished.
+async fn stage_chunk<'s>(
+    store: &'s dyn ContentStore,
     chunk: Bytes,
     mut whole: Sha256,
     chunks: &mut Vec<ChunkRef>,
+    storing: &mut Option<Pin<Box<dyn std::future::Future<Output = Result<(), ContentError>> + Send + 's>>>,
 ) -> Result<Sha256, ContentError> {
     let data = chunk.clone();
     let (whole, hash) = tokio::task::spawn_blocking(move || {
@@ -177,9 +220,11 @@ async fn store_chunk(
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let size = chunk.len() as u64;
-    store.put(&hash, chunk).await?;
-    chunks.push(ChunkRef { sha256: hash, size });
+    if let Some(prev) = storing.take() {
+        prev.await?;
+    }
+    chunks.push(ChunkRef { sha256: hash.clone(), size: chunk.len() as u64 });
+    *storing = Some(Box::pin(async move { store.put(&hash, chunk).await }));
     Ok(whole)
 }
 
@@ -259,6 +304,26 @@ mod tests {
             out.extend_from_slice(&b.unwrap());
         }
         assert_eq!(out, &content[start as usize..end as usize]);
+    }
+
+    #[tokio::test]
+    async fn whole_chunks_as_received_and_a_single_chunk_hash_the_same_as_cut_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn ContentStore> = std::sync::Arc::new(LocalDirStore::open(dir.path()).unwrap());
+        // Parts of exactly one chunk each (stored without copying) and a short tail.
+        let content: Vec<u8> = (0..(CHUNK_SIZE * 2 + 9)).map(|i| (i % 241) as u8).collect();
+        let parts: Vec<Vec<u8>> = content.chunks(CHUNK_SIZE).map(|c| c.to_vec()).collect();
+        let got = ingest(store.as_ref(), body(parts), None).await.unwrap();
+        let cut =
+            ingest(store.as_ref(), body(content.chunks(777_777).map(|c| c.to_vec()).collect()), None).await.unwrap();
+        assert_eq!((got.sha256.clone(), got.chunks.clone()), (cut.sha256, cut.chunks));
+        assert_eq!(got.sha256, hex::encode(Sha256::digest(&content)));
+        // One chunk: its name is the whole content's hash, and it reads back.
+        let small = b"one small file".to_vec();
+        let one = ingest(store.as_ref(), body(vec![small[..4].to_vec(), small[4..].to_vec()]), None).await.unwrap();
+        assert_eq!(one.sha256, hex::encode(Sha256::digest(&small)));
+        assert_eq!(one.chunks, vec![ChunkRef { sha256: one.sha256.clone(), size: small.len() as u64 }]);
+        assert_eq!(store.get(&one.sha256).await.unwrap(), Bytes::from(small));
     }
 
     #[tokio::test]
