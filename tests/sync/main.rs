@@ -33,6 +33,7 @@ mod fleet;
 mod leases;
 mod limits;
 mod mirror;
+mod notify;
 mod outages;
 mod permissions;
 mod pools;
