@@ -29,6 +29,9 @@ use crate::crash::Rng;
 use crate::driver::{no_skip, Env, Setup, TERMINAL};
 use crate::failures::bulk_tree;
 
+/// A `leases` row: connector, token, acquired at, expires at, released, worker.
+type LeaseRow = (String, i64, i64, i64, i64, String);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_workers_never_make_two_runs_of_a_connector() {
     let secs: u64 = std::env::var("LEASE_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
@@ -118,14 +121,14 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
 
     // The lease records: per connector, by token, a lease is acquired only after the one
     // before was released or had expired, and acquisition times grow with the token.
-    let rows: Vec<(String, i64, i64, i64, i64, String)> = sqlx::query_as(
+    let rows: Vec<LeaseRow> = sqlx::query_as(
         "SELECT connector_id, fencing_token, acquired_at, expires_at, released, worker_id FROM leases
          ORDER BY connector_id, fencing_token",
     )
     .fetch_all(&env.srv.state.db.pool)
     .await
     .unwrap();
-    let mut by_conn: BTreeMap<&str, Vec<&(String, i64, i64, i64, i64, String)>> = BTreeMap::new();
+    let mut by_conn: BTreeMap<&str, Vec<&LeaseRow>> = BTreeMap::new();
     for r in &rows {
         by_conn.entry(r.0.as_str()).or_default().push(r);
     }
