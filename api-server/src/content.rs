@@ -79,11 +79,18 @@ impl ContentStore for LocalDirStore {
         let dest2 = dest.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_data()?;
-            drop(f);
-            std::fs::rename(&tmp, &dest2)
+            let written = (|| {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&data)?;
+                f.sync_data()?;
+                drop(f);
+                std::fs::rename(&tmp, &dest2)
+            })();
+            // A failed write (a full disk) must not leave its partial file taking space.
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;

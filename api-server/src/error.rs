@@ -124,6 +124,12 @@ impl From<sqlx::Error> for ApiError {
         if matches!(e, sqlx::Error::PoolTimedOut) {
             return ApiError::unavailable("the database is busy; retry shortly");
         }
+        // The database is down or the connection broke: transient, not a server fault.
+        if matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed)
+        {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::unavailable("the database is unavailable; retry shortly");
+        }
         ApiError::internal(e)
     }
 }
@@ -136,6 +142,14 @@ impl From<crate::content::ContentError> for ApiError {
             }
             crate::content::ContentError::TooLarge => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "the content is larger than allowed")
+            }
+            crate::content::ContentError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::error!(error = %e, "the content store is full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "STORAGE_FULL",
+                    "the content store is full; nothing was saved",
+                )
             }
             other => ApiError::internal(other),
         }

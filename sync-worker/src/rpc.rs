@@ -102,6 +102,12 @@ impl RpcError {
     pub fn from_status(s: tonic::Status) -> Self {
         let transient =
             matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled);
+        // UNAVAILABLE is retryable whatever its detail says (the control plane's database or
+        // queue is down): retried, and a lease survives it until its expiry.
+        if s.code() == tonic::Code::Unavailable {
+            let msg = proto::error_detail(&s).map(|d| format!("{}: {}", d.code, d.message));
+            return RpcError::Unavailable(msg.unwrap_or_else(|| s.message().to_string()));
+        }
         match proto::error_detail(&s) {
             Some(detail) if !(transient && detail.code.is_empty()) => RpcError::Refused { status: s.code(), detail },
             _ if transient || s.code() == tonic::Code::Unknown => RpcError::Unavailable(s.message().to_string()),
@@ -212,6 +218,15 @@ mod tests {
         assert_eq!(e.code(), "LEASE_STALE");
         let e = RpcError::from_status(tonic::Status::unavailable("connection refused"));
         assert!(matches!(e, RpcError::Unavailable(_)));
+        let s = proto::error_status(
+            tonic::Code::Unavailable,
+            &v1::ErrorDetail {
+                code: "UNAVAILABLE".into(),
+                message: "the database is unavailable".into(),
+                ..Default::default()
+            },
+        );
+        assert!(matches!(RpcError::from_status(s), RpcError::Unavailable(_)));
         let e = RpcError::from_status(tonic::Status::internal("boom"));
         assert_eq!(e.code(), "GRPC_INTERNAL");
     }

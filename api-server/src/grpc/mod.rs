@@ -53,6 +53,7 @@ pub fn from_api(e: ApiError) -> Status {
         (422 | 400, c) => (Code::InvalidArgument, c),
         (403, _) => (Code::PermissionDenied, proto::codes::OUTSIDE_SCOPE),
         (503, c) => (Code::Unavailable, c),
+        (507, c) => (Code::ResourceExhausted, c),
         _ => (Code::Internal, proto::codes::INTERNAL),
     };
     let mut metadata = std::collections::HashMap::new();
