@@ -42,6 +42,15 @@ struct Args {
     /// Requested lease lifetime in seconds (renewed every third of it).
     #[arg(long, env = "SCAIDRIVE_LEASE_TTL_SECS", default_value_t = 30)]
     lease_ttl_secs: u64,
+    /// Bound on connecting to an SMB server (TCP, negotiate, session set-up, tree connect).
+    #[arg(long, env = "SCAIDRIVE_SMB_CONNECT_TIMEOUT_SECS", default_value_t = 15)]
+    smb_connect_timeout_secs: u64,
+    /// Bound on one SMB request (open, stat, one read or write chunk, one listing page).
+    #[arg(long, env = "SCAIDRIVE_SMB_REQUEST_TIMEOUT_SECS", default_value_t = 60)]
+    smb_request_timeout_secs: u64,
+    /// Bound on one unary gRPC call to the control plane.
+    #[arg(long, env = "SCAIDRIVE_RPC_TIMEOUT_SECS", default_value_t = 30)]
+    rpc_timeout_secs: u64,
     /// Address of /healthz and /readyz.
     #[arg(long, env = "SCAIDRIVE_WORKER_LISTEN", default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
@@ -70,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
     config.max_jobs = args.max_jobs.max(1);
     config.max_transfers = args.max_transfers.max(1);
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(10));
+    config.smb_timeouts.connect = Duration::from_secs(args.smb_connect_timeout_secs.max(1));
+    config.smb_timeouts.request = Duration::from_secs(args.smb_request_timeout_secs.max(1));
+    config.rpc_timeout = Duration::from_secs(args.rpc_timeout_secs.max(1));
 
     let mut rabbit = jobqueue::RabbitConfig::new(args.amqp_url.clone());
     rabbit.connection_name = format!("sync-worker {}", config.worker_id);

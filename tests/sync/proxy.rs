@@ -294,6 +294,7 @@ impl Faulty {
             .env("SCAIDRIVE_MAX_JOBS", o.max_jobs.to_string())
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", o.rust_log)
+            .env("SCAIDRIVE_WATCH", "0")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         for (k, v) in &o.env {
             cmd.env(k, v);

@@ -185,6 +185,7 @@ async fn the_password_is_in_no_log_line_trace_or_queue_message() {
         .env("SCAIDRIVE_WORKER_TOKEN", &worker_token)
         .env("SCAIDRIVE_AMQP_URL", &amqp_url)
         .env("SCAIDRIVE_WORKER_ID", "w1")
+        .env("SCAIDRIVE_WATCH", "0")
         .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("RUST_LOG", "trace")
         .envs(otel)

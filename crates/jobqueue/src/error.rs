@@ -22,6 +22,10 @@ pub enum Error {
     /// [`crate::JobQueue::request`] got no reply in time.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// The broker did not answer an operation in time (a hung broker or network); the
+    /// operation may or may not have taken effect. Retrying later is reasonable.
+    #[error("the broker did not answer within {0:?}")]
+    Stalled(Duration),
     /// The configuration cannot work (for example an unparsable AMQP URL).
     #[error("invalid configuration: {0}")]
     Config(String),

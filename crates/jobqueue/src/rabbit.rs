@@ -60,6 +60,9 @@ pub struct RabbitConfig {
     pub queue_type: QueueType,
     /// Bound on opening a connection (TCP + AMQP handshake).
     pub connect_timeout: Duration,
+    /// Bound on every other broker operation (declare, publish with its confirm, consume,
+    /// depth): a hung broker yields [`Error::Stalled`], never a hang.
+    pub operation_timeout: Duration,
 }
 
 impl RabbitConfig {
@@ -69,6 +72,7 @@ impl RabbitConfig {
             connection_name: "jobqueue".to_owned(),
             queue_type: QueueType::default(),
             connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -80,6 +84,7 @@ impl fmt::Debug for RabbitConfig {
             .field("connection_name", &self.connection_name)
             .field("queue_type", &self.queue_type)
             .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
             .finish()
     }
 }
@@ -180,6 +185,17 @@ impl Link {
         message: &Message,
         extra_headers: &[(&str, &str)],
     ) -> Result<()> {
+        let limit = self.config.operation_timeout;
+        bounded(limit, self.publish_retrying(exchange, routing_key, message, extra_headers)).await
+    }
+
+    async fn publish_retrying(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+        extra_headers: &[(&str, &str)],
+    ) -> Result<()> {
         let properties = properties(message, extra_headers);
         let mut attempt = 0;
         loop {
@@ -194,6 +210,11 @@ impl Link {
             }
         }
     }
+}
+
+/// `fut`, or [`Error::Stalled`] once `limit` has passed.
+async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, fut).await.unwrap_or(Err(Error::Stalled(limit)))
 }
 
 async fn publish_once(
@@ -280,6 +301,30 @@ impl RabbitQueue {
 impl JobQueue for RabbitQueue {
     #[tracing::instrument(skip(self), fields(amqp.target = %self.link.target))]
     async fn declare(&self, queue: &str) -> Result<()> {
+        bounded(self.link.config.operation_timeout, self.declare_unbounded(queue)).await
+    }
+
+    async fn publish(&self, queue: &str, message: Message) -> Result<()> {
+        self.link.publish("", queue, &message, &[]).await
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
+        bounded(self.link.config.operation_timeout, self.consume_unbounded(queue, prefetch)).await
+    }
+
+    async fn depth(&self, queue: &str) -> Result<u64> {
+        bounded(self.link.config.operation_timeout, self.depth_unbounded(queue)).await
+    }
+
+    async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
+        // Make sure the connection is up first: a reply queue from an older connection is gone.
+        let epoch = bounded(self.link.config.operation_timeout, self.link.live()).await?.epoch;
+        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
+    }
+}
+
+impl RabbitQueue {
+    async fn declare_unbounded(&self, queue: &str) -> Result<()> {
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
@@ -307,11 +352,7 @@ impl JobQueue for RabbitQueue {
         Ok(())
     }
 
-    async fn publish(&self, queue: &str, message: Message) -> Result<()> {
-        self.link.publish("", queue, &message, &[]).await
-    }
-
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
+    async fn consume_unbounded(&self, queue: &str, prefetch: u16) -> Result<Consumer> {
         check_prefetch(prefetch)?;
         let live = self.link.live().await?;
         let channel = live.connection.create_channel().await?;
@@ -327,7 +368,7 @@ impl JobQueue for RabbitQueue {
         Ok(Consumer::new(queue, Box::new(backend)))
     }
 
-    async fn depth(&self, queue: &str) -> Result<u64> {
+    async fn depth_unbounded(&self, queue: &str) -> Result<u64> {
         let live = self.link.live().await?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = live.connection.create_channel().await?;
@@ -335,12 +376,6 @@ impl JobQueue for RabbitQueue {
         let declared =
             channel.queue_declare(queue, options, FieldTable::default()).await.map_err(|e| not_found(e, queue))?;
         Ok(u64::from(declared.message_count()))
-    }
-
-    async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        // Make sure the connection is up first: a reply queue from an older connection is gone.
-        let epoch = self.link.live().await?.epoch;
-        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
     }
 }
 
