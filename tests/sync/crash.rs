@@ -245,7 +245,7 @@ async fn mutate(env: &Env, cx: &mut Cx, rng: &mut Rng) {
             touched.insert(to);
         }
     }
-    env.chown_all();
+    chown_base(env, &cx.base);
     if cx.bidi {
         let others: Vec<&String> = files.iter().filter(|f| !touched.contains(*f)).collect();
         let mut targets: Vec<String> = Vec::new();
@@ -263,6 +263,20 @@ async fn mutate(env: &Env, cx: &mut Cx, rng: &mut Rng) {
             assert!(st.is_success(), "API write {f}: {st} {v}");
         }
     }
+}
+
+/// Gives a connector's folder to the service account (files written on disk are root's).
+/// Only that folder: the other connectors' runs create and delete temporary files meanwhile.
+fn chown_base(env: &Env, base: &str) {
+    let mut last = None;
+    for _ in 0..5 {
+        match env.samba.give_to_service_account(env.disk().join(base)) {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("chown {base}: {last:?}");
 }
 
 async fn trigger(env: &Env, c: &Conn) -> Option<String> {
