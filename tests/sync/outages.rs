@@ -150,6 +150,16 @@ async fn postgres_rabbitmq_and_samba_fail_mid_job_and_the_next_run_converges() {
                 assert_eq!(j["status"], "completed", "{kind}: {j:#}\n{}", env.logs());
             }
         }
+        if kind == "rabbitmq" {
+            // Its message, unacknowledged on the lost connection, was redelivered and
+            // acknowledged without a second run (the claim answers JOB_FINISHED).
+            assert_eq!(j["attempt"], 1, "{j:#}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !env.workers.iter().any(|w| w.log().contains("job already finished; acknowledging")) {
+                assert!(Instant::now() < deadline, "the message was not redelivered and settled\n{}", env.logs());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         converge(env, &c, 3).await;
         no_duplicate_versions(env, &c, "data", n).await;
     }

@@ -41,6 +41,9 @@ const FORWARD: u8 = 0;
 const REFUSE: u8 = 1;
 const STALL: u8 = 2;
 
+/// The bytes one connection carried in one direction.
+type Tape = Arc<Mutex<Vec<u8>>>;
+
 struct Ctl {
     upstream: SocketAddr,
     mode: AtomicU8,
@@ -49,7 +52,7 @@ struct Ctl {
     /// True while forwarding is paused on every connection (new and live).
     stalled: watch::Sender<bool>,
     /// With recording on: every byte of every connection, one tape per direction.
-    tapes: Option<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    tapes: Option<Mutex<Vec<Tape>>>,
 }
 
 /// A fault-injecting TCP proxy in front of `upstream`. Dropping it closes its listener and
