@@ -87,9 +87,13 @@ enum Rpc {
     SetTimes,
     CompleteJob,
     ReleaseLease,
+    AcquireWatch,
+    RenewWatch,
+    RequestSync,
+    ReleaseWatch,
 }
 
-const ALL: [Rpc; 24] = [
+const ALL: [Rpc; 28] = [
     Rpc::FetchConnectionTest,
     Rpc::Ping,
     Rpc::AcquireLease,
@@ -114,6 +118,10 @@ const ALL: [Rpc; 24] = [
     Rpc::SetTimes,
     Rpc::CompleteJob,
     Rpc::ReleaseLease,
+    Rpc::AcquireWatch,
+    Rpc::RenewWatch,
+    Rpc::RequestSync,
+    Rpc::ReleaseWatch,
 ];
 
 impl Rpc {
@@ -196,6 +204,15 @@ fn want(rpc: Rpc, lease: Lease) -> Want {
     use Lease::*;
     if rpc.leaseless() {
         return if lease == Proper { Want::Ok("") } else { Want::Skip };
+    }
+    // The watch methods carry a watch token, not a run lease: called once each, with a
+    // configuration version or a watch the server never issued.
+    match (rpc, lease) {
+        (Rpc::AcquireWatch, Proper) => return Want::No(Code::FailedPrecondition, "WATCH_CONFIG_CHANGED"),
+        (Rpc::RenewWatch | Rpc::RequestSync, Proper) => return Want::No(Code::FailedPrecondition, "WATCH_STALE"),
+        (Rpc::ReleaseWatch, Proper) => return Want::Ok("released: false"),
+        (Rpc::AcquireWatch | Rpc::RenewWatch | Rpc::RequestSync | Rpc::ReleaseWatch, _) => return Want::Skip,
+        _ => {}
     }
     match (rpc, lease) {
         (_, Proper) => Want::Ok(""),
@@ -480,6 +497,34 @@ impl Fx {
             Rpc::ReleaseLease => {
                 s(&c.cp.release_lease(v1::ReleaseLeaseRequest { lease_id, fencing_token }).await?.into_inner())
             }
+            Rpc::AcquireWatch => s(&c
+                .cp
+                .acquire_watch(v1::AcquireWatchRequest {
+                    connector_id: self.cnn_free.clone(),
+                    worker_id: "w-free".into(),
+                    ttl: None,
+                    config_version: "cv1-not-this-configuration".into(),
+                })
+                .await?
+                .into_inner()),
+            Rpc::RenewWatch => s(&c
+                .cp
+                .renew_watch(v1::RenewWatchRequest { watch: Some(never_issued_watch()), ttl: None })
+                .await?
+                .into_inner()),
+            Rpc::RequestSync => s(&c
+                .cp
+                .request_sync(v1::RequestSyncRequest {
+                    watch: Some(never_issued_watch()),
+                    scope: Some(v1::SyncScope { full: true, folders: vec![] }),
+                })
+                .await?
+                .into_inner()),
+            Rpc::ReleaseWatch => s(&c
+                .cp
+                .release_watch(v1::ReleaseWatchRequest { watch: Some(never_issued_watch()) })
+                .await?
+                .into_inner()),
             Rpc::ClaimJob => {
                 let spec = c.cp.claim_job(v1::ClaimJobRequest { job_id, lease }).await?.into_inner().job.unwrap();
                 let creds = spec.connector.as_ref().and_then(|c| c.credentials.as_ref()).unwrap();
@@ -712,6 +757,10 @@ fn assert_refusal(ctx: &str, e: &tonic::Status, code: Code, machine: &str, secre
     for s in secrets {
         assert!(!text.contains(s.as_str()), "{ctx}: the refusal shows '{s}': {text}");
     }
+}
+
+fn never_issued_watch() -> v1::WatchToken {
+    v1::WatchToken { watch_id: "wch_never_issued".into(), fencing_token: 1 }
 }
 
 /// The RPC names the contract declares.
