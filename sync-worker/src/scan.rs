@@ -53,6 +53,17 @@ pub(crate) fn error_path(e: &SmbError) -> Option<&str> {
     }
 }
 
+/// Fails unless the sync root exists and is a folder.
+pub(crate) async fn check_root(client: &SmbClient, root: &SmbRoot) -> Result<(), ScanError> {
+    match client.stat(root.as_str()).await {
+        Ok(e) if e.is_dir => Ok(()),
+        Ok(_) | Err(SmbError::PathNotFound { .. }) | Err(SmbError::NotADirectory { .. }) => {
+            Err(ScanError::RootNotFound(root.as_str().to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Walks the SMB tree under `root`.
 pub async fn scan_smb(
     client: &SmbClient,
@@ -62,13 +73,7 @@ pub async fn scan_smb(
     cancel: &CancellationToken,
     mut on_entry: impl FnMut(u64),
 ) -> Result<SmbScan, ScanError> {
-    match client.stat(root.as_str()).await {
-        Ok(e) if e.is_dir => {}
-        Ok(_) | Err(SmbError::PathNotFound { .. }) | Err(SmbError::NotADirectory { .. }) => {
-            return Err(ScanError::RootNotFound(root.as_str().to_string()))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    check_root(client, root).await?;
     let pruned: Arc<Mutex<Vec<(String, SmbItem)>>> = Arc::default();
     let exclude = {
         let pruned = pruned.clone();

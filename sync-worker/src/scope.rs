@@ -205,13 +205,7 @@ pub async fn scan_scoped(
     cancel: &CancellationToken,
     mut on_entry: impl FnMut(u64),
 ) -> Result<ScopedScan, ScanError> {
-    match client.stat(root.as_str()).await {
-        Ok(e) if e.is_dir => {}
-        Ok(_) | Err(SmbError::PathNotFound { .. }) | Err(SmbError::NotADirectory { .. }) => {
-            return Err(ScanError::RootNotFound(root.as_str().to_string()))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    crate::scan::check_root(client, root).await?;
     // A folder the last run did not sync (new, or renamed in) is walked whole, from its
     // topmost new ancestor, and that one's parent listed.
     let known = |raw: &str| -> bool {
