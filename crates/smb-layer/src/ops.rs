@@ -128,9 +128,21 @@ impl SmbClient {
     /// at `to` is replaced; otherwise that fails with [`SmbError::AlreadyExists`].
     pub async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()> {
         let from = normalize(from);
-        let target = to_smb_path(to)?;
+        let to = normalize(to);
+        let target = to_smb_path(&to)?;
         let p2 = from.clone();
         self.run_op("rename", &p2, |conn| async move {
+            if replace {
+                // Windows refuses to replace a file another client holds open without delete
+                // sharing; Samba checks only its own process's opens, so the editor's file
+                // would be swapped under it. Asking for delete access on the target first
+                // makes the server check every client's share modes.
+                match Self::open_meta(&conn, &to, am::DELETE | am::READ_ATTRIBUTES).await {
+                    Ok(t) => close(&t, &to).await?,
+                    Err(SmbError::PathNotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             let r = Self::open_meta(&conn, &from, am::DELETE | am::READ_ATTRIBUTES).await?;
             let res = handle_of(&r)?
                 .set_info(smb::FileRenameInformation {
