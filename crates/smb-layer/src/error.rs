@@ -287,10 +287,42 @@ fn io_is_connection(kind: std::io::ErrorKind) -> bool {
     matches!(kind, ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected | TimedOut)
 }
 
+/// A library message fit for a job log line: the library's parse errors span many lines with a
+/// backtrace in terminal colours; keep the first line, without escape sequences, at most 300
+/// characters.
+fn tidy(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for f in chars.by_ref() {
+                    if ('@'..='~').contains(&f) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\n' {
+            break;
+        }
+        out.push(c);
+    }
+    let out = out.trim_end();
+    match out.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &out[..i]),
+        None => out.to_string(),
+    }
+}
+
 /// Classifies a library error raised while operating on `path` of an established connection.
 pub(crate) fn classify(err: smb::Error, path: &str) -> SmbError {
     use smb::Error as E;
-    let detail = err.to_string();
+    let raw = err.to_string();
+    let detail = tidy(&raw);
     match err {
         E::ReceivedErrorMessage(status, _) | E::UnexpectedMessageStatus(status) => from_status(status, path, detail),
         E::ConnectionStopped | E::OperationTimeout(..) | E::TransportError(_) => {
@@ -303,7 +335,7 @@ pub(crate) fn classify(err: smb::Error, path: &str) -> SmbError {
         E::AcquireError(_) | E::LockError | E::JoinError(_) | E::MessageProcessingError(_) => {
             SmbError::ConnectionLost { detail, status: None }
         }
-        _ => match status_in_text(&detail) {
+        _ => match status_in_text(&raw) {
             Some(s) => from_status(s, path, detail),
             None => SmbError::Other { detail, status: None },
         },
@@ -312,15 +344,16 @@ pub(crate) fn classify(err: smb::Error, path: &str) -> SmbError {
 
 /// Classifies an `std::io::Error` from the library's read/write calls.
 pub(crate) fn classify_io(e: std::io::Error, path: &str) -> SmbError {
-    let detail = e.to_string();
-    if let Some(s) = status_in_text(&detail) {
+    let raw = e.to_string();
+    let detail = tidy(&raw);
+    if let Some(s) = status_in_text(&raw) {
         return from_status(s, path, detail);
     }
     if io_is_connection(e.kind())
-        || detail.contains("stopped")
-        || detail.contains("Not connected")
-        || detail.contains("Transport error")
-        || detail.contains("timed out")
+        || raw.contains("stopped")
+        || raw.contains("Not connected")
+        || raw.contains("Transport error")
+        || raw.contains("timed out")
     {
         return SmbError::ConnectionLost { detail, status: None };
     }
@@ -364,6 +397,14 @@ mod tests {
         assert!(matches!(e, SmbError::SharingViolation { .. }));
         assert_eq!(e.nt_status(), Some(NtStatus::SHARING_VIOLATION));
         assert!(e.to_string().contains("0xC0000043"));
+    }
+
+    #[test]
+    fn library_details_are_one_clean_line() {
+        let raw = "\u{1b}[1mError\u{1b}[0m: bad revision 3 at 0x14\n  at smb_dtyp::ACL\n\u{1b}[31m backtrace\u{1b}[0m";
+        assert_eq!(tidy(raw), "Error: bad revision 3 at 0x14");
+        assert_eq!(tidy(&"x".repeat(400)).chars().count(), 301);
+        assert_eq!(tidy("plain"), "plain");
         assert_eq!(SmbError::rpc("bind refused").code(), "SMB_RPC_FAILED");
     }
 }
