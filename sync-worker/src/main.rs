@@ -39,6 +39,9 @@ struct Args {
     /// Files in flight per job.
     #[arg(long, env = "SCAIDRIVE_MAX_TRANSFERS", default_value_t = 4)]
     max_transfers: usize,
+    /// SMB connections per job (Samba serves each connection with one single-threaded process).
+    #[arg(long, env = "SCAIDRIVE_SMB_CONNECTIONS", default_value_t = 4)]
+    smb_connections: usize,
     /// Requested lease lifetime in seconds (renewed every third of it).
     #[arg(long, env = "SCAIDRIVE_LEASE_TTL_SECS", default_value_t = 30)]
     lease_ttl_secs: u64,
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     config.worker_pool = args.worker_pool.clone();
     config.max_jobs = args.max_jobs.max(1);
     config.max_transfers = args.max_transfers.max(1);
+    config.smb_connections = args.smb_connections.max(1);
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(10));
     config.smb_timeouts.connect = Duration::from_secs(args.smb_connect_timeout_secs.max(1));
     config.smb_timeouts.request = Duration::from_secs(args.smb_request_timeout_secs.max(1));
