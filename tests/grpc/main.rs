@@ -24,7 +24,8 @@ use tonic::Code;
 on_both_backends!(
     every_rpc_answers_every_kind_of_caller_as_the_matrix_says,
     hostile_messages_get_clean_answers,
-    what_a_replicating_connector_creates_starts_closed
+    what_a_replicating_connector_creates_starts_closed,
+    an_upload_commits_only_what_its_trailer_vouches_for
 );
 
 /// Puts `authorization` metadata on every call (nothing for `None`).
@@ -1296,4 +1297,65 @@ async fn what_a_replicating_connector_creates_starts_closed(backend: Backend) {
             assert_eq!(acl["entries"].as_array().map(Vec::len), Some(0), "{acl}");
         }
     }
+}
+
+/// Issue 8: a sender may hash while it streams and announce the SHA-256 in a trailer after the
+/// last chunk (header sha256 empty). The server commits only content whose digest is the
+/// trailer's: a wrong trailer, a missing one (the sender stopped vouching: its source changed
+/// while being read), or anything after the trailer commits nothing.
+async fn an_upload_commits_only_what_its_trailer_vouches_for(backend: Backend) {
+    use v1::upload_request::Part;
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let share = api.share("Trailers").await;
+    let cnn = connector(&api, &share, "trailers").await;
+    let mut c = clients(&srv, Some(format!("Bearer {}", srv.worker_token()))).await;
+    let lease = acquire(&mut c.cp, &cnn, "w").await;
+    let header = |size: usize| v1::UploadRequest {
+        part: Some(Part::Header(v1::UploadHeader {
+            lease: Some(lease.clone()),
+            share_id: share.clone(),
+            parent: by_path("/From FS"),
+            name: "t.bin".into(),
+            size: size as u64,
+            sha256: String::new(),
+            ..Default::default()
+        })),
+    };
+    let chunk = |b: &[u8]| v1::UploadRequest { part: Some(Part::Chunk(b.to_vec())) };
+    let trailer =
+        |d: &[u8]| v1::UploadRequest { part: Some(Part::Trailer(v1::UploadTrailer { sha256: sha256_hex(d) })) };
+
+    let first = vec![header(6), chunk(b"abc"), chunk(b"def"), trailer(b"abcdef")];
+    let ok = c.fs.upload(futures::stream::iter(first)).await.unwrap_or_else(|e| panic!("{e}")).into_inner();
+    let file_id = ok.node.map(|n| n.id).unwrap();
+    let versions = |api: &e2e_tests::Api| {
+        let path = format!("/api/v1/files/{file_id}/versions");
+        let api = api.clone();
+        async move {
+            let (st, v) = api.get(&path).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            v["versions"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(versions(&api).await, 1);
+
+    let refused: [(&str, Vec<v1::UploadRequest>); 4] = [
+        ("a trailer naming other content", vec![header(6), chunk(b"xyzxyz"), trailer(b"abcdef")]),
+        ("no trailer", vec![header(6), chunk(b"xyzxyz")]),
+        ("a chunk after the trailer", vec![header(6), chunk(b"xyz"), trailer(b"xyzxyz"), chunk(b"xyz")]),
+        ("a malformed trailer", {
+            let bad = v1::UploadRequest { part: Some(Part::Trailer(v1::UploadTrailer { sha256: "zz".into() })) };
+            vec![header(6), chunk(b"xyzxyz"), bad]
+        }),
+    ];
+    for (what, msgs) in refused {
+        let r = c.fs.upload(futures::stream::iter(msgs)).await;
+        let e = r.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: the sender's error: {e:?}");
+        assert_eq!(versions(&api).await, 1, "{what}: nothing committed");
+        let (st, body) = api.download(&file_id).await;
+        assert_eq!((st, body.as_slice()), (StatusCode::OK, &b"abcdef"[..]), "{what}");
+    }
+    srv.stop().await;
 }

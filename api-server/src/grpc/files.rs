@@ -247,9 +247,17 @@ impl v1::file_service_server::FileService for Files {
             folder_id(&self.state, &sc, header.parent.as_ref(), header.create_parents, "header.parent").await?;
         let trailer: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
         let seen = trailer.clone();
+        // A message out of protocol is the sender's error (INVALID_ARGUMENT), not an aborted
+        // upload (the stream failing by itself, CANCELLED): remember which it was.
+        let violation: std::sync::Arc<std::sync::Mutex<Option<(&'static str, &'static str)>>> = Default::default();
+        let broke = violation.clone();
         let body = stream.map(move |m| {
+            let refuse = |field: &'static str, msg: &'static str| {
+                *broke.lock().expect("unpoisoned") = Some((field, msg));
+                Err(Status::invalid_argument(msg))
+            };
             if seen.lock().expect("unpoisoned").is_some() {
-                return Err(Status::invalid_argument("nothing may follow the upload trailer"));
+                return refuse("trailer", "nothing may follow the upload trailer");
             }
             match m {
                 Ok(v1::UploadRequest { part: Some(v1::upload_request::Part::Chunk(c)) }) => Ok(Bytes::from(c)),
@@ -257,9 +265,10 @@ impl v1::file_service_server::FileService for Files {
                     *seen.lock().expect("unpoisoned") = Some(t.sha256);
                     Ok(Bytes::new())
                 }
-                Ok(_) => Err(Status::invalid_argument(
+                Ok(_) => refuse(
+                    "part",
                     "only content chunks may follow the header (and a trailer, if the header has no sha256)",
-                )),
+                ),
                 Err(e) => Err(e),
             }
         });
@@ -268,9 +277,10 @@ impl v1::file_service_server::FileService for Files {
                 content::ContentError::TooLarge => {
                     status(Code::InvalidArgument, proto::codes::CHECKSUM_MISMATCH, "more bytes than the header's size")
                 }
-                content::ContentError::Body(m) => {
-                    status(Code::Cancelled, "UPLOAD_ABORTED", format!("the upload stream failed: {m}"))
-                }
+                content::ContentError::Body(m) => match *violation.lock().expect("unpoisoned") {
+                    Some((field, msg)) => invalid(field, msg),
+                    None => status(Code::Cancelled, "UPLOAD_ABORTED", format!("the upload stream failed: {m}")),
+                },
                 other => from_api(other.into()),
             },
         )?;
@@ -300,7 +310,9 @@ impl v1::file_service_server::FileService for Files {
         // base is then that very version. Whatever the base, a second identical version would
         // only duplicate it.
         if let Some(ex) = &existing {
-            if ex.kind == Kind::File && ex.sha256.as_deref() == Some(announced.as_str()) && ex.size as u64 == header.size
+            if ex.kind == Kind::File
+                && ex.sha256.as_deref() == Some(announced.as_str())
+                && ex.size as u64 == header.size
             {
                 let node = located(&self.state, ex.clone()).await?;
                 return Ok(Response::new(v1::UploadResponse { node: Some(node), unchanged: true }));
