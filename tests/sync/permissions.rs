@@ -310,8 +310,9 @@ async fn a_deny_for_a_user_deleted_in_scaidrive_denies_everyone() {
     w.finish().await;
 }
 
-/// Turning `sync_permissions` off leaves the last replicated ACLs in place; a connector
-/// without it writes no ACL at all.
+/// A member of the target share with a role (which applies on top of ACLs) is warned about in
+/// the job log. Turning `sync_permissions` off leaves the last replicated ACLs in place; a
+/// connector without it writes no ACL at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turning_replication_off_keeps_the_last_acls() {
     let w = World::start(Setup::Standalone).await;
@@ -323,8 +324,18 @@ async fn turning_replication_off_keeps_the_last_acls() {
     )
     .await;
     w.map("group", &w.finance_sid, &w.finance).await;
-    w.sync().await;
+    let j = w.sync().await;
     assert_eq!(w.eff(&w.alice, "Finance").await, READ);
+    assert!(events(&j, "PERMISSIONS_SHARE_ROLES").is_empty(), "no member with a role yet");
+    // A share role is a baseline on top of the replicated ACLs: the run says so.
+    let body = json!({"principal_type": "user", "principal_id": w.bob, "role": "reader"});
+    let (st, m) = w.env.api.post(&format!("/api/v1/shares/{}/members", w.conn.share), body).await;
+    assert!(st.is_success(), "{m}");
+    let j = w.sync().await;
+    let warned = events(&j, "PERMISSIONS_SHARE_ROLES");
+    assert_eq!(warned.len(), 1, "{:#}", j["events"]);
+    assert_eq!(warned[0]["level"], "warning");
+    assert!(warned[0]["message"].as_str().unwrap().contains("reader: 1"), "{}", warned[0]);
     w.env.patch(&w.conn, json!({"sync_permissions": false})).await;
     w.set_dacl("Finance", true, vec![allow(&w.svc_sid, access::FULL_CONTROL, OI_CI)]).await;
     let j = w.sync().await;

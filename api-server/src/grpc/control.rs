@@ -268,6 +268,9 @@ impl v1::control_plane_server::ControlPlane for Control {
                 }
             }
         }
+        if st.sync_permissions && job.attempt <= 1 {
+            warn_share_roles(&self.state, &job.connector_id, &job.id, &fence, &c.target_share_id).await?;
+        }
         let spec = v1::JobSpec {
             job_id: job.id.clone(),
             connector_id: job.connector_id.clone(),
@@ -803,4 +806,42 @@ fn permission_state_of(s: &v1::PermissionState) -> Result<permissions::State, (&
         acl: permissions::Acl { inherit_from_parent: acl.inherit_from_parent, entries, owner: acl.owner_user_id },
         drifted: false,
     })
+}
+
+/// Share roles apply on top of ACLs, so on a share whose ACLs a connector replicates, a member
+/// with a role reaches items the file server closes to them. Owners and admins are the share's
+/// administrators; any other role is worth a warning in the job log, once per run.
+async fn warn_share_roles(
+    state: &AppState,
+    connector_id: &str,
+    job_id: &str,
+    fence: &leases::Fence,
+    share: &crate::ids::ShareId,
+) -> Result<(), Status> {
+    use crate::perm::Role;
+    let members = crate::store::shares::members(&state.db, share).await.map_err(from_api)?;
+    let mut by_role: std::collections::BTreeMap<&str, usize> = Default::default();
+    for m in &members {
+        if matches!(m.role, Role::Contributor | Role::Reader) {
+            *by_role.entry(m.role.as_str()).or_default() += 1;
+        }
+    }
+    if by_role.is_empty() {
+        return Ok(());
+    }
+    let n: usize = by_role.values().sum();
+    let roles = by_role.iter().map(|(r, k)| format!("{r}: {k}")).collect::<Vec<_>>().join(", ");
+    let message = format!(
+        "{n} member(s) of the target share have a share role ({roles}); share roles apply on top of the \
+         replicated ACLs, so they reach items the file server closes to them. Give people access through \
+         identity mappings instead, and keep share roles for the share's administrators"
+    );
+    let event = jobs::NewEvent {
+        level: "warning",
+        path: None,
+        code: Some("PERMISSIONS_SHARE_ROLES"),
+        nt_status: None,
+        message: &message,
+    };
+    jobs::report_events(&state.db, connector_id, job_id, fence, &[event]).await.map_err(from_api)
 }
