@@ -130,7 +130,11 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        self.replies.request(self, 0, || self.open_reply_queue(), queue, message, timeout).await
+        match self.replies.request(self, 0, || false, || self.open_reply_queue(), queue, message, timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(crate::reply::RequestOutcome::Failed(e)) => Err(e),
+            Err(crate::reply::RequestOutcome::Stale) => Err(crate::Error::Closed),
+        }
     }
 }
 

@@ -317,9 +317,28 @@ impl JobQueue for RabbitQueue {
     }
 
     async fn request(&self, queue: &str, message: Message, timeout: Duration) -> Result<Message> {
-        // Make sure the connection is up first: a reply queue from an older connection is gone.
-        let epoch = bounded(self.link.config.operation_timeout, self.link.live()).await?.epoch;
-        self.replies.request(self, epoch, || self.open_reply_queue(), queue, message, timeout).await
+        use crate::reply::RequestOutcome;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Make sure the connection is up first: a reply queue from an older connection is
+            // gone. The connection may still be replaced while the request goes out (the
+            // broker closed it and this side noticed late): then it is sent again.
+            let epoch = bounded(self.link.config.operation_timeout, self.link.live()).await?.epoch;
+            let stale = || self.link.opened.load(std::sync::atomic::Ordering::SeqCst) != epoch;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(timeout));
+            }
+            let open = || self.open_reply_queue();
+            match self.replies.request(self, epoch, stale, open, queue, message.clone(), left).await {
+                Ok(reply) => return Ok(reply),
+                Err(RequestOutcome::Stale) => {
+                    tracing::debug!(queue.name = queue, "the connection changed while the request went out; again");
+                }
+                Err(RequestOutcome::Failed(Error::Timeout(_))) => return Err(Error::Timeout(timeout)),
+                Err(RequestOutcome::Failed(e)) => return Err(e),
+            }
+        }
     }
 }
 

@@ -14,6 +14,15 @@ use crate::{Consumer, Error, JobQueue, Message, Result};
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 
+/// Why [`Replies::request`] got no reply.
+#[derive(Debug)]
+pub(crate) enum RequestOutcome {
+    /// The connection changed under the request: ask again.
+    Stale,
+    /// Anything else, final.
+    Failed(Error),
+}
+
 #[derive(Default)]
 pub(crate) struct Replies {
     pending: Pending,
@@ -52,20 +61,27 @@ impl Replies {
     /// creates the private reply queue and a consumer on it; it runs again if the previous
     /// listener ended or `epoch` changed (for RabbitMQ: the connection that owned the reply
     /// queue was replaced, which the listener may not have noticed yet).
+    ///
+    /// `stale()` tells whether the connection was replaced since `epoch` was read: checked once
+    /// the request is published, it answers [`RequestOutcome::Stale`] at once, since the request
+    /// may have gone out on the new connection naming the old connection's reply queue, to which
+    /// no reply can be delivered. The caller asks again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn request<F, Fut>(
         &self,
         jobs: &dyn JobQueue,
         epoch: u64,
+        stale: impl Fn() -> bool,
         open_reply_queue: F,
         queue: &str,
         mut message: Message,
         timeout: Duration,
-    ) -> Result<Message>
+    ) -> std::result::Result<Message, RequestOutcome>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(String, Consumer)>>,
     {
-        let reply_to = self.listen(epoch, open_reply_queue).await?;
+        let reply_to = self.listen(epoch, open_reply_queue).await.map_err(RequestOutcome::Failed)?;
         let correlation_id = ulid::Ulid::new().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("reply map poisoned").insert(correlation_id.clone(), tx);
@@ -76,12 +92,16 @@ impl Replies {
         tracing::debug!(queue.name = queue, request.correlation_id = %correlation_id, "sending request");
         // The publish counts against the timeout too: a caller asked for a bounded wait.
         let exchange = async {
-            jobs.publish(queue, message).await?;
-            rx.await.map_err(|_| Error::Closed)
+            let published = jobs.publish(queue, message).await;
+            if stale() {
+                return Err(RequestOutcome::Stale);
+            }
+            published.map_err(RequestOutcome::Failed)?;
+            rx.await.map_err(|_| RequestOutcome::Failed(Error::Closed))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout(timeout)),
+            Err(_) => Err(RequestOutcome::Failed(Error::Timeout(timeout))),
         }
     }
 
