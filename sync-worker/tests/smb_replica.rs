@@ -88,12 +88,15 @@ async fn safe_write_renames_over_the_target_only_if_it_is_unchanged() {
 async fn a_file_changed_while_read_fails_its_stream() {
     let (s, smb) = setup().await;
     let disk = s.share_dir().join("base/big.bin");
-    let data: Vec<u8> = (0..16u32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    // Far larger than what the reader fetches ahead (a few 4 MiB reads in flight), so the
+    // change below lands while most of the file is still unread: the stream is held back by
+    // this test not consuming it.
+    let data: Vec<u8> = (0..64u32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     std::fs::write(&disk, &data).unwrap();
 
     // Unchanged: the content streams whole.
     let read = drain(smb.read(&p("big.bin")).await.unwrap()).await.unwrap();
-    assert!(read == data);
+    assert!(read == data, "the unchanged file streams whole");
 
     // Changed after the read started (same size, new content and time): the stream ends
     // with SMB_CHANGED_DURING_READ, so nothing built from it can be committed.
@@ -106,7 +109,10 @@ async fn a_file_changed_while_read_fails_its_stream() {
     let f = std::fs::File::options().write(true).open(&disk).unwrap();
     f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
     drop(f);
-    let err = drain(stream).await.unwrap_err();
+    let err = match drain(stream).await {
+        Ok(v) => panic!("a file changed mid-read streamed to its end ({} bytes) without an error", v.len()),
+        Err(e) => e,
+    };
     assert_eq!(err.code, SMB_CHANGED_DURING_READ, "{err:?}");
 }
 

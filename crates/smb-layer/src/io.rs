@@ -161,12 +161,14 @@ async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration
 /// Whether the file behind `h` still has the size, times and id it had at open (asked on the
 /// handle, so a rename meanwhile does not matter; a write by anyone does).
 async fn still_same(h: &Handle, at_open: &DirEntry, timeout: Duration) -> Result<()> {
-    let (conn, file) = h.current().await?;
-    let info: smb::FileAllInformation = match tokio::time::timeout(timeout, file.query_info()).await {
-        Ok(r) => r.map_err(|e| lost_or(&conn, classify(e, &h.path)))?,
-        Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("query of {:?} timed out", h.path)))),
+    // A fresh stat by path once our handle is closed, not a query on that handle: Samba answers
+    // with the write time it recorded when the file was opened for as long as an open exists,
+    // so a file rewritten in place on the server's disk looked unchanged (same size, new
+    // content and times, reported as at open).
+    let now = match tokio::time::timeout(timeout, h.client.stat(&h.path)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(SmbError::lost(format!("stat of {:?} timed out", h.path))),
     };
-    let now = entry_of_all(&h.path, &info);
     let same = now.size == at_open.size
         && now.last_write_time == at_open.last_write_time
         && now.change_time == at_open.change_time
@@ -258,8 +260,10 @@ impl SmbClient {
         // After the content (or its first error): the check, then the close. An empty chunk
         // stands for "nothing to report" and is filtered out.
         let ended = futures::stream::once(async move {
-            let checked = if check_at_end { still_same(&h, &entry, timeout).await } else { Ok(()) };
+            // Closed first: while any open of the file exists, Samba reports the write time it
+            // recorded at open, so only a stat after our close sees an in-place rewrite.
             let _ = h.close().await;
+            let checked = if check_at_end { still_same(&h, &entry, timeout).await } else { Ok(()) };
             checked.map(|()| Bytes::new())
         });
         stream
