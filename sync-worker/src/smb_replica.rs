@@ -143,10 +143,10 @@ impl SmbReplica for SmbShare {
     }
 
     /// One open handle for the stat and the content: the layer's `read_checked` asks the
-    /// server about the file on the handle at open and again after the last byte, and fails
-    /// the stream's end (`SMB_CHANGED_DURING_READ`) if size, times or id differ. That is what
-    /// the separate stats before and after each read checked, in 2 queries instead of 2 stats
-    /// of 3-4 requests each.
+    /// server about the file on the handle at open and, after the last byte and the close,
+    /// stats it by path again, failing the stream's end (`SMB_CHANGED_DURING_READ`) if size,
+    /// times or id differ. That is what the separate stats before and after each read
+    /// checked, with one stat fewer.
     async fn open_read(&self, path: &RelPath) -> Result<Option<(SmbItem, ByteStream)>, ReplicaError> {
         let abs = self.root.abs(path);
         let (entry, inner) = match self.client.read_checked(&abs).await {
