@@ -126,16 +126,7 @@ pub async fn scan_smb(
                     // The root itself, or no path to protect: no safe snapshot.
                     return Err(e.into());
                 };
-                tracing::warn!(smb.path = %rel, error = %e, "folder not listed; its tracked content is kept as it was");
-                for s in base.entries.values().filter(|s| s.path.is_inside(&rel)) {
-                    scan.snapshot.items.entry(s.path.clone()).or_insert_with(|| carried(s));
-                }
-                scan.unreadable.push(FileIssue {
-                    path: rel,
-                    code: e.code().to_string(),
-                    message: e.to_string(),
-                    is_error: true,
-                });
+                keep_unlisted(&mut scan, base, rel, &e);
             }
         }
     }
@@ -190,6 +181,16 @@ pub(crate) fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled:
             }
         }
     }
+}
+
+/// A folder that could not be listed: its tracked content is carried over as it was (it must
+/// not look deleted), and the folder is reported.
+pub(crate) fn keep_unlisted(scan: &mut SmbScan, base: &BaseState, rel: RelPath, e: &SmbError) {
+    tracing::warn!(smb.path = %rel, error = %e, "folder not listed; its tracked content is kept as it was");
+    for s in base.entries.values().filter(|s| s.path.is_inside(&rel)) {
+        scan.snapshot.items.entry(s.path.clone()).or_insert_with(|| carried(s));
+    }
+    scan.unreadable.push(FileIssue { path: rel, code: e.code().to_string(), message: e.to_string(), is_error: true });
 }
 
 /// An item as the last synced state saw it.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use proto::v1;
 use smb_layer::{ChangeEvent, ChangeKind, SmbClient, SmbError, WalkOptions};
-use sync_engine::{BaseState, FileIssue, ItemKind, RelPath, Settings, SmbItem};
+use sync_engine::{BaseState, ItemKind, RelPath, Settings, SmbItem};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{smb_item, SmbRoot};
@@ -234,18 +234,7 @@ pub async fn scan_scoped(
     let mut out = ScopedScan::default();
     let mut looked = Looked::default();
     let mut respelled: Vec<(String, SmbItem)> = Vec::new();
-    let unreadable = |scan: &mut SmbScan, rel: RelPath, e: &SmbError| {
-        tracing::warn!(smb.path = %rel, error = %e, "folder not listed; its tracked content is kept as it was");
-        for s in base.entries.values().filter(|s| s.path.is_inside(&rel)) {
-            scan.snapshot.items.entry(s.path.clone()).or_insert_with(|| carried(s));
-        }
-        scan.unreadable.push(FileIssue {
-            path: rel,
-            code: e.code().to_string(),
-            message: e.to_string(),
-            is_error: true,
-        });
-    };
+    let unreadable = |scan: &mut SmbScan, rel: RelPath, e: &SmbError| crate::scan::keep_unlisted(scan, base, rel, e);
 
     // Walks.
     let pruned: Arc<Mutex<Vec<(String, SmbItem)>>> = Arc::default();

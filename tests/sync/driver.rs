@@ -120,6 +120,12 @@ impl Env {
     /// Sets DOS attributes over SMB (`+h`, `+s`, `-h`...), as a Windows admin would.
     pub fn setmode(&self, rel: &str, mode: &str) {
         self.chown_all();
+        self.smbclient(&format!("setmode \"{}\" {mode}", rel.replace('/', "\\")));
+    }
+
+    /// Runs `smbclient -c <cmd>` on the share as the service account (an SMB client other
+    /// than the workers); fails the test if the command fails.
+    pub fn smbclient(&self, cmd: &str) {
         let (d, u, p) = self.samba.service_account();
         let out = std::process::Command::new("smbclient")
             .arg("-p")
@@ -128,15 +134,11 @@ impl Env {
             .arg("-U")
             .arg(format!("{d}\\{u}%{p}"))
             .arg("-c")
-            .arg(format!("setmode \"{}\" {mode}", rel.replace('/', "\\")))
+            .arg(cmd)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "setmode {rel} {mode}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !all.contains("NT_STATUS_"), "smbclient {cmd}: {all}");
     }
 
     /// Creates a target share and a connector on the harness Samba; `extra` overrides fields.

@@ -38,19 +38,7 @@ async fn start(setup: Setup) -> Env {
 
 /// Runs `smbclient -c <cmd>` as the service account (a client other than the workers).
 fn smb(env: &Env, cmd: &str) {
-    let (d, u, p) = env.samba.service_account();
-    let out = std::process::Command::new("smbclient")
-        .arg("-p")
-        .arg(env.samba.port().to_string())
-        .arg(format!("//127.0.0.1/{}", env.samba.share_name()))
-        .arg("-U")
-        .arg(format!("{d}\\{u}%{p}"))
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !all.contains("NT_STATUS_"), "smbclient {cmd}: {all}");
+    env.smbclient(cmd);
 }
 
 /// Writes `data` to `rel` through SMB.
