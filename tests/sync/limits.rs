@@ -185,6 +185,9 @@ async fn a_hung_file_server_times_out_without_stalling_other_connectors() {
 
     // Its job, and a job whose server hangs mid-transfer, while the healthy one syncs.
     let hung_job = env.trigger(&hung).await;
+    // The slow server hangs once 72 MiB of its 128 MiB went through: mid-transfer, however
+    // fast the transfer goes.
+    stall.stall_after(72 << 20);
     let slow_job = env.trigger(&slow).await;
     env.wait_job_until(&slow, &slow_job, Duration::from_secs(60), "transferring", |j| {
         j["bytes_transferred"].as_i64().unwrap_or(0) > 0

@@ -53,6 +53,8 @@ struct Ctl {
     stalled: watch::Sender<bool>,
     /// With recording on: every byte of every connection, one tape per direction.
     tapes: Option<Mutex<Vec<Tape>>>,
+    /// Bytes still forwarded before everything stalls by itself (see `Proxy::stall_after`).
+    budget: std::sync::atomic::AtomicI64,
 }
 
 /// A fault-injecting TCP proxy in front of `upstream`. Dropping it closes its listener and
@@ -82,6 +84,7 @@ impl Proxy {
             live: Mutex::new(Vec::new()),
             stalled: watch::channel(false).0,
             tapes: record.then(|| Mutex::new(Vec::new())),
+            budget: std::sync::atomic::AtomicI64::new(i64::MAX),
         });
         let stop = Trip::new();
         tokio::spawn(accept_loop(listener, ctl.clone(), stop.clone()));
@@ -99,8 +102,15 @@ impl Proxy {
 
     /// Forwards again, and un-stalls.
     pub fn restore(&self) {
+        self.ctl.budget.store(i64::MAX, Ordering::SeqCst);
         self.ctl.mode.store(FORWARD, Ordering::SeqCst);
         self.ctl.stalled.send_replace(false);
+    }
+
+    /// Forwards `bytes` more (both directions together), then stalls as [`stall`](Self::stall)
+    /// does: a service that hangs in the middle of a transfer, however fast the transfer is.
+    pub fn stall_after(&self, bytes: u64) {
+        self.ctl.budget.store(bytes as i64, Ordering::SeqCst);
     }
 
     /// Closes every live connection (both ends), as a crash or a network cut would.
@@ -185,6 +195,10 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if ctl.budget.fetch_sub(n as i64, Ordering::SeqCst) <= n as i64 {
+            ctl.mode.store(STALL, Ordering::SeqCst);
+            ctl.stalled.send_replace(true);
+        }
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
         }
