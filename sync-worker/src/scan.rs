@@ -64,6 +64,28 @@ pub(crate) async fn check_root(client: &SmbClient, root: &SmbRoot) -> Result<(),
     }
 }
 
+/// Folders not walked into, with their server spelling: reparse points and excluded folders.
+pub(crate) type Pruned = Arc<Mutex<Vec<(String, SmbItem)>>>;
+
+/// Walk options that never descend into a reparse point (symlink, junction) nor an excluded
+/// folder; such a folder itself goes to `pruned`, so the planner sees it (and reports or
+/// forgets it).
+pub(crate) fn walk_options(root: &SmbRoot, settings: &Settings, pruned: &Pruned) -> WalkOptions {
+    let (pruned, root, settings) = (pruned.clone(), root.clone(), settings.clone());
+    let exclude = Arc::new(move |e: &smb_layer::DirEntry| {
+        let Some((rel, raw)) = root.split(&e.path) else {
+            return false;
+        };
+        let item = smb_item(rel, e);
+        if item.reparse || settings.filters.excludes_dir(&item, &settings) {
+            pruned.lock().unwrap().push((raw, item));
+            return true;
+        }
+        false
+    });
+    WalkOptions { exclude: Some(exclude), ..WalkOptions::default() }
+}
+
 /// Walks the SMB tree under `root`.
 pub async fn scan_smb(
     client: &SmbClient,
@@ -74,26 +96,8 @@ pub async fn scan_smb(
     mut on_entry: impl FnMut(u64),
 ) -> Result<SmbScan, ScanError> {
     check_root(client, root).await?;
-    let pruned: Arc<Mutex<Vec<(String, SmbItem)>>> = Arc::default();
-    let exclude = {
-        let pruned = pruned.clone();
-        let root = root.clone();
-        let settings = settings.clone();
-        Arc::new(move |e: &smb_layer::DirEntry| {
-            let Some((rel, raw)) = root.split(&e.path) else {
-                return false;
-            };
-            let item = smb_item(rel, e);
-            // Never descend into a reparse point (symlink, junction) nor an excluded folder;
-            // keep the folder itself so the planner sees it (and reports or forgets it).
-            if item.reparse || settings.filters.excludes_dir(&item, &settings) {
-                pruned.lock().unwrap().push((raw, item));
-                return true;
-            }
-            false
-        })
-    };
-    let opts = WalkOptions { exclude: Some(exclude), ..WalkOptions::default() };
+    let pruned: Pruned = Arc::default();
+    let opts = walk_options(root, settings, &pruned);
     let mut walk = std::pin::pin!(client.walk(root.as_str(), opts));
     let mut scan = SmbScan::default();
     // Entries whose name on the server is not in NFC (e.g. NFD, as macOS writes): they are

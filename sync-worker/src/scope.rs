@@ -16,11 +16,11 @@
 //! listed keeps its tracked content, exactly as in the full walk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use proto::v1;
-use smb_layer::{ChangeEvent, ChangeKind, SmbClient, SmbError, WalkOptions};
+use smb_layer::{ChangeEvent, ChangeKind, SmbClient, SmbError};
 use sync_engine::{BaseState, ItemKind, RelPath, Settings, SmbItem};
 use tokio_util::sync::CancellationToken;
 
@@ -237,7 +237,7 @@ pub async fn scan_scoped(
     let unreadable = |scan: &mut SmbScan, rel: RelPath, e: &SmbError| crate::scan::keep_unlisted(scan, base, rel, e);
 
     // Walks.
-    let pruned: Arc<Mutex<Vec<(String, SmbItem)>>> = Arc::default();
+    let pruned: crate::scan::Pruned = Arc::default();
     for raw in walks.clone() {
         if walks.iter().any(|w| inside(&raw, w)) {
             continue;
@@ -258,19 +258,7 @@ pub async fn scan_scoped(
         if !e.is_dir || item.reparse || settings.filters.excludes_dir(&item, settings) {
             continue;
         }
-        let exclude = {
-            let (pruned, root, settings) = (pruned.clone(), root.clone(), settings.clone());
-            Arc::new(move |e: &smb_layer::DirEntry| {
-                let Some((rel, raw)) = root.split(&e.path) else { return false };
-                let item = smb_item(rel, e);
-                if item.reparse || settings.filters.excludes_dir(&item, &settings) {
-                    pruned.lock().unwrap().push((raw, item));
-                    return true;
-                }
-                false
-            })
-        };
-        let opts = WalkOptions { exclude: Some(exclude), ..WalkOptions::default() };
+        let opts = crate::scan::walk_options(root, settings, &pruned);
         let mut walk = std::pin::pin!(client.walk(&abs, opts));
         loop {
             let next = tokio::select! {
