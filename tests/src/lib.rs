@@ -190,6 +190,12 @@ impl Drop for ApiProcess {
     }
 }
 
+/// The log filter of the worker and api-server processes tests start: `TEST_PROCESS_LOG` when
+/// set (e.g. `info,smb_layer=debug` to see SMB credits while chasing a stall), else `info`.
+pub fn process_log_filter() -> String {
+    std::env::var("TEST_PROCESS_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
 /// A binary of this workspace, next to the test executable's directory (`cargo test
 /// --workspace` builds every package's binaries before running tests).
 pub fn bin_path(name: &str) -> PathBuf {
@@ -272,7 +278,7 @@ impl TestServer {
             .env("SCAIDRIVE_WATCH", if self.state.config.embedded_watch { "1" } else { "0" })
             .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", process_log_filter())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -297,7 +303,7 @@ impl TestServer {
             .env("SCAIDRIVE_WATCH", if self.state.config.embedded_watch { "1" } else { "0" })
             .env("SCAIDRIVE_LEASE_TTL_SECS", "10")
             .env("SCAIDRIVE_WORKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", process_log_filter())
             .env_remove("SCAIDRIVE_CRASH_AT");
         for (k, v) in &opts.env {
             cmd.env(k, v);
@@ -335,7 +341,7 @@ impl TestServer {
             ("SCAIDRIVE_LISTEN".to_string(), format!("127.0.0.1:{http}")),
             ("SCAIDRIVE_GRPC_LISTEN".to_string(), format!("127.0.0.1:{grpc}")),
             ("SCAIDRIVE_SCHEDULER_TICK_MS".to_string(), "1000".to_string()),
-            ("RUST_LOG".to_string(), "info".to_string()),
+            ("RUST_LOG".to_string(), process_log_filter()),
         ];
         ApiProcess {
             url: format!("http://127.0.0.1:{http}"),

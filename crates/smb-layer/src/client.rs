@@ -12,7 +12,7 @@
 //! a library type escape the crate.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,15 @@ pub(crate) mod am {
 /// quarter of that leaves room for what is in flight.
 const LOST_CREDITS_LIMIT: u64 = 2048;
 
+/// Credits a read or write leaves unreserved on its connection for the small requests (opens,
+/// stats, listing pages) of other operations, on top of one per open transfer handle (its close).
+const KEEP_CREDITS: i64 = 4;
+
+/// How long an operation may wait while its connection has no credit and nothing in flight
+/// that could bring one (so its request is queued in the library for ever) before it is
+/// abandoned as if the connection were lost.
+const DRY_GRACE: Duration = Duration::from_millis(300);
+
 pub(crate) fn access(bits: u32) -> FileAccessMask {
     FileAccessMask::from_bytes(bits.to_le_bytes())
 }
@@ -63,6 +72,8 @@ pub(crate) struct Conn {
     pub(crate) credits: Arc<CreditStats>,
     broken: AtomicBool,
     starved: AtomicBool,
+    /// Streamed-transfer handles open on this connection; each keeps a credit for its close.
+    handles: AtomicI64,
     pub(crate) max_read: u32,
     pub(crate) max_write: u32,
     pub(crate) max_transact: u32,
@@ -74,9 +85,18 @@ impl Conn {
         !self.broken.load(Ordering::SeqCst) && !self.starved.load(Ordering::SeqCst) && !self.worn_out()
     }
 
-    /// Too many credits lost, or no credits left with nothing in flight to bring more.
+    /// Too many credits lost, or too few left (beyond those kept for the closes of open
+    /// transfers) with nothing in flight that could bring more.
     pub(crate) fn worn_out(&self) -> bool {
-        self.credits.lost() >= LOST_CREDITS_LIMIT || (self.credits.available() < 1 && self.credits.outstanding() <= 0)
+        let c = &self.credits;
+        c.lost() >= LOST_CREDITS_LIMIT
+            || (c.available() - c.reserved() - self.handles() < 1 && c.outstanding_sync() <= 0)
+    }
+
+    /// No credit to send anything and nothing in flight: a request handed to the library now
+    /// waits inside it for ever.
+    pub(crate) fn dry(&self, need: i64) -> bool {
+        self.credits.available() < need && self.credits.outstanding() <= 0
     }
 
     pub(crate) fn mark_broken(&self) {
@@ -85,29 +105,58 @@ impl Conn {
         }
     }
 
+    fn retire(&self, why: &'static str) {
+        if !self.starved.swap(true, Ordering::SeqCst) {
+            info!(
+                smb.conn = self.id,
+                available = self.credits.available(),
+                lost = self.credits.lost(),
+                interim = self.credits.interim_responses(),
+                "{why}; retiring the SMB connection"
+            );
+        }
+    }
+
+    /// Whether this connection was retired for want of credits (not for a server fault): a
+    /// request abandoned on it had not been sent and may be sent again elsewhere.
+    pub(crate) fn ran_dry(&self) -> bool {
+        self.starved.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn handles(&self) -> i64 {
+        self.handles.load(Ordering::SeqCst)
+    }
+
+    /// A transfer handle was opened on (`+1`) or left (`-1`) this connection.
+    pub(crate) fn count_handle(&self, delta: i64) {
+        self.handles.fetch_add(delta, Ordering::SeqCst);
+    }
+
+    /// Stops the connection at once (its open handles close with it on the server).
+    pub(crate) async fn shut(&self) {
+        self.mark_broken();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.connection.close()).await;
+    }
+
     /// Reserves `charge` credits for a read/write about to be issued: waits until the library has
-    /// that many to spend that no other transfer has reserved, so that a request is never
-    /// queued behind credits that will not come. Returns `Ok(false)` (and retires the
-    /// connection for new work) when it starved: too few credits and nothing in flight that
-    /// could bring more. The caller then moves to a fresh connection.
+    /// that many to spend that no other transfer has reserved, beyond those kept for small
+    /// requests and closes, so that a request is never queued behind credits that will not
+    /// come. Returns `Ok(false)` (and retires the connection for new work) when it starved or
+    /// broke: too few credits and nothing in flight that could bring more. The caller then
+    /// moves to a fresh connection.
     pub(crate) async fn wait_credits(&self, charge: i64, limit: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if self.broken.load(Ordering::SeqCst) {
-                return Err(SmbError::lost("connection was marked broken"));
+                return Ok(false);
             }
-            if self.credits.try_reserve(charge) {
+            let keep = KEEP_CREDITS + self.handles();
+            if self.credits.try_reserve(charge, keep) {
                 return Ok(true);
             }
-            if self.credits.available() < charge && self.credits.outstanding() <= 0 && self.credits.reserved() <= 0 {
-                info!(
-                    smb.conn = self.id,
-                    available = self.credits.available(),
-                    lost = self.credits.lost(),
-                    interim = self.credits.interim_responses(),
-                    "SMB connection starved of credits; retiring it"
-                );
-                self.starved.store(true, Ordering::SeqCst);
+            let c = &self.credits;
+            if c.available() - keep < charge && c.outstanding_sync() <= 0 && c.reserved() <= 0 {
+                self.retire("SMB connection starved of credits");
                 return Ok(false);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -115,6 +164,40 @@ impl Conn {
                 return Err(SmbError::lost("timed out waiting for SMB credits"));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Runs one library call on this connection under `limit`, abandoning it early (as a lost
+    /// connection, which retires this one) when the connection has gone dry: fewer than `need`
+    /// credits and nothing in flight, so the call's request can never be sent.
+    pub(crate) async fn guard<T, F>(&self, limit: Duration, need: i64, what: impl Fn() -> String, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let mut fut = std::pin::pin!(fut);
+        let deadline = tokio::time::sleep(limit);
+        let mut deadline = std::pin::pin!(deadline);
+        let mut dry_since: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => return r,
+                _ = &mut deadline => return Err(SmbError::lost(format!("{} timed out after {limit:?}", what()))),
+                _ = tick.tick() => {
+                    if !self.dry(need) {
+                        dry_since = None;
+                        continue;
+                    }
+                    let since = *dry_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= DRY_GRACE {
+                        self.retire("SMB connection ran out of credits with nothing in flight");
+                        self.mark_broken();
+                        return Err(SmbError::lost(format!("{}: the SMB connection ran out of credits", what())));
+                    }
+                }
+            }
         }
     }
 }
@@ -323,6 +406,7 @@ impl SmbClient {
             credits,
             broken: AtomicBool::new(false),
             starved: AtomicBool::new(false),
+            handles: AtomicI64::new(0),
             max_read,
             max_write,
             max_transact,
@@ -351,13 +435,7 @@ impl SmbClient {
         let _permit = self.inner.ops.acquire().await.map_err(|_| SmbError::other("client closed"))?;
         let conn = self.conn().await?;
         let limit = self.inner.cfg.timeouts.request;
-        let res = match tokio::time::timeout(limit, f(conn.clone())).await {
-            Ok(r) => r,
-            Err(_) => Err(SmbError::ConnectionLost {
-                detail: format!("request on {path:?} timed out after {limit:?}"),
-                status: None,
-            }),
-        };
+        let res = conn.guard(limit, 1, || format!("request on {path:?}"), f(conn.clone())).await;
         if let Err(e) = &res {
             if e.is_connection_lost() {
                 warn!(smb.conn = conn.id, smb.path = %path, error = %e, "SMB connection lost");

@@ -61,9 +61,7 @@ impl Handle {
             access,
             smb::FileAttributes::new(),
         );
-        let r = tokio::time::timeout(client.inner.cfg.timeouts.request, fut)
-            .await
-            .map_err(|_| SmbError::lost(format!("opening {path:?} timed out")))??;
+        let r = conn.guard(client.inner.cfg.timeouts.request, 1, || format!("opening {path:?}"), fut).await?;
         match r {
             Resource::File(f) => Ok(f),
             _ => Err(SmbError::Other { detail: format!("{path:?} is not a file"), status: None }),
@@ -71,25 +69,47 @@ impl Handle {
     }
 
     /// The (connection, file) to use for the next request, moving to a fresh connection first
-    /// if the current one should not take new requests.
+    /// if the current one should not take new requests. The handle on the old connection is
+    /// let go without a close when that connection is dry (the close could never be sent);
+    /// the server closes it with the connection.
     async fn current(&self) -> Result<(Arc<Conn>, Arc<File>)> {
         let mut cur = self.cur.lock().await;
         if !cur.0.usable() {
-            let old = cur.0.id;
+            let old = cur.0.clone();
             let conn = self.client.conn().await?;
             let file = Handle::open(&self.client, &conn, &self.path, self.write, false).await?;
-            info!(smb.path = %self.path, from = old, to = conn.id, "transfer moved to a fresh connection");
+            conn.count_handle(1);
+            info!(smb.path = %self.path, from = old.id, to = conn.id, "transfer moved to a fresh connection");
             *cur = (conn, Arc::new(file));
+            old.count_handle(-1);
         }
         Ok(cur.clone())
     }
 
+    /// Closes the file. On a connection that can no longer send anything (dry or broken), the
+    /// connection is shut instead, which closes the file on the server too: waiting for a
+    /// credit that will not come would hang, and a handle left open would keep the file open.
     async fn close(&self) -> Result<()> {
         let cur = self.cur.lock().await;
+        let (conn, file) = (&cur.0, &cur.1);
+        conn.count_handle(-1);
+        if conn.dry(1) {
+            debug!(smb.path = %self.path, smb.conn = conn.id, "no credit left to close the file; shutting its connection");
+            conn.shut().await;
+            return Ok(());
+        }
         let t = self.client.inner.cfg.timeouts.request;
-        match tokio::time::timeout(t, cur.1.close()).await {
-            Ok(r) => r.map_err(|e| classify(e, &self.path)),
-            Err(_) => Err(SmbError::lost("close timed out")),
+        let r = conn.guard(t, 1, || format!("close of {:?}", self.path), async {
+            file.close().await.map_err(|e| classify(e, &self.path))
+        });
+        match r.await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_connection_lost() => {
+                // The handle may still be open on the server: take the connection down with it.
+                conn.shut().await;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -115,12 +135,19 @@ async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) 
             }
             continue; // current() moves to a fresh connection
         }
-        let r = tokio::time::timeout(timeout, file.read_block(&mut buf[filled..], offset + filled as u64, None, false))
-            .await;
-        let n = match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(lost_or(&conn, classify_io(e, &h.path))),
-            Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("read of {:?} timed out", h.path)))),
+        let read = async { file.read_block(&mut buf[filled..], offset + filled as u64, None, false).await };
+        let r = conn.guard(timeout, charge(want), || format!("read of {:?}", h.path), async {
+            read.await.map_err(|e| classify_io(e, &h.path))
+        });
+        let n = match r.await {
+            Ok(n) => n,
+            Err(_) if conn.ran_dry() && moves < MAX_MOVES => {
+                // Nothing was read: the same range again, on a fresh connection.
+                conn.mark_broken();
+                moves += 1;
+                continue;
+            }
+            Err(e) => return Err(lost_or(&conn, e)),
         };
         if n == 0 {
             break; // end of file (it shrank since we asked its size)
@@ -144,11 +171,19 @@ async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration
             continue; // current() moves to a fresh connection
         }
         let part: Arc<[u8]> = Arc::from(&data[done..]);
-        let r = tokio::time::timeout(timeout, file.write_block_zc(part, offset + done as u64, None)).await;
-        let n = match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(lost_or(&conn, classify_io(e, &h.path))),
-            Err(_) => return Err(lost_or(&conn, SmbError::lost(format!("write to {:?} timed out", h.path)))),
+        let need = charge(part.len());
+        let r = conn.guard(timeout, need, || format!("write to {:?}", h.path), async {
+            file.write_block_zc(part, offset + done as u64, None).await.map_err(|e| classify_io(e, &h.path))
+        });
+        let n = match r.await {
+            Ok(n) => n,
+            Err(_) if conn.ran_dry() && moves < MAX_MOVES => {
+                // Writing the same bytes at the same offset again is harmless.
+                conn.mark_broken();
+                moves += 1;
+                continue;
+            }
+            Err(e) => return Err(lost_or(&conn, e)),
         };
         if n == 0 {
             return Err(SmbError::other(format!("server wrote 0 bytes to {:?}", h.path)));
@@ -199,6 +234,7 @@ impl SmbClient {
                 Ok((conn, file, entry_of_all(&p, &info)))
             })
             .await?;
+        conn.count_handle(1);
         let h = Handle { client: self.clone(), path, write, cur: Mutex::new((conn, Arc::new(file))) };
         Ok((Arc::new(h), entry))
     }

@@ -131,30 +131,25 @@ impl SmbClient {
         let _permit = self.inner.ops.acquire().await.map_err(|_| SmbError::other("client closed"))?;
         let conn = self.conn().await?;
         let res = async {
-            let r = tokio::time::timeout(
-                idle,
-                SmbClient::open_on(
-                    &conn,
-                    &path,
-                    CreateDisposition::Open,
-                    CreateOptions::new().with_directory_file(true),
-                    am::READ_DATA | am::READ_ATTRIBUTES,
-                    smb::FileAttributes::new(),
-                ),
-            )
-            .await
-            .map_err(|_| SmbError::lost(format!("opening {path:?} timed out")))??;
+            let open = SmbClient::open_on(
+                &conn,
+                &path,
+                CreateDisposition::Open,
+                CreateOptions::new().with_directory_file(true),
+                am::READ_DATA | am::READ_ATTRIBUTES,
+                smb::FileAttributes::new(),
+            );
+            let r = conn.guard(idle, 1, || format!("opening {path:?}"), open).await?;
             let dir = match r {
                 Resource::Directory(d) => Arc::new(d),
                 _ => return Err(SmbError::NotADirectory { path: path.clone(), status: None }),
             };
             let buffer = conn.max_transact.clamp(4096, 256 * 1024);
             let task = listing_runtime().spawn(drain(dir.clone(), path.clone(), idle, buffer));
-            let entries = match tokio::time::timeout(whole, task).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(join)) => Err(SmbError::other(format!("listing task failed: {join}"))),
-                Err(_) => Err(SmbError::lost(format!("listing of {path:?} exceeded {whole:?}"))),
+            let task = async {
+                task.await.unwrap_or_else(|join| Err(SmbError::other(format!("listing task failed: {join}"))))
             };
+            let entries = conn.guard(whole, 1, || format!("listing of {path:?}"), task).await;
             // Close in the background: the listing is what matters.
             let closer = dir.clone();
             tokio::spawn(async move {

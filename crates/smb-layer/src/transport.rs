@@ -10,9 +10,10 @@
 //!
 //! Must never alter a message: it only reads headers.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -44,6 +45,9 @@ pub struct CreditStats {
     sent: AtomicU64,
     /// Credits promised to read/write requests about to be sent (see [`CreditStats::try_reserve`]).
     reserved: AtomicI64,
+    /// Message ids of requests that got an interim response and await their final one: their
+    /// credits were granted (and lost) in the interim, so their final response brings none.
+    gone_async: Mutex<HashSet<u64>>,
 }
 
 impl CreditStats {
@@ -73,14 +77,23 @@ impl CreditStats {
         self.sent.load(Ordering::SeqCst)
     }
 
+    /// Requests in flight whose final response can still grant credits (those that went async
+    /// got theirs in the interim response, which the library drops).
+    pub fn outstanding_sync(&self) -> i64 {
+        self.outstanding() - self.gone_async.lock().map(|s| s.len() as i64).unwrap_or(0)
+    }
+
     /// Reserves `charge` credits for a READ or WRITE that the caller is about to issue, if
-    /// that many are free (available minus already reserved). The reservation is consumed
-    /// when a READ/WRITE goes out. Concurrent transfers therefore never queue inside the
-    /// library for credits that might never come back.
-    pub fn try_reserve(&self, charge: i64) -> bool {
+    /// that many are free beyond `keep` (available minus already reserved minus `keep`). The
+    /// reservation is consumed when a READ/WRITE goes out. Concurrent transfers therefore never
+    /// queue inside the library for credits that might never come back, and the `keep` credits
+    /// stay for the small requests (opens, closes, stats) that must still get through.
+    pub fn try_reserve(&self, charge: i64, keep: i64) -> bool {
         let available = self.available();
         self.reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| (available - r >= charge).then_some(r + charge))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                (available - r - keep >= charge).then_some(r + charge)
+            })
             .is_ok()
     }
 
@@ -120,7 +133,15 @@ impl CreditStats {
         if status == STATUS_PENDING && flags & FLAG_ASYNC != 0 {
             self.interim.fetch_add(1, Ordering::Relaxed);
             self.lost.fetch_add(granted as u64, Ordering::SeqCst);
+            if let Ok(mut set) = self.gone_async.lock() {
+                set.insert(message_id);
+            }
             return;
+        }
+        if flags & FLAG_ASYNC != 0 {
+            if let Ok(mut set) = self.gone_async.lock() {
+                set.remove(&message_id);
+            }
         }
         self.available.fetch_add(granted, Ordering::SeqCst);
         self.outstanding.fetch_sub(1, Ordering::SeqCst);
@@ -288,5 +309,53 @@ impl SmbTransportWrite for Writer {
             Ok(())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An SMB2 header: `command`, `credits` (charge on a request, granted on a response),
+    /// `status`, `async` flag and message id.
+    fn header(command: u16, credits: u16, status: u32, is_async: bool, id: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[0..4].copy_from_slice(b"\xFESMB");
+        h[8..12].copy_from_slice(&status.to_le_bytes());
+        h[12..14].copy_from_slice(&command.to_le_bytes());
+        h[6..8].copy_from_slice(&credits.to_le_bytes()); // request: credit charge
+        h[14..16].copy_from_slice(&credits.to_le_bytes()); // response: credits granted
+        let flags: u32 = if is_async { FLAG_ASYNC | 1 } else { 1 };
+        h[16..20].copy_from_slice(&flags.to_le_bytes());
+        h[24..32].copy_from_slice(&id.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn credits_granted_in_interim_responses_are_counted_lost_and_their_request_brings_none() {
+        let s = CreditStats::new();
+        s.on_send(&header(0, 1, 0, false, 0));
+        s.on_receive(&header(0, 101, 0, false, 0)); // a sync response granting 101
+        assert_eq!((s.available(), s.outstanding()), (101, 0));
+        assert!(s.try_reserve(64, 4));
+        assert!(!s.try_reserve(64, 4), "only 37 left unreserved");
+        s.on_send(&header(SMB2_READ, 64, 0, false, 1));
+        assert_eq!((s.available(), s.reserved(), s.outstanding_sync()), (37, 0, 1));
+        // The read goes async: its credits come (and are lost) in the interim response.
+        s.on_receive(&header(SMB2_READ, 64, STATUS_PENDING, true, 1));
+        assert_eq!((s.lost(), s.outstanding(), s.outstanding_sync()), (64, 1, 0));
+        // Its final response grants nothing and leaves nothing outstanding.
+        s.on_receive(&header(SMB2_READ, 0, 0, true, 1));
+        assert_eq!((s.available(), s.outstanding(), s.outstanding_sync()), (37, 0, 0));
+    }
+
+    #[test]
+    fn reads_never_reserve_the_credits_kept_for_small_requests() {
+        let s = CreditStats::new();
+        s.on_send(&header(0, 1, 0, false, 0));
+        s.on_receive(&header(0, 68, 0, false, 0));
+        assert_eq!(s.available(), 68);
+        assert!(!s.try_reserve(64, 5), "68 - 5 kept < 64");
+        assert!(s.try_reserve(64, 4));
     }
 }

@@ -92,3 +92,36 @@ async fn measure_library_transport_without_nodelay() {
 async fn client_for_compare(s: &samba_harness::SambaServer) -> SmbClient {
     client(s).await
 }
+
+/// Read and write rates by request size and depth, with the interim responses (each one loses
+/// its credits, see `transport.rs`) and the connections it took: what the defaults in
+/// `Limits` rest on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_request_sizes() {
+    let s = samba();
+    let setup = client(&s).await;
+    setup.mkdir("m").await.unwrap();
+    let mib = 256;
+    let data = pseudo_random(5, mib * 1024 * 1024);
+    for (chunk_kib, depth) in [(256, 8), (512, 8), (1024, 4), (4096, 4), (256, 8), (512, 8), (1024, 4), (4096, 4)] {
+        let mut cfg = config(&s);
+        cfg.limits.io_chunk = chunk_kib * 1024;
+        cfg.limits.io_depth = depth;
+        cfg.limits.connections = 1;
+        let c = SmbClient::connect(cfg).await.unwrap();
+        let t = Instant::now();
+        c.write_all("m/sizes.bin", data.clone()).await.unwrap();
+        let w = mib as f64 / t.elapsed().as_secs_f64();
+        let after_write = c.stats().await;
+        let t = Instant::now();
+        let back = c.read_to_vec("m/sizes.bin").await.unwrap();
+        let r = mib as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(back.len(), data.len());
+        let st = c.stats().await;
+        println!(
+            "{chunk_kib:>5} KiB x {depth}: write {w:>5.0} MiB/s, read {r:>5.0} MiB/s; interim responses {} (write {}), connections {}",
+            st.interim_responses, after_write.interim_responses, st.connections_made
+        );
+    }
+}
