@@ -222,6 +222,24 @@ impl Env {
             .await
     }
 
+    /// Waits until no job of the connector is queued or running (runs handed back by a worker
+    /// that lost its lease, or queued by the scheduler, included).
+    pub async fn wait_idle(&self, c: &Conn, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let jobs = self.jobs(c).await;
+            if jobs.iter().all(|j| TERMINAL.contains(&j["status"].as_str().unwrap_or(""))) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "jobs not terminal within {timeout:?}: {jobs:#?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Triggers a run and waits for its end; returns the job.
     pub async fn sync_and_wait(&self, c: &Conn) -> Value {
         let id = self.trigger(c).await;

@@ -9,11 +9,14 @@
 //!   process of its own), many rounds: one winner per round, tokens strictly growing, and the
 //!   loser of a takeover cannot renew or write.
 //!
+//! - workers with skewed clocks (libfaketime): one whose clocks run at 5 % speed loses its
+//!   lease to the api-server's clock and is taken over; ones three hours ahead and behind
+//!   run jobs normally and never hold a lease while another is live.
+//!
 //! Clock skew: lease expiry is decided by the api-server alone (`expires_at = now + ttl` in
 //! its own clock, checked in the same statement as every write); a worker sends only a
 //! duration and times its renewals on a monotonic clock, so a worker's wall clock cannot
-//! extend or steal a lease. This machine has no libfaketime, so skewed worker clocks are
-//! not simulated; docs/RELIABILITY.md says what replicas' clocks must satisfy.
+//! extend or steal a lease. docs/RELIABILITY.md says what replicas' clocks must satisfy.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -90,10 +93,8 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for (_, c, job, _) in &conns {
-        if let Some(j) = job {
-            env.wait_job(c, j, Duration::from_secs(120)).await;
-        }
+    for (_, c, _, _) in &conns {
+        env.wait_idle(c, Duration::from_secs(120)).await;
     }
     // Both workers are alive: the frozen ones gave up their runs, not their lives.
     for w in env.workers.iter_mut() {
@@ -119,8 +120,19 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
         }
     }
 
-    // The lease records: per connector, by token, a lease is acquired only after the one
-    // before was released or had expired, and acquisition times grow with the token.
+    let (rows, takeovers) = lease_history(&env).await;
+    let gave_up = env.workers.iter().filter(|w| w.log().contains("lease lost")).count();
+    println!("lease stress: {freezes} freezes, {runs} runs, {} leases, {takeovers} takeovers, {gave_up} workers gave a run up", rows.len());
+    assert!(takeovers > 0, "no pause outlasted a lease: the test proved nothing (make it longer)");
+    assert!(gave_up > 0, "no frozen worker noticed it lost its lease\n{}", env.logs());
+    env.finish().await;
+}
+
+/// The lease records, checked: per connector, by token, a lease is acquired only after the one
+/// before was released or had expired, and acquisition times grow with the token. Returns
+/// the rows and the number of takeovers (a lease that was neither released nor renewed,
+/// followed by another worker's).
+async fn lease_history(env: &Env) -> (Vec<LeaseRow>, usize) {
     let rows: Vec<LeaseRow> = sqlx::query_as(
         "SELECT connector_id, fencing_token, acquired_at, expires_at, released, worker_id FROM leases
          ORDER BY connector_id, fencing_token",
@@ -152,10 +164,102 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
             }
         }
     }
-    let gave_up = env.workers.iter().filter(|w| w.log().contains("lease lost")).count();
-    println!("lease stress: {freezes} freezes, {runs} runs, {} leases, {takeovers} takeovers, {gave_up} workers gave a run up", rows.len());
-    assert!(takeovers > 0, "no pause outlasted a lease: the test proved nothing (make it longer)");
-    assert!(gave_up > 0, "no frozen worker noticed it lost its lease\n{}", env.logs());
+    (rows, takeovers)
+}
+
+/// libfaketime's preload library for multi-threaded programs (Debian's `libfaketime`
+/// package, which `.ci/run` installs).
+fn faketime_library() -> String {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ];
+    candidates
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| panic!("libfaketime is missing (apt-get install libfaketime; .ci/run does): {candidates:?}"))
+        .to_string()
+}
+
+/// A worker whose clocks libfaketime skews: `faketime` is a FAKETIME spec, e.g. `+3h` (wall
+/// clock three hours ahead) or `+0 x0.05` (wall and monotonic clocks at 5 % speed).
+fn skewed_worker(env: &Env, id: &str, faketime: &str) -> e2e_tests::WorkerProcess {
+    let opts = e2e_tests::WorkerOptions {
+        control_plane_url: None,
+        env: vec![
+            ("LD_PRELOAD".to_string(), faketime_library()),
+            ("FAKETIME".to_string(), faketime.to_string()),
+            ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+        ],
+    };
+    env.srv.spawn_worker_with(id, &opts)
+}
+
+/// Workers with skewed clocks (libfaketime): a worker whose clocks run at 5 % speed holds
+/// a job far longer than its 10 s lease by its own reckoning, so it renews too late; the
+/// api-server, which alone decides expiry, lets the lease lapse, refuses the slow worker's
+/// next write, and another worker takes the job over. Workers whose wall clocks are three
+/// hours ahead and behind run jobs like any other and never get a lease while another is
+/// live. The lease records prove it, and the tree converges with nothing duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_worker_clocks_cannot_extend_or_steal_a_lease() {
+    let mut env = Env::start(Setup::Distributed).await;
+    env.workers.clear(); // the two default workers: replaced by skewed ones
+                         // Many small files: a run of a few tens of seconds, whatever the machine's disk.
+    for i in 0..1200 {
+        env.write(&format!("slow/d{:02}/f{i:04}.txt", i % 12), format!("slow file {i}").as_bytes());
+    }
+    for i in 0..20 {
+        env.write(&format!("quick/q{i:02}.txt"), format!("quick file {i}").as_bytes());
+    }
+    env.chown_all();
+    let slow_conn = env.connector(json!({"base_path": "slow"})).await;
+    let quick_conn = env.connector(json!({"base_path": "quick"})).await;
+
+    // The slow worker alone takes the big run.
+    env.workers.push(skewed_worker(&env, "w-slow", "+0 x0.05"));
+    let job = env.trigger(&slow_conn).await;
+    let j = crate::failures::wait_running(&env, &slow_conn, &job).await;
+    assert_eq!(j["worker"], "w-slow", "{j:#}");
+    // Then the wall-clock-skewed ones join.
+    env.workers.push(skewed_worker(&env, "w-ahead", "+3h"));
+    env.workers.push(skewed_worker(&env, "w-behind", "-3h"));
+
+    let j = env.wait_job(&slow_conn, &job, Duration::from_secs(240)).await;
+    assert_eq!(j["status"], "completed", "{j:#}\n{}", env.logs());
+    assert_ne!(j["worker"], "w-slow", "another worker took the run over: {j:#}\n{}", env.logs());
+    let slow_log = env.workers[0].log();
+    assert!(
+        slow_log.contains("LEASE_EXPIRED") || slow_log.contains("LEASE_STALE") || slow_log.contains("lease lost"),
+        "the slow worker was told its lease was gone:\n{slow_log}"
+    );
+
+    env.wait_idle(&slow_conn, Duration::from_secs(120)).await;
+    // Runs back to back on both connectors, served by whichever worker takes them.
+    let mut served_by = BTreeMap::<String, usize>::new();
+    for round in 0..6 {
+        let (c, dir) = if round % 2 == 0 { (&quick_conn, "quick") } else { (&slow_conn, "slow") };
+        env.write(&format!("{dir}/round-{round}.txt"), format!("round {round}").as_bytes());
+        env.chown_all();
+        let j = env.sync_ok(c).await;
+        *served_by.entry(j["worker"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    for (c, base) in [(&slow_conn, "slow"), (&quick_conn, "quick")] {
+        env.assert_mirrored(c, base, no_skip).await;
+        for j in env.jobs(c).await {
+            assert!(TERMINAL.contains(&j["status"].as_str().unwrap()), "{j:#}");
+        }
+    }
+    let (rows, takeovers) = lease_history(&env).await;
+    let slow_taken_over =
+        rows.windows(2).any(|w| w[0].0 == w[1].0 && w[0].5 == "w-slow" && w[0].4 == 0 && w[1].5 != "w-slow");
+    println!("skewed clocks: {} leases, {takeovers} takeovers, later runs served by {served_by:?}", rows.len());
+    assert!(slow_taken_over, "the slow worker's lapsed lease was taken over: {rows:#?}");
+    assert!(
+        served_by.keys().any(|w| w == "w-ahead" || w == "w-behind"),
+        "a wall-clock-skewed worker ran jobs: {served_by:?}"
+    );
     env.finish().await;
 }
 
