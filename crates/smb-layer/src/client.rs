@@ -74,6 +74,8 @@ pub(crate) struct Conn {
     starved: AtomicBool,
     /// Streamed-transfer handles open on this connection; each keeps a credit for its close.
     handles: AtomicI64,
+    /// A call on it ran into its timeout: the server (or the path to it) hangs.
+    hung: AtomicBool,
     pub(crate) max_read: u32,
     pub(crate) max_write: u32,
     pub(crate) max_transact: u32,
@@ -121,6 +123,14 @@ impl Conn {
     /// request abandoned on it had not been sent and may be sent again elsewhere.
     pub(crate) fn ran_dry(&self) -> bool {
         self.starved.load(Ordering::SeqCst)
+    }
+
+    /// Whether a transfer request that failed on this connection with `e` may be sent again on
+    /// a fresh one: the connection ran dry (the request was never sent), or it broke (reset,
+    /// a response that failed its signature check) without hanging. A hung server gets no
+    /// second chance: each retry would wait out the timeout again.
+    pub(crate) fn retry_elsewhere(&self, e: &SmbError) -> bool {
+        self.ran_dry() || (e.is_connection_lost() && !self.hung.load(Ordering::SeqCst))
     }
 
     pub(crate) fn handles(&self) -> i64 {
@@ -184,7 +194,10 @@ impl Conn {
             tokio::select! {
                 biased;
                 r = &mut fut => return r,
-                _ = &mut deadline => return Err(SmbError::lost(format!("{} timed out after {limit:?}", what()))),
+                _ = &mut deadline => {
+                    self.hung.store(true, Ordering::SeqCst);
+                    return Err(SmbError::lost(format!("{} timed out after {limit:?}", what())));
+                }
                 _ = tick.tick() => {
                     if !self.dry(need) {
                         dry_since = None;
@@ -407,6 +420,7 @@ impl SmbClient {
             broken: AtomicBool::new(false),
             starved: AtomicBool::new(false),
             handles: AtomicI64::new(0),
+            hung: AtomicBool::new(false),
             max_read,
             max_write,
             max_transact,

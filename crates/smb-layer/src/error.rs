@@ -354,6 +354,10 @@ pub(crate) fn classify_io(e: std::io::Error, path: &str) -> SmbError {
         || raw.contains("Not connected")
         || raw.contains("Transport error")
         || raw.contains("timed out")
+        // The library's connection worker is gone (reset, closed), or a response could not be
+        // decrypted or failed its signature check: this connection is not to be trusted.
+        || raw.contains("Message processing failed")
+        || raw.contains("Unable to transform message")
     {
         return SmbError::ConnectionLost { detail, status: None };
     }
@@ -387,6 +391,18 @@ mod tests {
             Some(0xC000_0022)
         );
         assert_eq!(status_in_text("no status 0x12"), None);
+    }
+
+    #[test]
+    fn a_dead_connection_worker_or_a_bad_signature_in_a_flattened_io_error_is_a_lost_connection() {
+        for text in [
+            "Message processing failed. Failed to send message to worker!",
+            "Unable to transform message: Failed to transform incoming message: SignVerify - Failed to verify incoming message!",
+        ] {
+            let e = classify_io(std::io::Error::other(text), "a.bin");
+            assert!(e.is_connection_lost(), "{text}: {e:?}");
+        }
+        assert!(!classify_io(std::io::Error::other("disk quota"), "a.bin").is_connection_lost());
     }
 
     #[test]

@@ -141,8 +141,9 @@ async fn read_chunk(h: Arc<Handle>, offset: u64, len: usize, timeout: Duration) 
         });
         let n = match r.await {
             Ok(n) => n,
-            Err(_) if conn.ran_dry() && moves < MAX_MOVES => {
-                // Nothing was read: the same range again, on a fresh connection.
+            Err(e) if moves < MAX_MOVES && conn.retry_elsewhere(&e) => {
+                // Reading the same range again, on a fresh connection, is harmless.
+                info!(smb.path = %h.path, smb.conn = conn.id, error = %e, "read moves to a fresh connection");
                 conn.mark_broken();
                 moves += 1;
                 continue;
@@ -177,8 +178,9 @@ async fn write_chunk(h: Arc<Handle>, offset: u64, data: Bytes, timeout: Duration
         });
         let n = match r.await {
             Ok(n) => n,
-            Err(_) if conn.ran_dry() && moves < MAX_MOVES => {
+            Err(e) if moves < MAX_MOVES && conn.retry_elsewhere(&e) => {
                 // Writing the same bytes at the same offset again is harmless.
+                info!(smb.path = %h.path, smb.conn = conn.id, error = %e, "write moves to a fresh connection");
                 conn.mark_broken();
                 moves += 1;
                 continue;

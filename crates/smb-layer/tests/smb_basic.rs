@@ -392,3 +392,63 @@ async fn a_checked_read_gives_the_stat_of_its_handle_and_fails_if_the_file_chang
     // Missing file: PathNotFound at open.
     assert!(matches!(c.read_checked("nope.bin").await, Err(SmbError::PathNotFound { .. })));
 }
+
+/// A TCP forwarder to `upstream` that resets its first connection once `cut_after` bytes
+/// went from the client to the server; later connections pass untouched.
+async fn resetting_proxy(upstream: u16, cut_after: u64) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = l.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+            let limit = if first { Some(cut_after) } else { None };
+            first = false;
+            // Closing with linger 0 sends a reset instead of an orderly end (deprecated because a
+            // non-zero linger blocks the thread on drop; zero does not).
+            #[allow(deprecated)]
+            client.set_linger(Some(Duration::ZERO)).unwrap();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let down = tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                    if limit.is_some_and(|l| sent >= l) {
+                        break; // the client sees its connection reset mid-transfer
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_whose_connection_is_reset_finishes_on_a_fresh_one() {
+    let s = samba();
+    let port = resetting_proxy(s.port(), 8 << 20).await;
+    let mut cfg = config(&s);
+    cfg.port = port;
+    cfg.limits.connections = 1;
+    let c = SmbClient::connect(cfg).await.unwrap();
+    let data = pseudo_random(11, 48 << 20);
+    let n = tokio::time::timeout(Duration::from_secs(120), c.write_all("reset.bin", data.clone()))
+        .await
+        .expect("the upload hung")
+        .expect("the upload survives its connection's reset");
+    assert_eq!(n, data.len() as u64);
+    assert!(c.connections_made() > 1, "the reset connection was replaced");
+    assert!(std::fs::read(s.share_dir().join("reset.bin")).unwrap() == data, "the file is whole and right");
+}
