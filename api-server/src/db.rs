@@ -81,6 +81,18 @@ impl Db {
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // Plan every statement for the tables as they are now. sqlx prepares
+                        // statements per connection, and after five runs PostgreSQL may keep
+                        // one generic plan: made while a share's `nodes` were few (the start
+                        // of an initial sync), the ancestor walk kept a sequential scan of the
+                        // whole table for every file, which made onboarding quadratic
+                        // (docs/PERFORMANCE.md, distributed mode).
+                        conn.execute("SET plan_cache_mode = force_custom_plan").await?;
+                        Ok(())
+                    })
+                })
                 .connect(url)
                 .await
                 .context("connecting to PostgreSQL")?,
