@@ -479,6 +479,19 @@ impl SmbClient {
         }
     }
 
+    /// Opens the existing directory `path` on `conn` for listing (or watching).
+    pub(crate) async fn open_dir_on(conn: &Conn, path: &str) -> Result<Resource> {
+        Self::open_on(
+            conn,
+            path,
+            CreateDisposition::Open,
+            CreateOptions::new().with_directory_file(true),
+            am::READ_DATA | am::READ_ATTRIBUTES,
+            smb::FileAttributes::new(),
+        )
+        .await
+    }
+
     /// Opens `path` on `conn` with the given disposition, options and access.
     pub(crate) async fn open_on(
         conn: &Conn,

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::Stream;
-use smb::{CreateDisposition, CreateOptions, Directory, FileIdBothDirectoryInformation, Resource};
+use smb::{Directory, FileIdBothDirectoryInformation, Resource};
 use tracing::{debug, warn};
 
-use crate::client::{am, SmbClient};
+use crate::client::SmbClient;
 use crate::error::{classify, Result, SmbError};
 use crate::ops::attrs_from_smb;
 use crate::path::{join, normalize};
@@ -131,14 +131,7 @@ impl SmbClient {
         let _permit = self.inner.ops.acquire().await.map_err(|_| SmbError::other("client closed"))?;
         let conn = self.conn().await?;
         let res = async {
-            let open = SmbClient::open_on(
-                &conn,
-                &path,
-                CreateDisposition::Open,
-                CreateOptions::new().with_directory_file(true),
-                am::READ_DATA | am::READ_ATTRIBUTES,
-                smb::FileAttributes::new(),
-            );
+            let open = SmbClient::open_dir_on(&conn, &path);
             let r = conn.guard(idle, 1, || format!("opening {path:?}"), open).await?;
             let dir = match r {
                 Resource::Directory(d) => Arc::new(d),

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use smb::{CreateDisposition, CreateOptions, Directory, NotifyAction, NotifyFilter, Resource};
+use smb::{Directory, NotifyAction, NotifyFilter, Resource};
 use tracing::debug;
 
-use crate::client::{am, SmbClient};
+use crate::client::SmbClient;
 use crate::error::{classify, Result, SmbError};
 use crate::path::{join, normalize};
 use crate::types::{ChangeEvent, ChangeKind};
@@ -41,19 +41,9 @@ impl SmbClient {
     ) -> Result<impl Stream<Item = Result<ChangeEvent>> + Send + 'static> {
         let path = normalize(path);
         let conn = self.dedicated_conn().await?;
-        let r = tokio::time::timeout(
-            self.inner.cfg.timeouts.request,
-            SmbClient::open_on(
-                &conn,
-                &path,
-                CreateDisposition::Open,
-                CreateOptions::new().with_directory_file(true),
-                am::READ_DATA | am::READ_ATTRIBUTES,
-                smb::FileAttributes::new(),
-            ),
-        )
-        .await
-        .map_err(|_| SmbError::lost(format!("opening {path:?} timed out")))??;
+        let r = tokio::time::timeout(self.inner.cfg.timeouts.request, SmbClient::open_dir_on(&conn, &path))
+            .await
+            .map_err(|_| SmbError::lost(format!("opening {path:?} timed out")))??;
         let dir = match r {
             Resource::Directory(d) => Arc::new(d),
             _ => return Err(SmbError::NotADirectory { path, status: None }),
