@@ -511,14 +511,15 @@ impl Run {
         } else {
             Default::default()
         };
-        let base_for_plan = base.clone();
+        // The base moves into the planner's task and back (no copy: at a million tracked
+        // files each copy of it is hundreds of MiB); both snapshots are dropped there.
         let planned = tokio::task::spawn_blocking(move || {
-            let plan = sync_engine::plan(&smb_snapshot, &drive_snapshot, &base_for_plan, &settings);
-            (plan, smb_snapshot.items.len() as u64)
+            let plan = sync_engine::plan(&smb_snapshot, &drive_snapshot, &base, &settings);
+            (plan, smb_snapshot.items.len() as u64, base)
         })
         .instrument(tracing::info_span!("job.plan"))
         .await;
-        let (plan, scanned) = match planned {
+        let (plan, scanned, base) = match planned {
             Ok(p) => p,
             Err(e) => return self.failed(detail(proto::codes::INTERNAL, format!("the planner failed: {e}"))),
         };
@@ -536,7 +537,7 @@ impl Run {
             self.ctx.rpc.clone(),
             &self.spec.job_id,
             self.lease.clone(),
-            &base,
+            base,
             self.lease_lost.clone(),
         ));
         *self.board.reporter.lock().unwrap() = Some(reporter.clone());
@@ -811,7 +812,6 @@ pub fn settings_of(c: &v1::ConnectorConfig) -> Result<Settings, String> {
         sync_hidden: c.sync_hidden_files,
         sync_system: c.sync_system_files,
         max_delete_percent: c.max_delete_percent.map_or(Settings::default().max_delete_percent, |p| p.min(100) as u8),
-        ..Settings::default()
     })
 }
 

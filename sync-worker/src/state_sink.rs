@@ -54,7 +54,7 @@ impl StateReporter {
         rpc: ControlPlane,
         job_id: &str,
         lease: v1::LeaseToken,
-        base: &BaseState,
+        base: BaseState,
         lease_lost: CancellationToken,
     ) -> Self {
         StateReporter {
@@ -64,7 +64,7 @@ impl StateReporter {
             lease_lost,
             pending: StdMutex::new(Vec::new()),
             notes: StdMutex::new(Vec::new()),
-            known: StdMutex::new(base.entries.clone()),
+            known: StdMutex::new(base.entries),
             tally: StdMutex::new(Tally::default()),
             flushing: tokio::sync::Mutex::new(()),
         }
