@@ -69,6 +69,18 @@ pub struct Config {
         value_parser = clap::builder::BoolishValueParser::new())]
     pub embedded_watch: bool,
 
+    /// Files in flight per job of an embedded worker (as `sync-worker`'s `--max-transfers`).
+    #[arg(long = "max-transfers", env = "SCAIDRIVE_MAX_TRANSFERS", default_value_t = 32)]
+    pub embedded_max_transfers: usize,
+
+    /// Of those, files over 1 MiB in flight (as `sync-worker`'s `--max-large-transfers`).
+    #[arg(long = "max-large-transfers", env = "SCAIDRIVE_MAX_LARGE_TRANSFERS", default_value_t = 4)]
+    pub embedded_max_large_transfers: usize,
+
+    /// SMB connections per job of an embedded worker (as `sync-worker`'s `--smb-connections`).
+    #[arg(long = "smb-connections", env = "SCAIDRIVE_SMB_CONNECTIONS", default_value_t = 4)]
+    pub embedded_smb_connections: usize,
+
     /// How often due scheduled runs are looked for, in milliseconds.
     #[arg(long, env = "SCAIDRIVE_SCHEDULER_TICK_MS", default_value = "5000")]
     pub scheduler_tick_ms: u64,
@@ -90,6 +102,9 @@ impl Config {
             embedded_worker_pools: vec!["default".to_string()],
             // Off for tests and tools: change-triggered runs would interleave with theirs.
             embedded_watch: false,
+            embedded_max_transfers: 32,
+            embedded_max_large_transfers: 4,
+            embedded_smb_connections: 4,
             scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,

@@ -43,6 +43,18 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    /// Starts a transaction that will write. On SQLite it takes the write lock at its start
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot
+    /// wait for the lock when another connection wrote meanwhile (SQLite answers
+    /// `SQLITE_BUSY`/`SQLITE_BUSY_SNAPSHOT` at once, without its busy timeout), which failed
+    /// uploads with 32 files in flight. Waiting at `BEGIN` honours the busy timeout.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Connects (creating the SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
@@ -111,7 +123,7 @@ impl Db {
             .await
             .context("creating schema_migrations")?;
         for (version, name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             if self.backend == Backend::Postgres {
                 // Several replicas may start at once: one applies, the others wait here.
                 tx.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE").await?;

@@ -147,6 +147,9 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let workers = state.config.embedded_workers();
     let config_pools = state.config.embedded_worker_pools.clone();
     let watch = state.config.embedded_watch;
+    let cfg = &state.config;
+    let (transfers, large, connections) =
+        (cfg.embedded_max_transfers, cfg.embedded_max_large_transfers, cfg.embedded_smb_connections);
     let queue = state.queue.clone();
     let token = state.worker_token.to_string();
     let mut tasks = fleet::spawn_background(state.clone(), stop.clone());
@@ -160,6 +163,9 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
         wc.worker_id = format!("embedded-{}-{pool}-{i}", std::process::id());
         wc.worker_pool = pool;
         wc.watch.enabled = watch;
+        wc.max_transfers = transfers.max(1);
+        wc.max_large_transfers = large.max(1);
+        wc.smb_connections = connections.max(1);
         let (q, s) = (queue.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = sync_worker::run(wc, q, s).await {

@@ -47,8 +47,10 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// Jobs (connectors) run at once; also the jobs consumer's prefetch.
     pub max_jobs: usize,
-    /// Files in flight per job.
+    /// Files in flight per job (small files are bound by round trips and commits, so many).
     pub max_transfers: usize,
+    /// Of those, files over 1 MiB in flight per job (each keeps a few MiB in flight).
+    pub max_large_transfers: usize,
     /// SMB connections per job (a pool the walk and the transfers spread over; at least 1).
     /// Samba serves each connection from one single-threaded process, so more than one lets
     /// a job use more than one server core.
@@ -137,7 +139,8 @@ impl WorkerConfig {
             worker_token: Secret::new(worker_token),
             worker_id: default_worker_id(),
             max_jobs: 2,
-            max_transfers: 4,
+            max_transfers: 32,
+            max_large_transfers: 4,
             smb_connections: 4,
             lease_ttl: Duration::from_secs(30),
             lease_held_backoff: Duration::from_secs(3),

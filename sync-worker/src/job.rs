@@ -564,6 +564,7 @@ impl Run {
         let smb = SmbShare::with_root(client.clone(), smb_root.clone());
         let opts = ExecOptions {
             max_transfers: self.ctx.config.max_transfers.max(1),
+            max_large_transfers: self.ctx.config.max_large_transfers.max(1),
             cancel: self.stop.clone(),
             synced_at: FileTime::from_unix(now_ts().seconds, now_ts().nanos as u32),
         };
@@ -668,7 +669,7 @@ impl Run {
             job_id: &self.spec.job_id,
             lease: &self.lease,
             stop: &self.stop,
-            concurrency: self.ctx.config.max_transfers.max(1) * 2,
+            concurrency: (self.ctx.config.max_transfers.max(1) * 2).min(16),
         };
         let out = crate::permissions::replicate(&cx, conn, items).await?;
         let cp = self.ctx.rpc.cp.clone();

@@ -37,8 +37,11 @@ struct Args {
     #[arg(long, env = "SCAIDRIVE_MAX_JOBS", default_value_t = 2)]
     max_jobs: usize,
     /// Files in flight per job.
-    #[arg(long, env = "SCAIDRIVE_MAX_TRANSFERS", default_value_t = 4)]
+    #[arg(long, env = "SCAIDRIVE_MAX_TRANSFERS", default_value_t = 32)]
     max_transfers: usize,
+    /// Of those, files over 1 MiB in flight per job.
+    #[arg(long, env = "SCAIDRIVE_MAX_LARGE_TRANSFERS", default_value_t = 4)]
+    max_large_transfers: usize,
     /// SMB connections per job (Samba serves each connection with one single-threaded process).
     #[arg(long, env = "SCAIDRIVE_SMB_CONNECTIONS", default_value_t = 4)]
     smb_connections: usize,
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     config.worker_pool = args.worker_pool.clone();
     config.max_jobs = args.max_jobs.max(1);
     config.max_transfers = args.max_transfers.max(1);
+    config.max_large_transfers = args.max_large_transfers.max(1);
     config.smb_connections = args.smb_connections.max(1);
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(10));
     config.smb_timeouts.connect = Duration::from_secs(args.smb_connect_timeout_secs.max(1));

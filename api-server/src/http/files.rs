@@ -885,7 +885,7 @@ pub async fn upload_part(
             return Err(ApiError::validation("size", "the parts exceed the declared size"));
         }
     }
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let r = sqlx::query(
         "UPDATE upload_sessions SET received = received + $1, chunk_count = chunk_count + $2 WHERE id = $3 AND received = $4",
     )
@@ -936,7 +936,7 @@ pub async fn upload_status(
 }
 
 async fn drop_session(s: &AppState, id: &str) -> ApiResult<()> {
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     sqlx::query("DELETE FROM upload_chunks WHERE upload_id = $1").bind(id).execute(&mut *tx).await?;
     sqlx::query("DELETE FROM upload_sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;

@@ -189,7 +189,7 @@ async fn insert_entry(tx: &mut super::Tx<'_>, tenant: &TenantId, res: &Resource,
 
 /// Adds one entry (validated by the caller).
 pub async fn add_entry(db: &Db, tenant: &TenantId, res: &Resource, e: &NewEntry) -> ApiResult<String> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     ensure_acl_row(&mut tx, tenant, res).await?;
     let id = insert_entry(&mut tx, tenant, res, e).await?;
     tx.commit().await?;
@@ -204,7 +204,7 @@ pub async fn replace(
     inherit_from_parent: bool,
     entries: &[NewEntry],
 ) -> ApiResult<()> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     ensure_acl_row(&mut tx, tenant, res).await?;
     sqlx::query("UPDATE acls SET inherit_from_parent = $1 WHERE resource_id = $2")
         .bind(inherit_from_parent as i64)
@@ -221,7 +221,7 @@ pub async fn replace(
 
 /// Removes every entry and makes the resource inherit again.
 pub async fn clear(db: &Db, res: &Resource) -> ApiResult<()> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query("DELETE FROM acl_entries WHERE resource_id = $1").bind(&res.id).execute(&mut *tx).await?;
     sqlx::query("DELETE FROM acls WHERE resource_id = $1").bind(&res.id).execute(&mut *tx).await?;
     tx.commit().await?;

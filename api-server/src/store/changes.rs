@@ -36,7 +36,7 @@ impl Actor {
 /// Opens a write transaction: takes the tenant's next change position first (see
 /// [`next_position`]), then checks the actor's lease, if any.
 pub async fn begin_write<'a>(db: &'a Db, tenant: &TenantId, actor: &Actor) -> ApiResult<(Tx<'a>, i64)> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let pos = next_position(&mut tx, tenant).await?;
     if let Some(f) = &actor.fence {
         super::leases::check(&mut tx, f).await?;

@@ -311,7 +311,7 @@ pub async fn update(
     } else {
         old.next_sync_at
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE connectors SET name = $1, description = $2, server_host = $3, server_port = $4, share_name = $5,
             base_path = $6, domain = $7, username = $8, target_path = $9, sync_direction = $10,
@@ -363,7 +363,7 @@ pub async fn delete(db: &Db, c: &Connector) -> ApiResult<()> {
     // worker's next write is refused (stale token), so it stops between files and nothing
     // more is committed for a connector that no longer exists.
     let now = crate::time::now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, cancel_reason = 'connector deleted',
             finished_at = $1, updated_at = $1 WHERE connector_id = $2 AND status IN ('queued', 'running')",
@@ -432,7 +432,7 @@ pub async fn check_key(db: &Db, secrets: &SecretBox) -> anyhow::Result<()> {
 /// secrets were re-sealed.
 pub async fn rotate_key(db: &Db, old: &SecretBox, new: &SecretBox) -> anyhow::Result<u64> {
     use anyhow::Context;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT id, password_sealed FROM connectors ORDER BY id").fetch_all(&mut *tx).await?;
     let mut n = 0;

@@ -58,7 +58,7 @@ fn state_from(r: &AnyRow) -> FileState {
 /// Upserts states (and deletes `removed` ones) under the connector's lease, in one
 /// transaction; error states also become the job's per-file error events.
 pub async fn report(db: &Db, connector_id: &str, job_id: &str, fence: &Fence, states: &[FileState]) -> ApiResult<u32> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let lease = leases::check(&mut tx, fence).await?;
     if lease.connector_id != connector_id {
         return Err(ApiError::conflict("JOB_LEASE_MISMATCH", "the lease is for another connector"));

@@ -206,7 +206,7 @@ pub async fn schedule_due(db: &Db, now: i64) -> ApiResult<Vec<Decision>> {
         // The next due time after now, on the connector's cadence (missed slots are not replayed).
         let missed = (now - due_at) / interval_ms;
         let next = due_at + (missed + 1) * interval_ms;
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin().await?;
         let won = sqlx::query("UPDATE connectors SET next_sync_at = $1 WHERE id = $2 AND next_sync_at = $3")
             .bind(next)
             .bind(&connector_id)
@@ -320,7 +320,7 @@ pub async fn claim(
     fence: &Fence,
     worker_id_hint: Option<&str>,
 ) -> ApiResult<Result<Job, ClaimRefusal>> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let lease = match leases::validate_tx(&mut tx, fence).await? {
         Ok(l) => l,
         Err(r) => return Ok(Err(ClaimRefusal::Lease(r))),
@@ -376,7 +376,7 @@ pub struct Progress<'a> {
 
 /// Records progress under the job's lease; returns whether cancellation was requested.
 pub async fn report_progress(db: &Db, id: &str, fence: &Fence, p: Progress<'_>) -> ApiResult<(bool, Option<String>)> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     leases::check(&mut tx, fence).await?;
     let r = sqlx::query(
         "UPDATE jobs SET phase = $1, current_path = $2, files_total = $3, bytes_total = $4, bytes_per_second = $5,
@@ -503,7 +503,7 @@ pub async fn report_events(
     fence: &Fence,
     events: &[NewEvent<'_>],
 ) -> ApiResult<()> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     leases::check(&mut tx, fence).await?;
     let owner: Option<(String,)> =
         sqlx::query_as("SELECT connector_id FROM jobs WHERE id = $1").bind(job_id).fetch_optional(&mut *tx).await?;
@@ -562,7 +562,7 @@ pub async fn complete_with_follow_up(
     fence: &Fence,
     o: Outcome<'_>,
 ) -> ApiResult<(bool, Option<String>)> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let lease = leases::check(&mut tx, fence).await?;
     let job = sqlx::query("SELECT * FROM jobs WHERE id = $1")
         .bind(id)

@@ -82,7 +82,7 @@ pub fn clamp_ttl(ms: i64) -> i64 {
 pub async fn acquire(db: &Db, connector_id: &str, worker_id: &str, ttl_ms: i64) -> ApiResult<Result<Lease, Refusal>> {
     let now = now_ms();
     let ttl = clamp_ttl(ttl_ms);
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO lease_counters (connector_id, last_token) VALUES ($1, 0) ON CONFLICT (connector_id) DO NOTHING",
     )

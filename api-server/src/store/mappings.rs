@@ -241,7 +241,7 @@ async fn touch_connector(tx: &mut Tx<'_>, connector: &ConnectorId, now: i64) -> 
 /// Adds a mapping; a second mapping of the same SMB principal is a 409.
 pub async fn create(db: &Db, tenant: &TenantId, connector: &ConnectorId, m: &NewMapping) -> ApiResult<Mapping> {
     let now = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     if let Some(id) = existing(&mut tx, connector, &m.principal.key).await? {
         return Err(duplicate(&id));
     }
@@ -262,7 +262,7 @@ pub async fn list(db: &Db, connector: &ConnectorId, after: Option<&str>, limit: 
 }
 
 pub async fn delete(db: &Db, connector: &ConnectorId, mapping_id: &str) -> ApiResult<()> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let r = sqlx::query("DELETE FROM identity_mappings WHERE connector_id = $1 AND id = $2")
         .bind(connector.as_str())
         .bind(mapping_id)
@@ -294,7 +294,7 @@ pub async fn import(
     rows: Vec<(usize, Result<NewMapping, ApiError>)>,
 ) -> ApiResult<Vec<(usize, RowOutcome)>> {
     let now = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut created = 0;
     for (line, row) in rows {

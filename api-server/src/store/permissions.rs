@@ -223,7 +223,7 @@ pub async fn apply(
     states: &[State],
     forget: &[String],
 ) -> ApiResult<Applied> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     leases::check(&mut tx, fence).await?;
     let mut out = Applied::default();
     let ids: Vec<String> = states.iter().map(|s| s.node_id.clone()).collect();

@@ -57,7 +57,7 @@ pub async fn create(db: &Db, tenant: &TenantId, creator: &str, name: &str, descr
         created_at: now,
         updated_at: now,
     };
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO shares (id, tenant_id, name, description, created_by, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",

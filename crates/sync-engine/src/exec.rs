@@ -30,11 +30,18 @@ use crate::model::*;
 use crate::plan::{Action, DeleteGuard, Phase, Plan, Resolution};
 use crate::replica::*;
 
+/// Files above this size are large transfers (see [`ExecOptions::max_large_transfers`]).
+pub const LARGE_TRANSFER_BYTES: u64 = 1024 * 1024;
+
 /// Executor options.
 #[derive(Clone, Debug)]
 pub struct ExecOptions {
-    /// Transfers (uploads, downloads, conflicts) in flight at once.
+    /// Transfers (uploads, downloads, conflicts) in flight at once. Small files are bound by
+    /// per-file round trips and durable commits, not bytes, so many go at once.
     pub max_transfers: usize,
+    /// Of those, transfers of files over [`LARGE_TRANSFER_BYTES`] at once (each keeps a
+    /// few MiB in flight): bounds memory and leaves room for small files beside them.
+    pub max_large_transfers: usize,
     /// Checked between actions; set it to stop the run cleanly between files.
     pub cancel: CancellationToken,
     /// Stamped on every recorded state as `last_synced_at` (the executor reads no clock).
@@ -43,7 +50,12 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { max_transfers: 4, cancel: CancellationToken::new(), synced_at: FileTime(0) }
+        ExecOptions {
+            max_transfers: 32,
+            max_large_transfers: 4,
+            cancel: CancellationToken::new(),
+            synced_at: FileTime(0),
+        }
     }
 }
 
@@ -101,10 +113,18 @@ pub async fn execute(
         ex.run(a).await;
     }
     if !ex.cancelled() {
+        let large = tokio::sync::Semaphore::new(opts.max_large_transfers.max(1));
         futures::stream::iter(by_phase(Phase::Transfer))
-            .for_each_concurrent(opts.max_transfers.max(1), |a| async {
-                if !ex.cancelled() {
-                    ex.run(a).await;
+            .for_each_concurrent(opts.max_transfers.max(1), |a| {
+                let (large, ex) = (&large, &ex);
+                async move {
+                    let _slot = match transfer_bytes(a) > LARGE_TRANSFER_BYTES {
+                        true => Some(large.acquire().await.expect("never closed")),
+                        false => None,
+                    };
+                    if !ex.cancelled() {
+                        ex.run(a).await;
+                    }
                 }
             })
             .await;
@@ -121,6 +141,16 @@ pub async fn execute(
     let mut r = ex.report.into_inner().expect("unpoisoned");
     r.cancelled = cancelled;
     r
+}
+
+/// The bytes a transfer action moves (the larger side of a conflict).
+fn transfer_bytes(a: &Action) -> u64 {
+    match a {
+        Action::UploadToDrive { smb_expected, .. } => smb_expected.size,
+        Action::DownloadToSmb { drive, .. } => drive.size,
+        Action::Conflict { smb_expected, drive, .. } => smb_expected.size.max(drive.size),
+        _ => 0,
+    }
 }
 
 struct Executor<'a> {

@@ -123,12 +123,37 @@ pub struct MemSmb {
     fs: Mutex<(BTreeMap<PathKey, SmbEntry>, u64)>,
     faults: Arc<Faults>,
     on_read: Mutex<Option<(PathKey, Bytes)>>,
+    probe: Mutex<Option<Arc<ReadProbe>>>,
+}
+
+/// Counts reads in flight (see [`MemSmb::probe_reads`]): every `open_read` is held for the
+/// probe's delay while counted, so the peaks show how many transfers the executor overlaps.
+#[derive(Debug, Default)]
+pub struct ReadProbe {
+    delay: std::time::Duration,
+    /// (in flight now, of them over [`crate::exec::LARGE_TRANSFER_BYTES`], peak of all, peak of large).
+    counts: Mutex<(usize, usize, usize, usize)>,
+}
+
+impl ReadProbe {
+    /// The peaks: (reads at once, large reads at once).
+    pub fn peaks(&self) -> (usize, usize) {
+        let c = self.counts.lock().unwrap();
+        (c.2, c.3)
+    }
 }
 
 impl MemSmb {
     /// An empty share.
     pub fn new(faults: Arc<Faults>) -> Self {
-        MemSmb { fs: Mutex::new((BTreeMap::new(), 0)), faults, on_read: Mutex::new(None) }
+        MemSmb { fs: Mutex::new((BTreeMap::new(), 0)), faults, on_read: Mutex::new(None), probe: Mutex::new(None) }
+    }
+
+    /// From now on every `open_read` waits `delay` (a tokio timer) while it is counted.
+    pub fn probe_reads(&self, delay: std::time::Duration) -> Arc<ReadProbe> {
+        let probe = Arc::new(ReadProbe { delay, ..ReadProbe::default() });
+        *self.probe.lock().unwrap() = Some(probe.clone());
+        probe
     }
 
     /// Everything on the share (the engine's temp files included).
@@ -360,6 +385,21 @@ impl SmbReplica for MemSmb {
         };
         if item.kind != ItemKind::File {
             return Ok(Some((item, futures::stream::empty().boxed())));
+        }
+        let probe = self.probe.lock().unwrap().clone();
+        if let Some(p) = probe {
+            let large = item.size > crate::exec::LARGE_TRANSFER_BYTES;
+            {
+                let mut c = p.counts.lock().unwrap();
+                c.0 += 1;
+                c.1 += large as usize;
+                c.2 = c.2.max(c.0);
+                c.3 = c.3.max(c.1);
+            }
+            tokio::time::sleep(p.delay).await;
+            let mut c = p.counts.lock().unwrap();
+            c.0 -= 1;
+            c.1 -= large as usize;
         }
         let content = self.read(path).await?;
         // The in-memory share changes only between calls, so the state after `read` is the

@@ -262,3 +262,28 @@ fn runs_without_user_changes_create_no_versions_in_any_mode() {
         assert_eq!(w.drive.version_count(), v);
     }
 }
+
+/// Many small files go at once; files over 1 MiB only `max_large_transfers` at a time, with
+/// small ones beside them.
+#[test]
+fn small_files_overlap_widely_and_large_ones_are_bounded() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let w = World::default();
+    for i in 0..10 {
+        w.smb.user_write(&format!("large/{i}.bin"), &vec![i as u8; 1024 * 1024 + 1]);
+    }
+    for i in 0..60 {
+        w.smb.user_write(&format!("small/{i}.txt"), format!("small {i}").as_bytes());
+    }
+    let probe = w.smb.probe_reads(std::time::Duration::from_millis(20));
+    let s = settings(Direction::SmbToDrive, ConflictStrategy::LastWriterWins);
+    let plan = w.plan(&s);
+    let opts = ExecOptions { max_transfers: 16, max_large_transfers: 2, ..Default::default() };
+    let rep = rt.block_on(execute(&plan, &w.smb, &w.drive, &w.state, &opts));
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert_eq!(rep.files_synced, 70);
+    let (all, large) = probe.peaks();
+    assert_eq!(large, 2, "large transfers at once");
+    assert_eq!(all, 16, "transfers at once");
+    assert_eq!(tree(&w).0, tree(&w).1);
+}
