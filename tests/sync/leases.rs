@@ -184,15 +184,14 @@ fn faketime_library() -> String {
 
 /// A worker whose clocks libfaketime skews: `faketime` is a FAKETIME spec, e.g. `+3h` (wall
 /// clock three hours ahead) or `+0 x0.05` (wall and monotonic clocks at 5 % speed).
-fn skewed_worker(env: &Env, id: &str, faketime: &str) -> e2e_tests::WorkerProcess {
-    let opts = e2e_tests::WorkerOptions {
-        control_plane_url: None,
-        env: vec![
-            ("LD_PRELOAD".to_string(), faketime_library()),
-            ("FAKETIME".to_string(), faketime.to_string()),
-            ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
-        ],
-    };
+fn skewed_worker(env: &Env, id: &str, faketime: &str, extra_env: &[(&str, &str)]) -> e2e_tests::WorkerProcess {
+    let mut vars = vec![
+        ("LD_PRELOAD".to_string(), faketime_library()),
+        ("FAKETIME".to_string(), faketime.to_string()),
+        ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+    ];
+    vars.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let opts = e2e_tests::WorkerOptions { control_plane_url: None, env: vars };
     env.srv.spawn_worker_with(id, &opts)
 }
 
@@ -206,7 +205,7 @@ fn skewed_worker(env: &Env, id: &str, faketime: &str) -> e2e_tests::WorkerProces
 async fn skewed_worker_clocks_cannot_extend_or_steal_a_lease() {
     let mut env = Env::start(Setup::Distributed).await;
     env.workers.clear(); // the two default workers: replaced by skewed ones
-                         // Many small files: a run of a few tens of seconds, whatever the machine's disk.
+                         // Many small files: a run of tens of seconds at two files at a time.
     for i in 0..1200 {
         env.write(&format!("slow/d{:02}/f{i:04}.txt", i % 12), format!("slow file {i}").as_bytes());
     }
@@ -218,13 +217,15 @@ async fn skewed_worker_clocks_cannot_extend_or_steal_a_lease() {
     let quick_conn = env.connector(json!({"base_path": "quick"})).await;
 
     // The slow worker alone takes the big run.
-    env.workers.push(skewed_worker(&env, "w-slow", "+0 x0.05"));
+    // Two files at a time: the run takes well over the 10 s lease in real time (with the
+    // default 32 in flight it can finish within one lease).
+    env.workers.push(skewed_worker(&env, "w-slow", "+0 x0.05", &[("SCAIDRIVE_MAX_TRANSFERS", "2")]));
     let job = env.trigger(&slow_conn).await;
     let j = crate::failures::wait_running(&env, &slow_conn, &job).await;
     assert_eq!(j["worker"], "w-slow", "{j:#}");
     // Then the wall-clock-skewed ones join.
-    env.workers.push(skewed_worker(&env, "w-ahead", "+3h"));
-    env.workers.push(skewed_worker(&env, "w-behind", "-3h"));
+    env.workers.push(skewed_worker(&env, "w-ahead", "+3h", &[]));
+    env.workers.push(skewed_worker(&env, "w-behind", "-3h", &[]));
 
     let j = env.wait_job(&slow_conn, &job, Duration::from_secs(240)).await;
     assert_eq!(j["status"], "completed", "{j:#}\n{}", env.logs());
