@@ -38,12 +38,25 @@ pub enum ContentError {
 #[async_trait::async_trait]
 pub trait ContentStore: Send + Sync + 'static {
     async fn put(&self, sha256: &str, data: Bytes) -> Result<(), ContentError>;
+    /// Hashes `data` and stores it under its SHA-256, which it returns. Stores on local
+    /// disks do both in one blocking task (a small file's upload is then one hand-off to the
+    /// blocking pool, not three).
+    async fn put_hashed(&self, data: Bytes) -> Result<String, ContentError> {
+        let d = data.clone();
+        let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&d)))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.put(&hash, data).await?;
+        Ok(hash)
+    }
     async fn get(&self, sha256: &str) -> Result<Bytes, ContentError>;
     async fn exists(&self, sha256: &str) -> Result<bool, ContentError>;
 }
 
-/// Chunks as files under `<root>/chunks/<2 hex>/<sha256>`, written to `<root>/tmp` first,
-/// synced, then renamed into place.
+/// Chunks as files under `<root>/chunks/<2 hex>/<sha256>`, written to a temporary file in
+/// the same folder first (`.<sha256>.<ulid>.tmp`, never read as a chunk), synced, then
+/// renamed into place. Temporary files spread over the 256 folders like the chunks: with one
+/// shared temporary folder, concurrent uploads of small files queued on its directory lock.
 pub struct LocalDirStore {
     root: PathBuf,
 }
@@ -54,8 +67,28 @@ impl LocalDirStore {
         for i in 0..=255u8 {
             std::fs::create_dir_all(root.join("chunks").join(format!("{i:02x}")))?;
         }
-        std::fs::create_dir_all(root.join("tmp"))?;
         Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// Writes `data` as chunk `dest` unless it is there already (blocking).
+    fn store_blocking(dest: &Path, sha256: &str, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if dest.try_exists()? {
+            return Ok(());
+        }
+        let tmp = dest.with_file_name(format!(".{sha256}.{}.tmp", ulid::Ulid::new()));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            drop(f);
+            std::fs::rename(&tmp, dest)
+        })();
+        // A failed write (a full disk) must not leave its partial file taking space.
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     fn path_of(&self, sha256: &str) -> PathBuf {
@@ -72,29 +105,24 @@ impl ContentStore for LocalDirStore {
     async fn put(&self, sha256: &str, data: Bytes) -> Result<(), ContentError> {
         assert!(valid_hash(sha256), "chunk names are lowercase SHA-256 hex");
         let dest = self.path_of(sha256);
-        if tokio::fs::try_exists(&dest).await? {
-            return Ok(());
-        }
-        let tmp = self.root.join("tmp").join(format!("{}.{}", sha256, ulid::Ulid::new()));
-        let dest2 = dest.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let written = (|| {
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&data)?;
-                f.sync_data()?;
-                drop(f);
-                std::fs::rename(&tmp, &dest2)
-            })();
-            // A failed write (a full disk) must not leave its partial file taking space.
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written
+        let name = sha256.to_string();
+        tokio::task::spawn_blocking(move || Self::store_blocking(&dest, &name, &data))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn put_hashed(&self, data: Bytes) -> Result<String, ContentError> {
+        let root = self.root.clone();
+        let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let hash = hex::encode(Sha256::digest(&data));
+            let dest = root.join("chunks").join(&hash[..2]).join(&hash);
+            Self::store_blocking(&dest, &hash, &data)?;
+            Ok(hash)
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
-        Ok(())
+        Ok(hash)
     }
 
     async fn get(&self, sha256: &str) -> Result<Bytes, ContentError> {
@@ -193,12 +221,8 @@ where
         if chunks.is_empty() {
             // The only chunk: its hash is the whole content's hash (one pass, not two).
             let chunk = buf.freeze();
-            let data = chunk.clone();
-            let hash = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&data)))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
             let size_of = chunk.len() as u64;
-            store.put(&hash, chunk).await?;
+            let hash = store.put_hashed(chunk).await?;
             chunks.push(ChunkRef { sha256: hash.clone(), size: size_of });
             return Ok(Ingested { size, sha256: hash, chunks });
         }

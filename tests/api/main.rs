@@ -12,7 +12,12 @@ use e2e_tests::{on_both_backends, Backend, TestServer};
 use reqwest::StatusCode;
 use serde_json::json;
 
-on_both_backends!(readme_walkthrough_works, change_log_pages_by_cursor, openapi_and_probes_answer);
+on_both_backends!(
+    readme_walkthrough_works,
+    change_log_pages_by_cursor,
+    concurrent_writers_leave_a_gapless_change_log_no_reader_skips,
+    openapi_and_probes_answer
+);
 
 /// The README's curl walk-through, step by step: token → share → upload → list → download →
 /// versions → ACL → changes.
@@ -131,6 +136,57 @@ async fn change_log_pages_by_cursor(backend: Backend) {
     assert_eq!(page["changes"][0]["actor"]["type"], "user");
     let (st, bad) = admin.get("/api/v1/sync/changes?limit=0").await;
     assert_eq!((st, bad["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")));
+    srv.stop().await;
+}
+
+/// Writers commit concurrently (each takes its change position just before its commit)
+/// while a reader pages the log: positions are gapless and in commit order, so the reader,
+/// following its cursor, sees every change exactly once, none after a later one.
+async fn concurrent_writers_leave_a_gapless_change_log_no_reader_skips(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin();
+    let share = admin.share("Concurrent").await;
+    let (_, first) = admin.get(&format!("/api/v1/sync/changes?share_id={share}&cursor=0")).await;
+    let start = first["cursor"].clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (admin, share, done, mut cursor) = (admin.clone(), share.clone(), done.clone(), start.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let (st, page) =
+                    admin.get(&format!("/api/v1/sync/changes?share_id={share}&limit=7&cursor={cursor}")).await;
+                assert_eq!(st, StatusCode::OK, "{page}");
+                for c in page["changes"].as_array().unwrap() {
+                    seen.push((c["position"].as_i64().unwrap(), c["name"].as_str().unwrap().to_string()));
+                }
+                cursor = page["cursor"].clone();
+                if finished && page["has_more"] == false {
+                    return seen;
+                }
+            }
+        })
+    };
+    let writes = (0..8).map(|w| {
+        let (admin, share) = (admin.clone(), share.clone());
+        async move {
+            for i in 0..12 {
+                let (st, body) = admin.upload(&share, &format!("/w{w}/f{i}.txt"), format!("{w}-{i}")).await;
+                assert_eq!(st, StatusCode::CREATED, "{body}");
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    // 8 folders and 96 files, each created once.
+    assert_eq!(seen.len(), 8 + 96, "{seen:?}");
+    let first_pos = seen[0].0;
+    let positions: Vec<i64> = seen.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (first_pos..first_pos + seen.len() as i64).collect::<Vec<_>>(), "gapless, in order");
+    let names: std::collections::BTreeSet<&str> = seen.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names.len(), 8 + 12, "w0..w7 and f0..f11: {names:?}");
     srv.stop().await;
 }
 
