@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use proto::v1;
-use sync_engine::{BaseState, ItemKind, RelPath, Settings, Sha256, SmbItem, SmbSnapshot};
+use sync_engine::{BaseState, ItemKind, Settings, Sha256, SmbSnapshot};
 use sync_worker::changes::DriveView;
 use sync_worker::convert::synced_of_proto;
 
@@ -134,17 +134,8 @@ fn main() {
             .entries
             .values()
             .map(|s| {
-                let item = SmbItem {
-                    path: RelPath::new(s.path.as_str()).expect("valid path"),
-                    kind: s.kind,
-                    size: s.smb.size,
-                    last_write: s.smb.last_write,
-                    change_time: s.smb.change_time,
-                    file_id: s.smb.file_id,
-                    hidden: false,
-                    system: false,
-                    reparse: false,
-                };
+                // As the walker lists it: the same fields, a path of its own.
+                let item = sync_worker::scan::carried(s);
                 (item.path.clone(), item)
             })
             .collect::<BTreeMap<_, _>>(),

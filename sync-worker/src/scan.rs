@@ -197,8 +197,9 @@ pub(crate) fn keep_unlisted(scan: &mut SmbScan, base: &BaseState, rel: RelPath, 
     scan.unreadable.push(FileIssue { path: rel, code: e.code().to_string(), message: e.to_string(), is_error: true });
 }
 
-/// An item as the last synced state saw it.
-pub(crate) fn carried(s: &sync_engine::SyncedState) -> SmbItem {
+/// An item as the last synced state saw it (what a walk carries over for a folder it could
+/// not list).
+pub fn carried(s: &sync_engine::SyncedState) -> SmbItem {
     SmbItem {
         path: s.path.clone(),
         kind: s.kind,
