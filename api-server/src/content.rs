@@ -92,8 +92,13 @@ impl LocalDirStore {
     }
 
     fn path_of(&self, sha256: &str) -> PathBuf {
-        self.root.join("chunks").join(&sha256[..2]).join(sha256)
+        chunk_path(&self.root, sha256)
     }
+}
+
+/// `<root>/chunks/<first 2 hex digits>/<sha256>`.
+fn chunk_path(root: &Path, sha256: &str) -> PathBuf {
+    root.join("chunks").join(&sha256[..2]).join(sha256)
 }
 
 fn valid_hash(s: &str) -> bool {
@@ -116,7 +121,7 @@ impl ContentStore for LocalDirStore {
         let root = self.root.clone();
         let hash = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let hash = hex::encode(Sha256::digest(&data));
-            let dest = root.join("chunks").join(&hash[..2]).join(&hash);
+            let dest = chunk_path(&root, &hash);
             Self::store_blocking(&dest, &hash, &data)?;
             Ok(hash)
         })

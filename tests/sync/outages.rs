@@ -274,8 +274,17 @@ async fn a_full_content_store_fails_only_what_does_not_fit() {
     assert!(env.target_item(&c, "small.txt").await.is_some() || failed >= 1);
     let cn = env.connector_json(&c).await;
     assert!(cn["status_message"].as_str().unwrap_or("").contains("file errors"), "{cn:#}");
-    // No partial chunk is left taking space.
-    let tmp: Vec<_> = std::fs::read_dir(disk.0.join("tmp")).unwrap().collect();
+    // No partial chunk is left taking space (temporary files are written beside their chunk,
+    // in the 256 fan-out folders).
+    let mut tmp = Vec::new();
+    for dir in std::fs::read_dir(disk.0.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "tmp") {
+                tmp.push(f);
+            }
+        }
+    }
     assert!(tmp.is_empty(), "partial chunks left behind: {tmp:?}");
 
     disk.grow(64);
