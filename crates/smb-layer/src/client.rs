@@ -157,6 +157,9 @@ impl Conn {
     pub(crate) async fn wait_credits(&self, charge: i64, limit: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            if self.credits.transport_failed() {
+                self.mark_broken();
+            }
             if self.broken.load(Ordering::SeqCst) {
                 return Ok(false);
             }
@@ -178,8 +181,9 @@ impl Conn {
     }
 
     /// Runs one library call on this connection under `limit`, abandoning it early (as a lost
-    /// connection, which retires this one) when the connection has gone dry: fewer than `need`
-    /// credits and nothing in flight, so the call's request can never be sent.
+    /// connection, which retires this one) when the connection has gone dry (fewer than `need`
+    /// credits and nothing in flight, so the call's request can never be sent) or its socket
+    /// failed (the answer cannot come; the library does not always fail the call itself).
     pub(crate) async fn guard<T, F>(&self, limit: Duration, need: i64, what: impl Fn() -> String, fut: F) -> Result<T>
     where
         F: std::future::Future<Output = Result<T>>,
@@ -199,6 +203,13 @@ impl Conn {
                     return Err(SmbError::lost(format!("{} timed out after {limit:?}", what())));
                 }
                 _ = tick.tick() => {
+                    if self.credits.transport_failed() {
+                        // Reset or closed under us: the answer cannot come. A broken
+                        // connection, not a hung server: the caller may resend elsewhere.
+                        self.retire("the SMB connection's socket failed");
+                        self.mark_broken();
+                        return Err(SmbError::lost(format!("{}: the SMB connection was reset or closed", what())));
+                    }
                     if !self.dry(need) {
                         dry_since = None;
                         continue;

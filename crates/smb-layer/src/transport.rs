@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct CreditStats {
     /// Message ids of requests that got an interim response and await their final one: their
     /// credits were granted (and lost) in the interim, so their final response brings none.
     gone_async: Mutex<HashSet<u64>>,
+    /// The socket failed (reset, closed, any I/O error): nothing more will arrive on it.
+    failed: AtomicBool,
 }
 
 impl CreditStats {
@@ -56,6 +58,18 @@ impl CreditStats {
         s.available.store(1, Ordering::SeqCst);
         s
     }
+    /// Whether the socket failed. The library may not fail the requests it has in flight
+    /// when its receiver stops (they then wait for answers that cannot come), so callers
+    /// watch this too.
+    pub fn transport_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, e: std::io::Error) -> TransportError {
+        self.failed.store(true, Ordering::SeqCst);
+        map_io(e)
+    }
+
     /// Credits the library can spend right now.
     pub fn available(&self) -> i64 {
         self.available.load(Ordering::SeqCst)
@@ -242,7 +256,7 @@ impl SmbTransportWrite for NodelayTcp {
 impl SmbTransportRead for Reader {
     fn receive_exact<'a>(&'a mut self, out_buf: &'a mut [u8]) -> BoxFuture<'a, Result<(), TransportError>> {
         async move {
-            self.r.read_exact(out_buf).await.map_err(map_io)?;
+            self.r.read_exact(out_buf).await.map_err(|e| self.stats.fail(e))?;
             Ok(())
         }
         .boxed()
@@ -251,13 +265,13 @@ impl SmbTransportRead for Reader {
     fn receive<'a>(&'a mut self) -> BoxFuture<'a, Result<Vec<u8>, TransportError>> {
         async move {
             let mut header = [0u8; 4];
-            self.r.read_exact(&mut header).await.map_err(map_io)?;
+            self.r.read_exact(&mut header).await.map_err(|e| self.stats.fail(e))?;
             if header[0] != 0 {
                 return Err(TransportError::InvalidMessage);
             }
             let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
             let mut data = vec![0u8; len];
-            self.r.read_exact(&mut data).await.map_err(map_io)?;
+            self.r.read_exact(&mut data).await.map_err(|e| self.stats.fail(e))?;
             self.stats.on_receive(&data);
             Ok(data)
         }
@@ -268,7 +282,7 @@ impl SmbTransportRead for Reader {
 impl SmbTransportWrite for Writer {
     fn send_raw<'a>(&'a mut self, buf: &'a [u8]) -> BoxFuture<'a, Result<(), TransportError>> {
         async move {
-            self.w.write_all(buf).await.map_err(map_io)?;
+            self.w.write_all(buf).await.map_err(|e| self.stats.fail(e))?;
             Ok(())
         }
         .boxed()
@@ -293,7 +307,7 @@ impl SmbTransportWrite for Writer {
                 for b in data.iter() {
                     buf.extend_from_slice(b);
                 }
-                self.w.write_all(&buf).await.map_err(map_io)?;
+                self.w.write_all(&buf).await.map_err(|e| self.stats.fail(e))?;
             } else {
                 let mut iter = data.iter();
                 let mut buf = Vec::with_capacity(4 + 128);
@@ -301,9 +315,9 @@ impl SmbTransportWrite for Writer {
                 if let Some(first) = iter.next() {
                     buf.extend_from_slice(first);
                 }
-                self.w.write_all(&buf).await.map_err(map_io)?;
+                self.w.write_all(&buf).await.map_err(|e| self.stats.fail(e))?;
                 for b in iter {
-                    self.w.write_all(b).await.map_err(map_io)?;
+                    self.w.write_all(b).await.map_err(|e| self.stats.fail(e))?;
                 }
             }
             Ok(())
