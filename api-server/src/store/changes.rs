@@ -33,20 +33,16 @@ impl Actor {
     }
 }
 
-/// Opens a write transaction and checks the actor's lease, if any. The change position is
-/// taken at the end, just before the commit ([`next_position`]); until then the rows the
-/// write touches carry [`UNSTAMPED`] as their `last_change`.
-pub async fn begin_write<'a>(db: &'a Db, _tenant: &TenantId, actor: &Actor) -> ApiResult<Tx<'a>> {
+/// Opens a write transaction: takes the tenant's next change position first (see
+/// [`next_position`]), then checks the actor's lease, if any.
+pub async fn begin_write<'a>(db: &'a Db, tenant: &TenantId, actor: &Actor) -> ApiResult<(Tx<'a>, i64)> {
     let mut tx = db.begin().await?;
+    let pos = next_position(&mut tx, tenant).await?;
     if let Some(f) = &actor.fence {
         super::leases::check(&mut tx, f).await?;
     }
-    Ok(tx)
+    Ok((tx, pos))
 }
-
-/// `last_change` of a node written in a transaction that has not taken its change position
-/// yet (never committed: the position is stamped before the commit).
-pub const UNSTAMPED: i64 = 0;
 
 /// `created`, `updated`, `deleted`, `moved`, `renamed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,13 +103,9 @@ pub struct NewChange<'a> {
     pub sha256: Option<&'a str>,
 }
 
-/// Takes the tenant's next change position. Call it LAST in a write transaction, just before
-/// the change record and the commit: the row lock it takes orders concurrent writers from
-/// there to their commit, so positions are gapless and become visible in order (a change-log
-/// reader never sees position n+1 before n), while the rest of each write (lookups, the
-/// ancestor walk, version and chunk rows) runs concurrently. Taking it first held the lock
-/// through the whole write: concurrent uploads of one tenant committed one at a time
-/// (docs/PERFORMANCE.md). On SQLite, `BEGIN IMMEDIATE` has serialised the writers already.
+/// Takes the tenant's next change position. Call it FIRST in a write transaction: the row
+/// lock it takes orders concurrent writers (so positions are gapless and commit-ordered) and,
+/// on SQLite, takes the write lock up front so the transaction cannot deadlock on upgrade.
 pub async fn next_position(tx: &mut Tx<'_>, tenant: &TenantId) -> ApiResult<i64> {
     let (pos,): (i64,) =
         sqlx::query_as("UPDATE tenants SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq")

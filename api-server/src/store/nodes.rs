@@ -5,8 +5,8 @@
 //!   index enforces it);
 //! - a version becomes visible only in the transaction that records all its chunks, after
 //!   the content was completely stored; a file's current version is its newest one;
-//! - every write records its change in the same transaction, at the tenant's next change
-//!   position, taken last (just before the commit) and stamped on the node as `last_change`;
+//! - every write takes the tenant's next change position first and records its change in
+//!   the same transaction;
 //! - deleting moves to trash (the item keeps its versions); restoring brings it back.
 
 use sqlx::any::AnyRow;
@@ -240,24 +240,20 @@ fn name_taken(name: &str) -> ApiError {
 }
 
 /// Records the change of node `id` (as the transaction sees it now: name, parent, path,
-/// content), commits, and returns the node. `old` is the parent and path before a move or
-/// rename. The change position is taken here, last, and stamped on the node as its
-/// `last_change`: the tenant's position row stays locked only for the change record and the
-/// commit, not for the whole write (see [`changes::next_position`]).
+/// content) at position `pos`, commits, and returns the node. `old` is the parent and path
+/// before a move or rename.
 async fn record_and_commit(
     mut tx: Tx<'_>,
     tenant: &TenantId,
+    pos: i64,
     actor: &Actor,
     id: &str,
     change_type: ChangeType,
     old: Option<(&str, &str)>,
 ) -> ApiResult<Node> {
-    let mut n =
+    let n =
         get_tx(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     let path = locate_tx(&mut tx, id).await?.path;
-    let pos = changes::next_position(&mut tx, tenant).await?;
-    sqlx::query("UPDATE nodes SET last_change = $1 WHERE id = $2").bind(pos).bind(id).execute(&mut *tx).await?;
-    n.last_change = pos;
     let file = n.kind == Kind::File;
     changes::record(
         &mut tx,
@@ -293,13 +289,13 @@ pub async fn create_folder(
     parent_id: &str,
     name: &str,
 ) -> ApiResult<Node> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     live_parent(&mut tx, tenant, share_id, parent_id).await?;
     if child_tx(&mut tx, parent_id, name).await?.is_some() {
         return Err(name_taken(name));
     }
-    let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name).await?;
-    record_and_commit(tx, tenant, actor, &node.id, ChangeType::Created, None).await
+    let node = insert_folder(&mut tx, tenant, actor, share_id, parent_id, name, pos).await?;
+    record_and_commit(tx, tenant, pos, actor, &node.id, ChangeType::Created, None).await
 }
 
 async fn insert_folder(
@@ -309,6 +305,7 @@ async fn insert_folder(
     share_id: &str,
     parent_id: &str,
     name: &str,
+    pos: i64,
 ) -> ApiResult<Node> {
     let now = now_ms();
     let node = Node {
@@ -326,7 +323,7 @@ async fn insert_folder(
         created_at: now,
         updated_at: now,
         deleted_at: None,
-        last_change: changes::UNSTAMPED,
+        last_change: pos,
     };
     sqlx::query(
         "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at, last_change)
@@ -339,7 +336,7 @@ async fn insert_folder(
     .bind(name)
     .bind(&node.owner_id)
     .bind(now)
-    .bind(changes::UNSTAMPED)
+    .bind(pos)
     .execute(&mut **tx)
     .await
     .map_err(|e| match ApiError::from(e) {
@@ -458,7 +455,7 @@ pub async fn commit_content(
     expect: Expect<'_>,
     modified_at: Option<i64>,
 ) -> ApiResult<Committed> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let now = now_ms();
     let mtime = modified_at.unwrap_or(now);
     let (existing, parent_id, name) = match target {
@@ -530,7 +527,7 @@ pub async fn commit_content(
         .bind(&actor.id)
         .bind(mtime)
         .bind(now)
-        .bind(changes::UNSTAMPED)
+        .bind(pos)
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -565,11 +562,11 @@ pub async fn commit_content(
     .bind(mtime)
     .bind(now)
     .bind(&file_id)
-    .bind(changes::UNSTAMPED)
+    .bind(pos)
     .execute(&mut *tx)
     .await?;
     let change = if created { ChangeType::Created } else { ChangeType::Updated };
-    let node = record_and_commit(tx, tenant, actor, &file_id, change, None).await?;
+    let node = record_and_commit(tx, tenant, pos, actor, &file_id, change, None).await?;
     Ok(Committed { node, version, created })
 }
 
@@ -687,7 +684,7 @@ pub async fn rename_move(
     new_parent_id: Option<&str>,
     base_version_id: Option<&str>,
 ) -> ApiResult<Node> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let (cur, old_loc) = live_for_write(&mut tx, tenant, node, base_version_id).await?;
     let name = new_name.unwrap_or(&cur.name).to_string();
     let parent = new_parent_id.unwrap_or(&cur.parent_id).to_string();
@@ -714,7 +711,7 @@ pub async fn rename_move(
         .bind(&parent)
         .bind(now)
         .bind(&cur.id)
-        .bind(changes::UNSTAMPED)
+        .bind(pos)
         .execute(&mut *tx)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -725,6 +722,7 @@ pub async fn rename_move(
     record_and_commit(
         tx,
         tenant,
+        pos,
         actor,
         &cur.id,
         if moved { ChangeType::Moved } else { ChangeType::Renamed },
@@ -741,23 +739,23 @@ pub async fn delete(
     node: &Node,
     base_version_id: Option<&str>,
 ) -> ApiResult<Node> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let (cur, _) = live_for_write(&mut tx, tenant, node, base_version_id).await?;
     let now = now_ms();
     sqlx::query("UPDATE nodes SET deleted_at = $1, deleted_by = $2, updated_at = $1, last_change = $4 WHERE id = $3")
         .bind(now)
         .bind(&actor.id)
         .bind(&cur.id)
-        .bind(changes::UNSTAMPED)
+        .bind(pos)
         .execute(&mut *tx)
         .await?;
-    record_and_commit(tx, tenant, actor, &cur.id, ChangeType::Deleted, None).await
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Deleted, None).await
 }
 
 /// Brings an item back from trash to where it was. Its parent must not be in trash and its
 /// name must be free there (else 409, nothing changes).
 pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> ApiResult<Node> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     if cur.deleted_at.is_none() {
         return Err(ApiError::conflict("NOT_IN_TRASH", "the item is not in trash"));
@@ -774,19 +772,19 @@ pub async fn restore(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node) -> 
     )
     .bind(now)
     .bind(&cur.id)
-    .bind(changes::UNSTAMPED)
+    .bind(pos)
     .execute(&mut *tx)
     .await
     .map_err(|e| match ApiError::from(e) {
         err if err.code == "ALREADY_EXISTS" => name_taken(&cur.name),
         err => err,
     })?;
-    record_and_commit(tx, tenant, actor, &cur.id, ChangeType::Created, None).await
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Created, None).await
 }
 
 /// Sets a node's stored modification time (mirroring SMB) without making a new version.
 pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, modified_at: i64) -> ApiResult<Node> {
-    let mut tx = changes::begin_write(db, tenant, actor).await?;
+    let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let cur = get_tx(&mut tx, tenant, &node.id).await?.ok_or_else(|| ApiError::not_found("item"))?;
     if cur.modified_at == modified_at {
         tx.rollback().await?;
@@ -795,11 +793,11 @@ pub async fn set_times(db: &Db, tenant: &TenantId, actor: &Actor, node: &Node, m
     sqlx::query("UPDATE nodes SET modified_at = $1, updated_at = $2, last_change = $3 WHERE id = $4")
         .bind(modified_at)
         .bind(now_ms())
-        .bind(changes::UNSTAMPED)
+        .bind(pos)
         .bind(&cur.id)
         .execute(&mut *tx)
         .await?;
-    record_and_commit(tx, tenant, actor, &cur.id, ChangeType::Updated, None).await
+    record_and_commit(tx, tenant, pos, actor, &cur.id, ChangeType::Updated, None).await
 }
 
 /// The subtree under `parent_id` (the share id for the whole share), parents before
