@@ -104,7 +104,8 @@ impl StateReporter {
         // flusher is aborted when the transfers end, possibly in the middle of a call; had it
         // taken its batch out first, that batch was gone (a distributed initial sync of 10,000
         // files once finished "completed" with 909 states unrecorded, transferred again next
-        // run). Resending a batch whose answer was lost is harmless: states are upserts.
+        // run). Resending a batch whose answer was lost is harmless for states (upserts); a
+        // job-log line, or an error state's job event, may then appear twice.
         let _order = self.flushing.lock().await;
         loop {
             let batch: Vec<v1::JobEvent> = self.notes.lock().unwrap().iter().take(MAX_BATCH).cloned().collect();
