@@ -78,6 +78,19 @@ impl Drop for PgDatabase {
     }
 }
 
+/// The in-process api-server logs through a global subscriber that writes into the output
+/// libtest captures, so a failing test shows what the server said (an `INTERNAL` answer's
+/// cause is only in the log). Errors only by default; `TEST_SERVER_LOG` sets the filter
+/// (e.g. `info,api_server=debug`). Tokio's worker threads inherit the capture of the test
+/// that started their runtime, so each line lands in the output of the test it belongs to.
+fn init_server_log() {
+    let filter = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "error".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
 /// A running api-server with its own database and content store.
 pub struct TestServer {
     pub url: String,
@@ -224,6 +237,7 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, opts: Options) -> TestServer {
+        init_server_log();
         let dir = tempfile::tempdir().expect("tempdir");
         let pg = match backend {
             Backend::Sqlite => None,

@@ -253,11 +253,165 @@ impl Plan {
 }
 
 /// Plans one run. See the module and crate documentation.
+///
+/// Paths unchanged on both sides since the last sync, and unrelated to anything that did
+/// change, are left out before the planner builds its own indexes (see [`unchanged_paths`]):
+/// they would produce no action, and copying a million of them is most of a quiet run's time
+/// and memory. [`plan_unpruned`] plans with everything; tests check that both agree.
 pub fn plan(smb: &SmbSnapshot, drive: &DriveSnapshot, base: &BaseState, settings: &Settings) -> Plan {
-    Planner::new(smb, drive, base, settings).run()
+    let unchanged = unchanged_paths(smb, drive, base, settings);
+    Planner::new(smb, drive, base, settings, unchanged).run()
 }
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+/// [`plan`] without leaving out the unchanged paths: the reference the tests compare with.
+#[doc(hidden)]
+pub fn plan_unpruned(smb: &SmbSnapshot, drive: &DriveSnapshot, base: &BaseState, settings: &Settings) -> Plan {
+    Planner::new(smb, drive, base, settings, Unchanged::default()).run()
+}
+
+/// The paths [`plan`] may leave out, and how many of them are files (the delete guard's
+/// count of tracked files includes them).
+#[derive(Default)]
+struct Unchanged<'b> {
+    paths: HashSet<&'b RelPath>,
+    files: usize,
+}
+
+/// The synced paths that can be left out of planning: the same path (exact spelling) holds an
+/// item of the synced kind on both sides, each side as last synced ([`St::Same`]), in scope
+/// under the current settings — and nothing planned can touch it: its case-insensitive key is
+/// not the key of another item, an ancestor of one, or below one, and neither its SMB file id
+/// nor its node id appears anywhere else. The rest is planned as before, with those left out
+/// missing from the planner's maps; for an unchanged path the full planner produces no action
+/// (see [`Planner::unchanged`]), and everything that could make it act — moves found by id,
+/// case twins, folders deleted, replaced or moved around it, filters — involves a path that
+/// is kept, which keeps its whole neighbourhood.
+fn unchanged_paths<'b>(
+    smb: &SmbSnapshot,
+    drive: &DriveSnapshot,
+    base: &'b BaseState,
+    settings: &Settings,
+) -> Unchanged<'b> {
+    let f = &settings.filters;
+    let writes_smb = settings.direction != Direction::SmbToDrive;
+    let mut out = Unchanged::default();
+    for (path, b) in &base.entries {
+        let (Some(s), Some(d)) = (smb.items.get(path), drive.items.get(path)) else { continue };
+        let same = s.kind == b.kind
+            && d.kind == b.kind
+            && smb_state(Some(s), Some(b)) == St::Same
+            && drive_state(Some(d), Some(b)) == St::Same
+            && !s.reparse
+            && !path.name().starts_with(crate::replica::TEMP_PREFIX)
+            && !(writes_smb && windows_name_problem(path.name()).is_some())
+            && !f.excludes_smb(s, settings)
+            && !f.excludes_path(path, d.kind);
+        if same {
+            out.paths.insert(path);
+        }
+    }
+    // What is planned (every other path of the three sources); grown with every unchanged
+    // path that turns out to be related to it, until nothing more is.
+    let keep_both = settings.direction == Direction::Bidirectional && settings.conflict == ConflictStrategy::KeepBoth;
+    let mut planned = Planned { keep_both, ..Planned::default() };
+    for s in smb.items.values().filter(|s| !out.paths.contains(&s.path)) {
+        planned.note(&s.path, s.file_id, None);
+    }
+    for d in drive.items.values().filter(|d| !out.paths.contains(&d.path)) {
+        planned.note(&d.path, 0, Some(&d.node_id));
+    }
+    for b in base.entries.values().filter(|b| !out.paths.contains(&b.path)) {
+        planned.note(&b.path, b.smb.file_id, Some(&b.drive.node_id));
+    }
+    while !planned.keys.is_empty() {
+        let related: Vec<(&'b RelPath, Touch)> =
+            out.paths.iter().filter_map(|path| Some((*path, planned.touches(path, &base.entries[*path])?))).collect();
+        if related.is_empty() {
+            break;
+        }
+        for (path, touch) in related {
+            out.paths.remove(path);
+            let b = &base.entries[path];
+            match touch {
+                Touch::Ancestor => planned.note_ids(b.smb.file_id, &b.drive.node_id),
+                Touch::Related => planned.note(path, b.smb.file_id, Some(&b.drive.node_id)),
+            }
+        }
+    }
+    out.files = out.paths.iter().filter(|p| base.entries[**p].kind == ItemKind::File).count();
+    out
+}
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// What [`unchanged_paths`] knows is planned: keys (case-insensitive), their ancestors, the
+/// folders they are in (for keep both's free names), SMB file ids and node ids.
+#[derive(Default)]
+struct Planned<'b> {
+    keep_both: bool,
+    keys: HashSet<String>,
+    ancestors: HashSet<String>,
+    folders: HashSet<String>,
+    file_ids: HashSet<u64>,
+    nodes: HashSet<&'b NodeId>,
+}
+
+fn parent_key(k: &str) -> &str {
+    k.rfind('/').map(|i| &k[..i]).unwrap_or("")
+}
+
+impl<'b> Planned<'b> {
+    fn note(&mut self, path: &RelPath, file_id: u64, node: Option<&'b NodeId>) {
+        let key = path.key();
+        let k = key.as_str();
+        for (i, _) in k.match_indices('/') {
+            self.ancestors.insert(k[..i].to_string());
+        }
+        if self.keep_both {
+            self.folders.insert(parent_key(k).to_string());
+        }
+        self.keys.insert(k.to_string());
+        if let Some(node) = node {
+            self.note_ids(file_id, node);
+        } else if file_id != 0 {
+            self.file_ids.insert(file_id);
+        }
+    }
+
+    fn note_ids(&mut self, file_id: u64, node: &'b NodeId) {
+        if file_id != 0 {
+            self.file_ids.insert(file_id);
+        }
+        self.nodes.insert(node);
+    }
+
+    /// How the unchanged `path` (synced as `b`) is related to something planned, if it is:
+    /// only as a folder above it (it is planned as the unchanged folder it is, as context;
+    /// the rest of its subtree may still be left out), or more closely: the same key, below
+    /// it, in a folder keep both picks names in, or sharing an SMB file id or a node id.
+    fn touches(&self, path: &RelPath, b: &SyncedState) -> Option<Touch> {
+        let key = path.key();
+        let k = key.as_str();
+        if self.keys.contains(k)
+            || k.match_indices('/').any(|(i, _)| self.keys.contains(&k[..i]))
+            || (self.keep_both && self.folders.contains(parent_key(k)))
+            || self.file_ids.contains(&b.smb.file_id)
+            || self.nodes.contains(&b.drive.node_id)
+        {
+            Some(Touch::Related)
+        } else if self.ancestors.contains(k) {
+            Some(Touch::Ancestor)
+        } else {
+            None
+        }
+    }
+}
+
+/// See [`Planned::touches`].
+enum Touch {
+    Ancestor,
+    Related,
+}
 
 use crate::replica::codes;
 
@@ -381,7 +535,9 @@ struct Planner<'a> {
     /// Conflict names handed out in this plan.
     taken: BTreeSet<PathKey>,
     /// Each base entry's path in the state store (before any rebase), by entity index.
-    orig: Vec<RelPath>,
+    orig: Vec<&'a RelPath>,
+    /// Files left out of planning as unchanged (counted as tracked by the delete guard).
+    unchanged_files: usize,
     /// The origin of the entry being reconciled.
     cur_orig: Option<RelPath>,
     /// Entities already moved in this plan.
@@ -401,7 +557,14 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(smb: &SmbSnapshot, drive: &'a DriveSnapshot, base: &BaseState, settings: &'a Settings) -> Self {
+    fn new(
+        smb: &SmbSnapshot,
+        drive: &'a DriveSnapshot,
+        base: &'a BaseState,
+        settings: &'a Settings,
+        unchanged: Unchanged<'a>,
+    ) -> Self {
+        let left_out = |path: &RelPath| !unchanged.paths.is_empty() && unchanged.paths.contains(path);
         let mut p = Planner {
             settings,
             trashed: &drive.trashed,
@@ -419,7 +582,8 @@ impl<'a> Planner<'a> {
             preserved: BTreeSet::new(),
             drive_twins: BTreeSet::new(),
             moved: BTreeSet::new(),
-            orig: base.entries.keys().cloned().collect(),
+            orig: base.entries.keys().collect(),
+            unchanged_files: unchanged.files,
             cur_orig: None,
             structure: Vec::new(),
             creates: Vec::new(),
@@ -433,7 +597,7 @@ impl<'a> Planner<'a> {
         let f = &settings.filters;
 
         // SMB: parents before children.
-        let mut smb_items: Vec<&SmbItem> = smb.items.values().collect();
+        let mut smb_items: Vec<&SmbItem> = smb.items.values().filter(|s| !left_out(&s.path)).collect();
         smb_items.sort_by(|a, b| (a.path.depth(), &a.path).cmp(&(b.path.depth(), &b.path)));
         for item in smb_items {
             let key = item.path.key();
@@ -462,7 +626,7 @@ impl<'a> Planner<'a> {
         // knows by its exact name wins, else the first in byte order.
         let writes_smb = settings.direction != Direction::SmbToDrive;
         let known = |path: &RelPath| smb.items.contains_key(path) || base.entries.contains_key(path);
-        let mut drive_items: Vec<&DriveItem> = drive.items.values().collect();
+        let mut drive_items: Vec<&DriveItem> = drive.items.values().filter(|d| !left_out(&d.path)).collect();
         drive_items.sort_by(|a, b| {
             (a.path.depth(), !known(&a.path), &a.path).cmp(&(b.path.depth(), !known(&b.path), &b.path))
         });
@@ -505,6 +669,9 @@ impl<'a> Planner<'a> {
         }
 
         for (i, st) in base.entries.values().enumerate() {
+            if left_out(&st.path) {
+                continue;
+            }
             let key = st.path.key();
             if p.in_oos(&key) || p.w.contains_key(&key) {
                 p.books.push(Action::ForgetState { path: st.path.clone() });
@@ -1385,7 +1552,7 @@ impl<'a> Planner<'a> {
         books.sort_by(by_path);
         books.dedup();
         self.skips.sort_by(by_path);
-        let tracked = self.w.values().filter(|(_, st)| st.kind == ItemKind::File).count();
+        let tracked = self.w.values().filter(|(_, st)| st.kind == ItemKind::File).count() + self.unchanged_files;
         let blocked = if self.would_delete > 0 && self.settings.max_delete_percent < 100 {
             let pct = if tracked == 0 { 100 } else { (self.would_delete * 100).div_ceil(tracked).min(100) };
             (self.would_delete * 100 > self.settings.max_delete_percent as usize * tracked).then_some(DeleteGuard {
@@ -1405,5 +1572,143 @@ impl<'a> Planner<'a> {
         actions.extend(books);
         actions.extend(self.skips);
         Plan { actions, blocked }
+    }
+}
+
+#[cfg(test)]
+mod unchanged_tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    /// Synced files and folders, identical on both sides: (path, SMB file id).
+    struct World {
+        smb: SmbSnapshot,
+        drive: DriveSnapshot,
+        base: BaseState,
+    }
+
+    fn world(items: &[(&str, u64)]) -> World {
+        let (mut smb, mut drive, mut base) = (Vec::new(), Vec::new(), Vec::new());
+        for (path, id) in items {
+            let kind = if path.ends_with(".txt") { ItemKind::File } else { ItemKind::Dir };
+            let file = kind == ItemKind::File;
+            let s = SmbItem {
+                path: p(path),
+                kind,
+                size: if file { 3 } else { 0 },
+                last_write: FileTime(10),
+                change_time: FileTime(10),
+                file_id: *id,
+                hidden: false,
+                system: false,
+                reparse: false,
+            };
+            let d = DriveItem {
+                path: p(path),
+                kind,
+                node_id: NodeId(format!("node-{id}")),
+                version_id: file.then(|| VersionId(format!("ver-{id}"))),
+                size: s.size,
+                modified_at: FileTime(10),
+                sha256: file.then(|| Sha256::of(path.as_bytes())),
+            };
+            base.push(SyncedState {
+                path: p(path),
+                kind,
+                smb: SmbSide::of(&s, d.sha256),
+                drive: DriveSide::of(&d),
+                last_synced_at: FileTime(10),
+            });
+            smb.push(s);
+            drive.push(d);
+        }
+        World {
+            smb: SmbSnapshot::from_items(smb),
+            drive: DriveSnapshot::from_items(drive),
+            base: BaseState::from_states(base),
+        }
+    }
+
+    const TREE: &[(&str, u64)] =
+        &[("a", 1), ("a/x.txt", 2), ("a/y.txt", 3), ("b", 4), ("b/z.txt", 5), ("b/w.txt", 6), ("c.txt", 7)];
+
+    fn left_out(w: &World, settings: &Settings) -> (Vec<&'static str>, usize) {
+        let u = unchanged_paths(&w.smb, &w.drive, &w.base, settings);
+        let mut out: Vec<&'static str> =
+            TREE.iter().map(|(path, _)| *path).filter(|path| u.paths.contains(&p(path))).collect();
+        out.sort();
+        assert_eq!(
+            plan(&w.smb, &w.drive, &w.base, settings),
+            plan_unpruned(&w.smb, &w.drive, &w.base, settings),
+            "the same plan either way"
+        );
+        (out, u.files)
+    }
+
+    #[test]
+    fn a_quiet_tree_is_left_out_whole() {
+        let w = world(TREE);
+        let (out, files) = left_out(&w, &Settings::default());
+        assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "b", "b/w.txt", "b/z.txt", "c.txt"]);
+        assert_eq!(files, 5);
+        assert!(plan(&w.smb, &w.drive, &w.base, &Settings::default()).actions.is_empty());
+    }
+
+    #[test]
+    fn a_change_keeps_its_ancestors_and_keep_both_its_folder() {
+        let mut w = world(TREE);
+        w.smb.items.get_mut(&p("b/z.txt")).unwrap().size = 4;
+        let (out, _) = left_out(&w, &Settings::default());
+        assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "b/w.txt", "c.txt"]);
+        let keep_both = Settings {
+            direction: Direction::Bidirectional,
+            conflict: ConflictStrategy::KeepBoth,
+            ..Settings::default()
+        };
+        let (out, _) = left_out(&w, &keep_both);
+        assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "c.txt"], "b/w.txt is a name keep both must see");
+    }
+
+    #[test]
+    fn a_renamed_folder_keeps_its_subtree_and_a_shared_id_both_holders() {
+        // `a` renamed to `A2` on SMB: the old paths are gone there, the new ones are new.
+        let mut w = world(TREE);
+        for old in ["a", "a/x.txt", "a/y.txt"] {
+            let mut item = w.smb.items.remove(&p(old)).unwrap();
+            item.path = p(&old.replacen('a', "A2", 1));
+            w.smb.items.insert(item.path.clone(), item);
+        }
+        let (out, _) = left_out(&w, &Settings::default());
+        assert_eq!(out, ["b", "b/w.txt", "b/z.txt", "c.txt"]);
+
+        // A new SMB file with c.txt's id (a hard link, or an id handed out again).
+        let mut w = world(TREE);
+        let mut twin = w.smb.items[&p("c.txt")].clone();
+        twin.path = p("b/new.txt");
+        w.smb.items.insert(twin.path.clone(), twin);
+        let (out, _) = left_out(&w, &Settings::default());
+        assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "b/w.txt", "b/z.txt"], "b stays as new.txt's folder");
+    }
+
+    #[test]
+    fn a_case_twin_or_a_new_filter_keeps_the_path() {
+        let mut w = world(TREE);
+        let mut twin = w.drive.items[&p("c.txt")].clone();
+        twin.path = p("C.TXT");
+        twin.node_id = NodeId("node-twin".into());
+        w.drive.items.insert(twin.path.clone(), twin);
+        let (out, _) = left_out(&w, &Settings::default());
+        assert!(!out.contains(&"c.txt"), "{out:?}");
+        assert_eq!(out.len(), 6);
+
+        let w = world(TREE);
+        let mut s = Settings::default();
+        s.filters =
+            Filters::new(&FilterConfig { exclude_patterns: vec!["b".into()], ..FilterConfig::default() }).unwrap();
+        let (out, _) = left_out(&w, &s);
+        assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "c.txt"]);
     }
 }

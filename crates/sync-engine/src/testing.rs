@@ -1034,8 +1034,13 @@ impl Default for World {
 
 impl World {
     /// Plans against the current state of everything.
+    /// Checks on the way that leaving out the unchanged paths changes nothing.
     pub fn plan(&self, settings: &Settings) -> crate::Plan {
-        crate::plan(&self.smb.snapshot(), &self.drive.snapshot(), &self.state.base(), settings)
+        let (smb, drive, base) = (self.smb.snapshot(), self.drive.snapshot(), self.state.base());
+        let plan = crate::plan(&smb, &drive, &base, settings);
+        let full = crate::plan::plan_unpruned(&smb, &drive, &base, settings);
+        assert_eq!(plan, full, "the plan without the unchanged paths differs from the full plan");
+        plan
     }
 
     /// Plans and executes one run.

@@ -168,7 +168,10 @@ impl W {
 
     fn plan(&self, settings: &Settings) -> Plan {
         let smb = SmbSnapshot { items: self.smb.clone() };
-        plan(&smb, &self.drive, &self.base, settings)
+        let plan = plan(&smb, &self.drive, &self.base, settings);
+        let full = sync_engine::plan::plan_unpruned(&smb, &self.drive, &self.base, settings);
+        assert_eq!(plan, full, "the plan without the unchanged paths differs from the full plan");
+        plan
     }
 }
 
