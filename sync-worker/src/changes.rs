@@ -112,7 +112,7 @@ impl DriveView {
 
     fn apply_one(&mut self, root: &DriveRoot, c: &v1::Change) {
         let Some(node) = c.node.as_ref() else { return };
-        let id = NodeId(node.id.clone());
+        let id = NodeId(node.id.as_str().into());
         let ty = v1::ChangeType::try_from(c.r#type).unwrap_or(v1::ChangeType::Unspecified);
 
         // The target folder (or a folder above it) trashed or moved away: nothing is under
@@ -227,7 +227,7 @@ impl DriveView {
 
     /// Replaces a file's details after a `Stat` (modification time the log lacked).
     pub fn refresh(&mut self, root: &DriveRoot, node: &v1::Node) {
-        let id = NodeId(node.id.clone());
+        let id = NodeId(node.id.as_str().into());
         self.needs_stat.remove(&id);
         if node.deleted {
             return;
@@ -288,7 +288,7 @@ mod tests {
     }
 
     fn paths(v: &DriveView) -> Vec<(String, String)> {
-        v.snapshot.items.values().map(|i| (i.path.to_string(), i.node_id.0.clone())).collect()
+        v.snapshot.items.values().map(|i| (i.path.to_string(), i.node_id.0.to_string())).collect()
     }
 
     fn base() -> BaseState {
@@ -381,7 +381,7 @@ mod tests {
         let mut n = node("fil_t", "/T/top.txt", false, "ver_4");
         n.modified_at = Some(prost_types::Timestamp { seconds: 10, nanos: 0 });
         v.refresh(&root, &n);
-        assert_eq!(v.needs_stat.iter().map(|n| n.0.as_str()).collect::<Vec<_>>(), vec!["fil_c"]);
+        assert_eq!(v.needs_stat.iter().map(|n| &*n.0).collect::<Vec<_>>(), vec!["fil_c"]);
         assert_eq!(v.get(&NodeId("fil_t".into())).unwrap().modified_at, FileTime::from_unix(10, 0));
     }
 

@@ -191,8 +191,12 @@ pub fn drive_item(rel: RelPath, n: &v1::Node) -> DriveItem {
     DriveItem {
         path: rel,
         kind,
-        node_id: NodeId(n.id.clone()),
-        version_id: if kind == ItemKind::File { opt_str(&n.current_version_id).map(VersionId) } else { None },
+        node_id: NodeId(n.id.as_str().into()),
+        version_id: if kind == ItemKind::File {
+            opt_str(&n.current_version_id).map(|v| VersionId(v.into()))
+        } else {
+            None
+        },
         size: if kind == ItemKind::File { n.size } else { 0 },
         modified_at: ft_of_ts(n.modified_at.as_ref()),
         sha256: if kind == ItemKind::File { Sha256::from_hex(&n.sha256) } else { None },
@@ -226,8 +230,8 @@ pub fn synced_of_proto(s: &v1::FileState) -> Option<SyncedState> {
             sha256: Sha256::from_hex(&smb.sha256),
         },
         drive: DriveSide {
-            node_id: NodeId(drive.node_id.clone()),
-            version_id: opt_str(&drive.version_id).map(VersionId),
+            node_id: NodeId(drive.node_id.as_str().into()),
+            version_id: opt_str(&drive.version_id).map(|v| VersionId(v.into())),
             size: drive.size,
             modified_at: ft_of_ts(drive.modified_at.as_ref()),
             sha256: Sha256::from_hex(&drive.sha256),
@@ -251,8 +255,8 @@ pub fn smb_state(s: &SmbSide) -> v1::SmbItemState {
 /// The ScaiDrive half of a file state.
 pub fn drive_state(d: &DriveSide) -> v1::ScaiDriveItemState {
     v1::ScaiDriveItemState {
-        node_id: d.node_id.0.clone(),
-        version_id: d.version_id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+        node_id: d.node_id.0.to_string(),
+        version_id: d.version_id.as_ref().map(|v| v.0.to_string()).unwrap_or_default(),
         size: d.size,
         modified_at: ts_of_ft(d.modified_at),
         sha256: d.sha256.map(|h| h.to_hex()).unwrap_or_default(),

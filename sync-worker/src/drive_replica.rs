@@ -84,7 +84,7 @@ impl DriveTarget {
     }
 
     fn precondition(base: Option<&VersionId>) -> Option<v1::Precondition> {
-        base.map(|v| v1::Precondition { base_version_id: v.0.clone(), etag: String::new() })
+        base.map(|v| v1::Precondition { base_version_id: v.0.to_string(), etag: String::new() })
     }
 
     /// Creates the target folder (and its parents) if missing.
@@ -272,7 +272,7 @@ impl DriveReplica for DriveTarget {
             sha256: spec.sha256.map(|s| s.to_hex()).unwrap_or_default(),
             modified_at: ts_of_ft(spec.modified_at),
             created_at: None,
-            base_version_id: spec.base_version_id.as_ref().map(|v| v.0.clone()).unwrap_or_default(),
+            base_version_id: spec.base_version_id.as_ref().map(|v| v.0.to_string()).unwrap_or_default(),
             create_parents: true,
         };
         // The source is fed through a small channel: memory holds a few chunks at most. If the
@@ -359,7 +359,7 @@ impl DriveReplica for DriveTarget {
         let req = v1::MoveRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node_id: node.0.clone(),
+            node_id: node.0.to_string(),
             new_parent: Self::path_ref(self.root.parent_abs(to)),
             new_name: to.name().to_string(),
             precondition: Self::precondition(base_version_id),
@@ -378,7 +378,7 @@ impl DriveReplica for DriveTarget {
         let req = v1::DeleteRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node_id: node.0.clone(),
+            node_id: node.0.to_string(),
             precondition: Self::precondition(base_version_id),
         };
         call_retrying(&self.lease_lost, self.rpc.timeout, 3, || {
@@ -395,8 +395,8 @@ impl DriveReplica for DriveTarget {
         let req = v1::RestoreRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node_id: node.0.clone(),
-            version_id: version.map(|v| v.0.clone()).unwrap_or_default(),
+            node_id: node.0.to_string(),
+            version_id: version.map(|v| v.0.to_string()).unwrap_or_default(),
             precondition: None,
         };
         let n = call_retrying(&self.lease_lost, self.rpc.timeout, 3, || {
@@ -417,8 +417,8 @@ impl DriveReplica for DriveTarget {
         let req = v1::DownloadRequest {
             lease: self.lease(),
             share_id: self.share_id.clone(),
-            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::NodeId(node.0.clone())) }),
-            version_id: version.map(|v| v.0.clone()).unwrap_or_default(),
+            node: Some(v1::NodeRef { r#ref: Some(v1::node_ref::Ref::NodeId(node.0.to_string())) }),
+            version_id: version.map(|v| v.0.to_string()).unwrap_or_default(),
             offset: 0,
             length: 0,
         };
@@ -434,7 +434,7 @@ impl DriveReplica for DriveTarget {
         };
         let sha = Sha256::from_hex(&head.sha256)
             .ok_or_else(|| ReplicaError::new("PROTOCOL_ERROR", "download header without a SHA-256"))?;
-        let dh = DownloadHead { version_id: VersionId(head.version_id.clone()), size: head.size, sha256: sha };
+        let dh = DownloadHead { version_id: VersionId(head.version_id.as_str().into()), size: head.size, sha256: sha };
         let me = Arc::new(self.clone());
         let size = head.size;
         // Verify while streaming: the last item is an error unless size and digest match.

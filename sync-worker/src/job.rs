@@ -657,7 +657,7 @@ impl Run {
             .map(|s| crate::permissions::Item {
                 path: s.path.clone(),
                 kind: s.kind,
-                node_id: s.drive.node_id.0.clone(),
+                node_id: s.drive.node_id.0.to_string(),
                 change_time: change_times.get(&s.path).map(|t| t.0).unwrap_or(s.smb.change_time),
                 last_write: change_times.get(&s.path).map(|t| t.1).unwrap_or(s.smb.last_write),
             })

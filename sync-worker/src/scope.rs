@@ -399,7 +399,7 @@ mod tests {
             kind,
             smb: SmbSide { size: 1, last_write: FileTime(1), change_time: FileTime(1), file_id: 7, sha256: None },
             drive: DriveSide {
-                node_id: NodeId(format!("n-{path}")),
+                node_id: NodeId(format!("n-{path}").into()),
                 version_id: None,
                 size: 1,
                 modified_at: FileTime(1),

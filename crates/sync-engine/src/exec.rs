@@ -458,7 +458,7 @@ impl Executor<'_> {
                 self.put(st).await?;
                 return Ok(m);
             }
-            let kept = st.drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("?").to_string();
+            let kept = st.drive.version_id.as_ref().map(|v| &*v.0).unwrap_or("?").to_string();
             let restored = self.drive.restore(&drive.node_id, drive.version_id.as_ref()).await?;
             self.note(
                 path,
@@ -511,7 +511,7 @@ impl Executor<'_> {
                 let what = match resolution {
                     Resolution::SmbWins => format!(
                         "changed on both sides: SMB's content won; ScaiDrive's version {} stays a previous version",
-                        drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("?")
+                        drive.version_id.as_ref().map(|v| &*v.0).unwrap_or("?")
                     ),
                     Resolution::DriveWins => {
                         "changed on both sides: ScaiDrive's content won; SMB's content was kept as a previous version"

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use unicode_normalization::UnicodeNormalization;
@@ -61,6 +62,9 @@ pub struct PathError {
 /// for SMB's case-insensitive namespace. All paths below one folder are contiguous in the
 /// ordering (they share the prefix `folder/`).
 ///
+/// Cloning shares the text (a worker holds each tracked path in its synced state, both
+/// snapshots and the plan: one allocation, not four).
+///
 /// ```
 /// use sync_engine::RelPath;
 /// let p = RelPath::new("Finance/2026/report.docx").unwrap();
@@ -69,7 +73,7 @@ pub struct PathError {
 /// assert_eq!(p.key(), RelPath::new("FINANCE/2026/Report.DOCX").unwrap().key());
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelPath(String);
+pub struct RelPath(Arc<str>);
 
 impl RelPath {
     /// Validates and NFC-normalises `s`.
@@ -86,7 +90,7 @@ impl RelPath {
                 _ => {}
             }
         }
-        Ok(RelPath(n))
+        Ok(RelPath(n.into()))
     }
 
     /// The path as a string.
@@ -101,7 +105,7 @@ impl RelPath {
 
     /// The containing folder; `None` for a top-level item (whose parent is the sync root).
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rfind('/').map(|i| RelPath(self.0[..i].to_string()))
+        self.0.rfind('/').map(|i| RelPath(self.0[..i].into()))
     }
 
     /// `self/name`.
@@ -124,7 +128,7 @@ impl RelPath {
 
     /// Whether `self` is strictly inside folder `dir`.
     pub fn is_inside(&self, dir: &RelPath) -> bool {
-        self.0.len() > dir.0.len() && self.0.starts_with(&dir.0) && self.0.as_bytes()[dir.0.len()] == b'/'
+        self.0.len() > dir.0.len() && self.0.starts_with(&*dir.0) && self.0.as_bytes()[dir.0.len()] == b'/'
     }
 
     /// Whether `self` is `dir` or inside it.
@@ -137,7 +141,7 @@ impl RelPath {
         if self == from {
             Some(to.clone())
         } else if self.is_inside(from) {
-            Some(RelPath(format!("{}{}", to.0, &self.0[from.0.len()..])))
+            Some(RelPath(format!("{}{}", to.0, &self.0[from.0.len()..]).into()))
         } else {
             None
         }
@@ -232,13 +236,14 @@ impl fmt::Display for Sha256 {
     }
 }
 
-/// A ScaiDrive node id (`fil_…` or `fld_…`), stable across rename, move and trash.
+/// A ScaiDrive node id (`fil_…` or `fld_…`), stable across rename, move and trash. Clones
+/// share the text.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct NodeId(pub String);
+pub struct NodeId(pub Arc<str>);
 
-/// A ScaiDrive file version id (`ver_…`).
+/// A ScaiDrive file version id (`ver_…`). Clones share the text.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct VersionId(pub String);
+pub struct VersionId(pub Arc<str>);
 
 /// An entry on the SMB share, as listed or stat'ed now (content unread).
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -951,7 +951,7 @@ impl<'a> Planner<'a> {
             DriveItem {
                 path: dir.clone(),
                 kind: ItemKind::Dir,
-                node_id: NodeId(String::new()),
+                node_id: NodeId("".into()),
                 version_id: None,
                 size: 0,
                 modified_at: s.last_write,
@@ -1609,8 +1609,8 @@ mod unchanged_tests {
             let d = DriveItem {
                 path: p(path),
                 kind,
-                node_id: NodeId(format!("node-{id}")),
-                version_id: file.then(|| VersionId(format!("ver-{id}"))),
+                node_id: NodeId(format!("node-{id}").into()),
+                version_id: file.then(|| VersionId(format!("ver-{id}").into())),
                 size: s.size,
                 modified_at: FileTime(10),
                 sha256: file.then(|| Sha256::of(path.as_bytes())),

@@ -640,7 +640,7 @@ impl DriveFs {
             Some(id) if self.nodes[&id].kind == ItemKind::Dir => Ok(Some(id)),
             Some(_) => Err(err(codes::NAME_CONFLICT, format!("{dir} is a file"))),
             None => {
-                let id = NodeId(self.id("fld"));
+                let id = NodeId(self.id("fld").into());
                 self.nodes.insert(
                     id.clone(),
                     Node {
@@ -660,7 +660,7 @@ impl DriveFs {
 
     fn put_file(&mut self, path: &RelPath, data: Bytes, t: FileTime) -> Result<NodeId, ReplicaError> {
         let parent = self.mkdirs(path.parent().as_ref(), t)?;
-        let vid = VersionId(self.id("ver"));
+        let vid = VersionId(self.id("ver").into());
         let v = Version { id: vid, sha: Sha256::of(&data), data, modified_at: t };
         match self.child(parent.as_ref(), path.name()) {
             Some(id) if self.nodes[&id].kind == ItemKind::Dir => Err(err(codes::NAME_CONFLICT, format!("{path}"))),
@@ -669,7 +669,7 @@ impl DriveFs {
                 Ok(id)
             }
             None => {
-                let id = NodeId(self.id("fil"));
+                let id = NodeId(self.id("fil").into());
                 self.nodes.insert(
                     id.clone(),
                     Node {
@@ -912,7 +912,7 @@ impl DriveReplica for MemDrive {
         if let Some(v) = version {
             let old = fs.nodes[node].versions.iter().find(|x| &x.id == v).cloned();
             let old = old.ok_or_else(|| err(codes::NOT_FOUND, format!("{v:?}")))?;
-            let vid = VersionId(fs.id("ver"));
+            let vid = VersionId(fs.id("ver").into());
             fs.nodes.get_mut(node).unwrap().versions.push(Version { id: vid, ..old });
         }
         Ok(fs.item(node))

@@ -27,7 +27,7 @@ fn world(n: usize) -> (SmbSnapshot, DriveSnapshot, BaseState) {
         let dir = format!("d{d:04}");
         let smb_dir = if d == 1 { "renamed".to_string() } else { dir.clone() };
         let dir_id = 1_000_000 + d as u64;
-        let node = NodeId(format!("n{dir}"));
+        let node = NodeId(format!("n{dir}").into());
         smb.push(SmbItem {
             path: p(&smb_dir),
             kind: ItemKind::Dir,
@@ -59,8 +59,8 @@ fn world(n: usize) -> (SmbSnapshot, DriveSnapshot, BaseState) {
             let id = (d * PER_DIR + f) as u64 + 1;
             let name = format!("f{id:07}.dat");
             let sha = Some(Sha256::of(name.as_bytes()));
-            let node = NodeId(format!("n{id}"));
-            let version = Some(VersionId(format!("v{id}")));
+            let node = NodeId(format!("n{id}").into());
+            let version = Some(VersionId(format!("v{id}").into()));
             smb.push(SmbItem {
                 path: p(&format!("{smb_dir}/{name}")),
                 kind: ItemKind::File,

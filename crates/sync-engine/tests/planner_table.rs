@@ -29,7 +29,7 @@ fn show(a: &Action) -> String {
         },
         Action::DownloadToSmb { path, drive, smb_expected, preserve_smb } => format!(
             "download {path} ({}){}{}",
-            drive.version_id.as_ref().map(|v| v.0.as_str()).unwrap_or("-"),
+            drive.version_id.as_ref().map(|v| &*v.0).unwrap_or("-"),
             if smb_expected.is_some() { " replacing" } else { "" },
             if *preserve_smb { " preserving" } else { "" }
         ),
