@@ -269,23 +269,50 @@ pub fn plan_unpruned(smb: &SmbSnapshot, drive: &DriveSnapshot, base: &BaseState,
     Planner::new(smb, drive, base, settings, Unchanged::default()).run()
 }
 
-/// The paths [`plan`] may leave out, and how many of them are files (the delete guard's
-/// count of tracked files includes them).
+/// The paths [`plan`] may leave out (in path order, with their synced states), and how many
+/// of them are files (the delete guard's count of tracked files includes them).
 #[derive(Default)]
 struct Unchanged<'b> {
-    paths: HashSet<&'b RelPath>,
+    paths: Vec<(&'b RelPath, &'b SyncedState)>,
     files: usize,
+}
+
+impl<'b> Unchanged<'b> {
+    /// A test of "left out?" for paths asked in ascending order (a walk of a path-keyed map).
+    fn cursor(&self) -> impl FnMut(&RelPath) -> bool + '_ {
+        let mut i = 0;
+        move |path| {
+            while i < self.paths.len() && self.paths[i].0 < path {
+                i += 1;
+            }
+            i < self.paths.len() && self.paths[i].0 == path
+        }
+    }
+}
+
+/// The item at `path` in a path-ordered map walked alongside, if there is one.
+fn seek<'m, V>(
+    it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'m, RelPath, V>>,
+    path: &RelPath,
+) -> Option<&'m V> {
+    while it.next_if(|(k, _)| *k < path).is_some() {}
+    it.next_if(|(k, _)| *k == path).map(|(_, v)| v)
 }
 
 /// The synced paths that can be left out of planning: the same path (exact spelling) holds an
 /// item of the synced kind on both sides, each side as last synced ([`St::Same`]), in scope
-/// under the current settings — and nothing planned can touch it: its case-insensitive key is
-/// not the key of another item, an ancestor of one, or below one, and neither its SMB file id
-/// nor its node id appears anywhere else. The rest is planned as before, with those left out
-/// missing from the planner's maps; for an unchanged path the full planner produces no action
-/// (see [`Planner::unchanged`]), and everything that could make it act — moves found by id,
-/// case twins, folders deleted, replaced or moved around it, filters — involves a path that
-/// is kept, which keeps its whole neighbourhood.
+/// under the current settings (its SMB file id the one synced, not merely unknown then) — and nothing planned can touch it: its case-insensitive key is
+/// not the key of another item (another unchanged one included) nor below one, it is not in a folder where keep both picks a
+/// free name, and neither its SMB file id nor its node id appears anywhere else. An unchanged
+/// folder above something planned is planned too, as context, without the rest of its
+/// subtree. For an unchanged path the full planner produces no action (see
+/// [`Planner::unchanged`]), and everything that could make it act — moves found by id, case
+/// twins, folders deleted, replaced or moved around it, filters — involves a path that is
+/// planned, which then keeps its whole neighbourhood.
+///
+/// The three maps are walked side by side (all are in path order). Only the item's own name
+/// rules and attributes are checked: an ancestor folder that a rule excludes is itself not
+/// unchanged-in-scope, so it is planned, and everything below it with it.
 fn unchanged_paths<'b>(
     smb: &SmbSnapshot,
     drive: &DriveSnapshot,
@@ -295,50 +322,80 @@ fn unchanged_paths<'b>(
     let f = &settings.filters;
     let writes_smb = settings.direction != Direction::SmbToDrive;
     let mut out = Unchanged::default();
+    let (mut smb_it, mut drive_it) = (smb.items.iter().peekable(), drive.items.iter().peekable());
     for (path, b) in &base.entries {
-        let (Some(s), Some(d)) = (smb.items.get(path), drive.items.get(path)) else { continue };
+        let (Some(s), Some(d)) = (seek(&mut smb_it, path), seek(&mut drive_it, path)) else { continue };
         let same = s.kind == b.kind
             && d.kind == b.kind
+            && s.file_id == b.smb.file_id
             && smb_state(Some(s), Some(b)) == St::Same
             && drive_state(Some(d), Some(b)) == St::Same
             && !s.reparse
             && !path.name().starts_with(crate::replica::TEMP_PREFIX)
             && !(writes_smb && windows_name_problem(path.name()).is_some())
-            && !f.excludes_smb(s, settings)
-            && !f.excludes_path(path, d.kind);
+            && !attr_excluded(s, settings)
+            && !f.excludes_name(path, b.kind)
+            && f.includes(path, b.kind);
         if same {
-            out.paths.insert(path);
+            out.paths.push((path, b));
         }
+    }
+    // Spellings of one case-insensitive key among them (case twins) are planned: only one of
+    // them syncs. A path already in its key's form (lower case) needs no key to compare.
+    let key_of = |path: &RelPath| -> Option<String> {
+        let p = path.as_str();
+        (!p.is_ascii() || p.bytes().any(|c| c.is_ascii_uppercase())).then(|| path.key().as_str().to_string())
+    };
+    let mut spellings: HashMap<String, usize> = HashMap::new();
+    for (path, _) in &out.paths {
+        if let Some(k) = key_of(path) {
+            *spellings.entry(k).or_default() += 1;
+        }
+    }
+    if !spellings.is_empty() {
+        out.paths.retain(|(path, _)| match key_of(path) {
+            Some(k) => spellings[&k] == 1,
+            None => !spellings.contains_key(path.as_str()),
+        });
     }
     // What is planned (every other path of the three sources); grown with every unchanged
     // path that turns out to be related to it, until nothing more is.
     let keep_both = settings.direction == Direction::Bidirectional && settings.conflict == ConflictStrategy::KeepBoth;
     let mut planned = Planned { keep_both, ..Planned::default() };
-    for s in smb.items.values().filter(|s| !out.paths.contains(&s.path)) {
-        planned.note(&s.path, s.file_id, None);
-    }
-    for d in drive.items.values().filter(|d| !out.paths.contains(&d.path)) {
-        planned.note(&d.path, 0, Some(&d.node_id));
-    }
-    for b in base.entries.values().filter(|b| !out.paths.contains(&b.path)) {
-        planned.note(&b.path, b.smb.file_id, Some(&b.drive.node_id));
+    {
+        let mut left_out = out.cursor();
+        for s in smb.items.values().filter(|s| !left_out(&s.path)) {
+            planned.note(&s.path, s.file_id, None);
+        }
+        let mut left_out = out.cursor();
+        for d in drive.items.values().filter(|d| !left_out(&d.path)) {
+            planned.note(&d.path, 0, Some(&d.node_id));
+        }
+        let mut left_out = out.cursor();
+        for b in base.entries.values().filter(|b| !left_out(&b.path)) {
+            planned.note(&b.path, b.smb.file_id, Some(&b.drive.node_id));
+        }
     }
     while !planned.keys.is_empty() {
-        let related: Vec<(&'b RelPath, Touch)> =
-            out.paths.iter().filter_map(|path| Some((*path, planned.touches(path, &base.entries[*path])?))).collect();
+        let mut related = Vec::new();
+        out.paths.retain(|(path, b)| match planned.touches(path, b) {
+            Some(touch) => {
+                related.push((*path, *b, touch));
+                false
+            }
+            None => true,
+        });
         if related.is_empty() {
             break;
         }
-        for (path, touch) in related {
-            out.paths.remove(path);
-            let b = &base.entries[path];
+        for (path, b, touch) in related {
             match touch {
                 Touch::Ancestor => planned.note_ids(b.smb.file_id, &b.drive.node_id),
                 Touch::Related => planned.note(path, b.smb.file_id, Some(&b.drive.node_id)),
             }
         }
     }
-    out.files = out.paths.iter().filter(|p| base.entries[**p].kind == ItemKind::File).count();
+    out.files = out.paths.iter().filter(|(_, b)| b.kind == ItemKind::File).count();
     out
 }
 
@@ -564,7 +621,7 @@ impl<'a> Planner<'a> {
         settings: &'a Settings,
         unchanged: Unchanged<'a>,
     ) -> Self {
-        let left_out = |path: &RelPath| !unchanged.paths.is_empty() && unchanged.paths.contains(path);
+        let mut left_out = unchanged.cursor();
         let mut p = Planner {
             settings,
             trashed: &drive.trashed,
@@ -626,6 +683,7 @@ impl<'a> Planner<'a> {
         // knows by its exact name wins, else the first in byte order.
         let writes_smb = settings.direction != Direction::SmbToDrive;
         let known = |path: &RelPath| smb.items.contains_key(path) || base.entries.contains_key(path);
+        let mut left_out = unchanged.cursor();
         let mut drive_items: Vec<&DriveItem> = drive.items.values().filter(|d| !left_out(&d.path)).collect();
         drive_items.sort_by(|a, b| {
             (a.path.depth(), !known(&a.path), &a.path).cmp(&(b.path.depth(), !known(&b.path), &b.path))
@@ -668,6 +726,7 @@ impl<'a> Planner<'a> {
             p.vd.insert(key, item.clone());
         }
 
+        let mut left_out = unchanged.cursor();
         for (i, st) in base.entries.values().enumerate() {
             if left_out(&st.path) {
                 continue;
@@ -1638,7 +1697,7 @@ mod unchanged_tests {
     fn left_out(w: &World, settings: &Settings) -> (Vec<&'static str>, usize) {
         let u = unchanged_paths(&w.smb, &w.drive, &w.base, settings);
         let mut out: Vec<&'static str> =
-            TREE.iter().map(|(path, _)| *path).filter(|path| u.paths.contains(&p(path))).collect();
+            TREE.iter().map(|(path, _)| *path).filter(|path| u.paths.iter().any(|(q, _)| **q == p(path))).collect();
         out.sort();
         assert_eq!(
             plan(&w.smb, &w.drive, &w.base, settings),
@@ -1691,6 +1750,33 @@ mod unchanged_tests {
         w.smb.items.insert(twin.path.clone(), twin);
         let (out, _) = left_out(&w, &Settings::default());
         assert_eq!(out, ["a", "a/x.txt", "a/y.txt", "b/w.txt", "b/z.txt"], "b stays as new.txt's folder");
+    }
+
+    #[test]
+    fn unchanged_case_twins_and_an_id_unknown_at_the_last_sync_are_planned() {
+        // Both spellings unchanged: the planner syncs one and reports the other.
+        let w = world(&[("A.txt", 1), ("a.txt", 2), ("c.txt", 7)]);
+        let u = unchanged_paths(&w.smb, &w.drive, &w.base, &Settings::default());
+        let out: Vec<&str> = u.paths.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(out, ["c.txt"]);
+        assert_eq!(
+            plan(&w.smb, &w.drive, &w.base, &Settings::default()),
+            plan_unpruned(&w.smb, &w.drive, &w.base, &Settings::default())
+        );
+
+        // p.txt synced without an SMB file id, now listed with 7, which r.txt was synced with,
+        // and a hard link q.txt with it too.
+        let mut w = world(&[("p.txt", 7), ("r.txt", 7)]);
+        w.base.entries.get_mut(&p("p.txt")).unwrap().smb.file_id = 0;
+        w.smb.items.remove(&p("r.txt"));
+        let mut q = w.smb.items[&p("p.txt")].clone();
+        q.path = p("q.txt");
+        w.smb.items.insert(q.path.clone(), q);
+        for direction in [Direction::SmbToDrive, Direction::DriveToSmb, Direction::Bidirectional] {
+            let s = Settings { direction, ..Settings::default() };
+            assert!(unchanged_paths(&w.smb, &w.drive, &w.base, &s).paths.is_empty());
+            assert_eq!(plan(&w.smb, &w.drive, &w.base, &s), plan_unpruned(&w.smb, &w.drive, &w.base, &s));
+        }
     }
 
     #[test]
