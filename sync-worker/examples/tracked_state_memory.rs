@@ -7,7 +7,8 @@
 //! `job.rs` does:
 //!
 //! 1. the synced states from the control plane (`BaseState`, as `list_base` builds it from
-//!    pages of `FileState`s converted by `convert::synced_of_proto`);
+//!    pages of `FileState`s converted by `convert::synced_of_proto`, collected, then built
+//!    in one go);
 //! 2. the SMB walk (`SmbSnapshot`, one `SmbItem` per file and folder);
 //! 3. the ScaiDrive side of a run with nothing in the change log (`DriveView::from_base`);
 //! 4. the plan (`sync_engine::plan`, which indexes all three), after which both snapshots are
@@ -87,7 +88,7 @@ fn main() {
     let items = tree.len();
 
     // 1. The base, page by page as list_base receives it (5,000 states per page).
-    let mut base = BaseState::default();
+    let mut collected = Vec::new();
     for (n, page) in tree.chunks(5000).enumerate() {
         let states: Vec<v1::FileState> = page
             .iter()
@@ -121,10 +122,9 @@ fn main() {
                 }
             })
             .collect();
-        for s in states.iter().filter_map(synced_of_proto) {
-            base.entries.insert(s.path.clone(), s);
-        }
+        collected.extend(states.iter().filter_map(synced_of_proto).map(|s| (s.path.clone(), s)));
     }
+    let base = BaseState { entries: collected.into_iter().collect() };
     assert_eq!(base.entries.len(), items, "every synthetic state converts");
     report("base (synced states)", files, started);
 

@@ -32,17 +32,30 @@ pub struct DriveView {
 impl DriveView {
     /// The view the last run left: the ScaiDrive side of every synced state.
     pub fn from_base(base: &BaseState) -> Self {
+        let item = |s: &sync_engine::SyncedState| DriveItem {
+            path: s.path.clone(),
+            kind: s.kind,
+            node_id: s.drive.node_id.clone(),
+            version_id: s.drive.version_id.clone(),
+            size: s.drive.size,
+            modified_at: s.drive.modified_at,
+            sha256: s.drive.sha256,
+        };
+        // Both maps built in one go (full nodes; a map filled one insert at a time in order
+        // stays about half full). When two states name one node, the inserts below decide,
+        // as replay does, which path keeps it.
+        let items: BTreeMap<RelPath, DriveItem> = base.entries.iter().map(|(p, s)| (p.clone(), item(s))).collect();
+        let by_id: BTreeMap<NodeId, RelPath> = items.values().map(|i| (i.node_id.clone(), i.path.clone())).collect();
+        if by_id.len() == items.len() {
+            return DriveView {
+                snapshot: DriveSnapshot { items, trashed: BTreeMap::new() },
+                by_id,
+                ..Default::default()
+            };
+        }
         let mut v = DriveView::default();
         for s in base.entries.values() {
-            v.insert(DriveItem {
-                path: s.path.clone(),
-                kind: s.kind,
-                node_id: s.drive.node_id.clone(),
-                version_id: s.drive.version_id.clone(),
-                size: s.drive.size,
-                modified_at: s.drive.modified_at,
-                sha256: s.drive.sha256,
-            });
+            v.insert(item(s));
         }
         v
     }
@@ -300,6 +313,41 @@ mod tests {
             state("docs2", "fld_x", true, ""),
             state("top.txt", "fil_t", false, "ver_3"),
         ])
+    }
+
+    #[test]
+    fn the_view_from_the_base_is_the_one_inserts_give_even_with_a_node_named_twice() {
+        let by_inserts = |b: &BaseState| {
+            let mut v = DriveView::default();
+            for s in b.entries.values() {
+                v.insert(DriveItem {
+                    path: s.path.clone(),
+                    kind: s.kind,
+                    node_id: s.drive.node_id.clone(),
+                    version_id: s.drive.version_id.clone(),
+                    size: s.drive.size,
+                    modified_at: s.drive.modified_at,
+                    sha256: s.drive.sha256,
+                });
+            }
+            v
+        };
+        let b = base();
+        let (bulk, one_by_one) = (DriveView::from_base(&b), by_inserts(&b));
+        assert_eq!(bulk.snapshot.items, one_by_one.snapshot.items);
+        assert_eq!(bulk.by_id, one_by_one.by_id);
+        assert_eq!(bulk.snapshot.items.len(), b.entries.len());
+
+        // A stale base naming one node at two paths: the later path keeps it.
+        let mut twice = base();
+        let mut dup = twice.entries.values().find(|s| s.kind == ItemKind::File).unwrap().clone();
+        dup.path = p("zz-copy.txt");
+        twice.entries.insert(dup.path.clone(), dup.clone());
+        let (bulk, one_by_one) = (DriveView::from_base(&twice), by_inserts(&twice));
+        assert_eq!(bulk.snapshot.items, one_by_one.snapshot.items);
+        assert_eq!(bulk.by_id, one_by_one.by_id);
+        assert_eq!(bulk.by_id[&dup.drive.node_id], dup.path);
+        assert_eq!(bulk.snapshot.items.len(), twice.entries.len() - 1);
     }
 
     #[test]
