@@ -16,6 +16,19 @@ use sync_engine::{BaseState, DriveItem, DriveSnapshot, ItemKind, NodeId, RelPath
 
 use crate::convert::{drive_item, DriveRoot};
 
+/// The ScaiDrive item a synced state describes.
+fn synced_drive_item(s: &sync_engine::SyncedState) -> DriveItem {
+    DriveItem {
+        path: s.path.clone(),
+        kind: s.kind,
+        node_id: s.drive.node_id.clone(),
+        version_id: s.drive.version_id.clone(),
+        size: s.drive.size,
+        modified_at: s.drive.modified_at,
+        sha256: s.drive.sha256,
+    }
+}
+
 /// A ScaiDrive snapshot being built, with an index by node id.
 #[derive(Debug, Default)]
 pub struct DriveView {
@@ -32,15 +45,7 @@ pub struct DriveView {
 impl DriveView {
     /// The view the last run left: the ScaiDrive side of every synced state.
     pub fn from_base(base: &BaseState) -> Self {
-        let item = |s: &sync_engine::SyncedState| DriveItem {
-            path: s.path.clone(),
-            kind: s.kind,
-            node_id: s.drive.node_id.clone(),
-            version_id: s.drive.version_id.clone(),
-            size: s.drive.size,
-            modified_at: s.drive.modified_at,
-            sha256: s.drive.sha256,
-        };
+        let item = synced_drive_item;
         // Both maps built in one go (full nodes; a map filled one insert at a time in order
         // stays about half full). When two states name one node, the inserts below decide,
         // as replay does, which path keeps it.
@@ -320,15 +325,7 @@ mod tests {
         let by_inserts = |b: &BaseState| {
             let mut v = DriveView::default();
             for s in b.entries.values() {
-                v.insert(DriveItem {
-                    path: s.path.clone(),
-                    kind: s.kind,
-                    node_id: s.drive.node_id.clone(),
-                    version_id: s.drive.version_id.clone(),
-                    size: s.drive.size,
-                    modified_at: s.drive.modified_at,
-                    sha256: s.drive.sha256,
-                });
+                v.insert(synced_drive_item(s));
             }
             v
         };
