@@ -45,11 +45,11 @@ pub struct DriveView {
 impl DriveView {
     /// The view the last run left: the ScaiDrive side of every synced state.
     pub fn from_base(base: &BaseState) -> Self {
-        let item = synced_drive_item;
         // Both maps built in one go (full nodes; a map filled one insert at a time in order
         // stays about half full). When two states name one node, the inserts below decide,
         // as replay does, which path keeps it.
-        let items: BTreeMap<RelPath, DriveItem> = base.entries.iter().map(|(p, s)| (p.clone(), item(s))).collect();
+        let items: BTreeMap<RelPath, DriveItem> =
+            base.entries.iter().map(|(p, s)| (p.clone(), synced_drive_item(s))).collect();
         let by_id: BTreeMap<NodeId, RelPath> = items.values().map(|i| (i.node_id.clone(), i.path.clone())).collect();
         if by_id.len() == items.len() {
             return DriveView {
@@ -60,7 +60,7 @@ impl DriveView {
         }
         let mut v = DriveView::default();
         for s in base.entries.values() {
-            v.insert(item(s));
+            v.insert(synced_drive_item(s));
         }
         v
     }

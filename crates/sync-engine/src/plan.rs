@@ -300,10 +300,11 @@ fn seek<'m, V>(
 }
 
 /// The synced paths that can be left out of planning: the same path (exact spelling) holds an
-/// item of the synced kind on both sides, each side as last synced ([`St::Same`]), in scope
-/// under the current settings (its SMB file id the one synced, not merely unknown then) — and nothing planned can touch it: its case-insensitive key is
-/// not the key of another item (another unchanged one included) nor below one, it is not in a folder where keep both picks a
-/// free name, and neither its SMB file id nor its node id appears anywhere else. An unchanged
+/// item of the synced kind on both sides, each side as last synced ([`St::Same`]; the SMB
+/// file id the one synced, not merely unknown then), in scope under the current settings —
+/// and nothing planned can touch it: its case-insensitive key is not the key of another item
+/// (another unchanged one included) nor below one, it is not in a folder where keep both
+/// picks a free name, and neither its SMB file id nor its node id appears anywhere else. An unchanged
 /// folder above something planned is planned too, as context, without the rest of its
 /// subtree. For an unchanged path the full planner produces no action (see
 /// [`Planner::unchanged`]), and everything that could make it act — moves found by id, case
