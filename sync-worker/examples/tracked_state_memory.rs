@@ -122,9 +122,9 @@ fn main() {
                 }
             })
             .collect();
-        collected.extend(states.iter().filter_map(synced_of_proto).map(|s| (s.path.clone(), s)));
+        collected.extend(states.iter().filter_map(synced_of_proto));
     }
-    let base = BaseState { entries: collected.into_iter().collect() };
+    let base = BaseState::from_states(collected);
     assert_eq!(base.entries.len(), items, "every synthetic state converts");
     report("base (synced states)", files, started);
 

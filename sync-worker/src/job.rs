@@ -18,7 +18,7 @@ use futures::StreamExt;
 use proto::v1;
 use sync_engine::{
     BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig, Filters, Plan,
-    RelPath, Settings, StateSink, SyncedState,
+    RelPath, Settings, StateSink,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -703,7 +703,7 @@ impl Run {
         let cp = self.ctx.rpc.cp.clone();
         // Collected first and built in one go: a map filled in path order, one insert at a
         // time, keeps its nodes about half full (for a million states, some 300 MiB more).
-        let mut states: Vec<(RelPath, SyncedState)> = Vec::new();
+        let mut states = Vec::new();
         let mut page_token = String::new();
         loop {
             let req = v1::ListFileStatesRequest {
@@ -717,10 +717,10 @@ impl Run {
                 async move { c.list_file_states(r).await }
             })
             .await?;
-            states.extend(resp.states.iter().filter_map(synced_of_proto).map(|s| (s.path.clone(), s)));
+            states.extend(resp.states.iter().filter_map(synced_of_proto));
             if resp.next_page_token.is_empty() {
                 // Sorted (already in order: linear), the last of equal paths kept, as inserts would.
-                return Ok(BaseState { entries: states.into_iter().collect() });
+                return Ok(BaseState::from_states(states));
             }
             page_token = resp.next_page_token;
         }
