@@ -16,8 +16,10 @@ pub mod plan;
 pub mod replica;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tracked;
 
 pub use exec::{execute, ExecOptions, ExecReport};
 pub use model::*;
 pub use plan::{plan, Action, DeleteGuard, Phase, Plan, Resolution};
 pub use replica::*;
+pub use tracked::{plan_tracked, DriveOverlay, SmbWalk, Tracked, TrackedBuilder};

@@ -159,7 +159,24 @@ impl RelPath {
 
     /// The key of this path in a case-insensitive namespace (SMB): NFC, then lower-cased.
     pub fn key(&self) -> PathKey {
-        PathKey(self.0.chars().flat_map(char::to_lowercase).collect::<String>().nfc().collect())
+        PathKey(key_of_str(&self.0))
+    }
+
+    /// A path from text that already is one (taken from a `RelPath` earlier).
+    pub(crate) fn from_valid(s: &str) -> RelPath {
+        RelPath(s.into())
+    }
+}
+
+/// [`RelPath::key`] of a path's text.
+pub(crate) fn key_of_str(s: &str) -> String {
+    s.chars().flat_map(char::to_lowercase).collect::<String>().nfc().collect()
+}
+
+/// Looking a path up by its text (`str`'s order and hash are `RelPath`'s).
+impl std::borrow::Borrow<str> for RelPath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -240,6 +257,13 @@ impl fmt::Display for Sha256 {
 /// share the text.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct NodeId(pub Arc<str>);
+
+/// Looking a node id up by its text.
+impl std::borrow::Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A ScaiDrive file version id (`ver_…`). Clones share the text.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -510,6 +534,11 @@ pub struct Filters {
     exclude: Option<GlobSet>,
 }
 
+/// The last component of a path's text.
+pub(crate) fn name_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 fn norm_ext(e: &str) -> String {
     e.trim_start_matches('.').to_lowercase()
 }
@@ -550,29 +579,39 @@ impl Filters {
         Some(name[i + 1..].to_lowercase())
     }
 
-    fn glob_hit(set: &Option<GlobSet>, path: &RelPath) -> bool {
+    fn glob_hit(set: &Option<GlobSet>, path: &str) -> bool {
         match set {
-            Some(s) => s.is_match(path.name()) || s.is_match(path.as_str()),
+            Some(s) => s.is_match(name_of(path)) || s.is_match(path),
             None => false,
         }
     }
 
     /// Whether the exclude rules match this path itself (not its ancestors).
     pub fn excludes_name(&self, path: &RelPath, kind: ItemKind) -> bool {
+        self.excludes_name_str(path.as_str(), kind)
+    }
+
+    /// [`Filters::excludes_name`] of a path's text.
+    pub(crate) fn excludes_name_str(&self, path: &str, kind: ItemKind) -> bool {
         if Self::glob_hit(&self.exclude, path) {
             return true;
         }
         kind == ItemKind::File
             && !self.exclude_ext.is_empty()
-            && Self::ext(path.name()).is_some_and(|e| self.exclude_ext.contains(&e))
+            && Self::ext(name_of(path)).is_some_and(|e| self.exclude_ext.contains(&e))
     }
 
     /// Whether a file passes the include whitelist (always true for folders).
     pub fn includes(&self, path: &RelPath, kind: ItemKind) -> bool {
+        self.includes_str(path.as_str(), kind)
+    }
+
+    /// [`Filters::includes`] of a path's text.
+    pub(crate) fn includes_str(&self, path: &str, kind: ItemKind) -> bool {
         if kind == ItemKind::Dir || (self.include_ext.is_empty() && self.include.is_none()) {
             return true;
         }
-        Self::ext(path.name()).is_some_and(|e| self.include_ext.contains(&e)) || Self::glob_hit(&self.include, path)
+        Self::ext(name_of(path)).is_some_and(|e| self.include_ext.contains(&e)) || Self::glob_hit(&self.include, path)
     }
 
     /// Whether the item at `path` is out of scope by name rules, looking at the path and

@@ -272,9 +272,9 @@ pub fn plan_unpruned(smb: &SmbSnapshot, drive: &DriveSnapshot, base: &BaseState,
 /// The paths [`plan`] may leave out (in path order, with their synced states), and how many
 /// of them are files (the delete guard's count of tracked files includes them).
 #[derive(Default)]
-struct Unchanged<'b> {
-    paths: Vec<(&'b RelPath, &'b SyncedState)>,
-    files: usize,
+pub(crate) struct Unchanged<'b> {
+    pub(crate) paths: Vec<(&'b RelPath, &'b SyncedState)>,
+    pub(crate) files: usize,
 }
 
 impl<'b> Unchanged<'b> {
@@ -320,66 +320,36 @@ fn unchanged_paths<'b>(
     base: &'b BaseState,
     settings: &Settings,
 ) -> Unchanged<'b> {
-    let f = &settings.filters;
-    let writes_smb = settings.direction != Direction::SmbToDrive;
     let mut out = Unchanged::default();
     let (mut smb_it, mut drive_it) = (smb.items.iter().peekable(), drive.items.iter().peekable());
     for (path, b) in &base.entries {
         let (Some(s), Some(d)) = (seek(&mut smb_it, path), seek(&mut drive_it, path)) else { continue };
-        let same = s.kind == b.kind
-            && d.kind == b.kind
-            && s.file_id == b.smb.file_id
-            && smb_state(Some(s), Some(b)) == St::Same
-            && drive_state(Some(d), Some(b)) == St::Same
-            && !s.reparse
-            && !path.name().starts_with(crate::replica::TEMP_PREFIX)
-            && !(writes_smb && windows_name_problem(path.name()).is_some())
-            && !attr_excluded(s, settings)
-            && !f.excludes_name(path, b.kind)
-            && f.includes(path, b.kind);
-        if same {
+        if as_synced(s, d, b, settings) && name_in_scope(path.as_str(), b.kind, settings) {
             out.paths.push((path, b));
         }
     }
-    // Spellings of one case-insensitive key among them (case twins) are planned: only one of
-    // them syncs. A path already in its key's form (lower case) needs no key to compare.
-    let key_of = |path: &RelPath| -> Option<String> {
-        let p = path.as_str();
-        (!p.is_ascii() || p.bytes().any(|c| c.is_ascii_uppercase())).then(|| path.key().as_str().to_string())
-    };
-    let mut spellings: HashMap<String, usize> = HashMap::new();
-    for (path, _) in &out.paths {
-        if let Some(k) = key_of(path) {
-            *spellings.entry(k).or_default() += 1;
-        }
-    }
-    if !spellings.is_empty() {
-        out.paths.retain(|(path, _)| match key_of(path) {
-            Some(k) => spellings[&k] == 1,
-            None => !spellings.contains_key(path.as_str()),
-        });
-    }
+    let twins = case_twins(out.paths.len(), |i| out.paths[i].0.as_str());
+    remove_indices(&mut out.paths, &twins);
     // What is planned (every other path of the three sources); grown with every unchanged
     // path that turns out to be related to it, until nothing more is.
-    let keep_both = settings.direction == Direction::Bidirectional && settings.conflict == ConflictStrategy::KeepBoth;
-    let mut planned = Planned { keep_both, ..Planned::default() };
+    let mut planned = Planned::new(settings);
     {
         let mut left_out = out.cursor();
         for s in smb.items.values().filter(|s| !left_out(&s.path)) {
-            planned.note(&s.path, s.file_id, None);
+            planned.note(s.path.as_str(), s.file_id, None);
         }
         let mut left_out = out.cursor();
         for d in drive.items.values().filter(|d| !left_out(&d.path)) {
-            planned.note(&d.path, 0, Some(&d.node_id));
+            planned.note(d.path.as_str(), 0, Some(&d.node_id));
         }
         let mut left_out = out.cursor();
         for b in base.entries.values().filter(|b| !left_out(&b.path)) {
-            planned.note(&b.path, b.smb.file_id, Some(&b.drive.node_id));
+            planned.note(b.path.as_str(), b.smb.file_id, Some(&b.drive.node_id));
         }
     }
     while !planned.keys.is_empty() {
         let mut related = Vec::new();
-        out.paths.retain(|(path, b)| match planned.touches(path, b) {
+        out.paths.retain(|(path, b)| match planned.touches(path.as_str(), b.smb.file_id, &b.drive.node_id.0) {
             Some(touch) => {
                 related.push((*path, *b, touch));
                 false
@@ -392,7 +362,7 @@ fn unchanged_paths<'b>(
         for (path, b, touch) in related {
             match touch {
                 Touch::Ancestor => planned.note_ids(b.smb.file_id, &b.drive.node_id),
-                Touch::Related => planned.note(path, b.smb.file_id, Some(&b.drive.node_id)),
+                Touch::Related => planned.note(path.as_str(), b.smb.file_id, Some(&b.drive.node_id)),
             }
         }
     }
@@ -400,61 +370,156 @@ fn unchanged_paths<'b>(
     out
 }
 
+/// Whether both sides of a synced path hold what was synced there: the synced kind on both
+/// sides, each side as last synced ([`St::Same`]; the SMB file id the one synced, not merely
+/// unknown then), not a reparse point, not excluded by its attributes.
+pub(crate) fn as_synced(s: &SmbItem, d: &DriveItem, b: &SyncedState, settings: &Settings) -> bool {
+    s.kind == b.kind
+        && d.kind == b.kind
+        && s.file_id == b.smb.file_id
+        && smb_state(Some(s), Some(b)) == St::Same
+        && drive_state(Some(d), Some(b)) == St::Same
+        && !s.reparse
+        && !attr_excluded(s, settings)
+}
+
+/// Whether a synced path's own name keeps it in scope: not a temporary name of ours, a name
+/// SMB can hold when the run writes there, not excluded nor left out by the name rules. (An
+/// ancestor that a rule excludes is not in scope itself, so it is planned with its subtree.)
+pub(crate) fn name_in_scope(path: &str, kind: ItemKind, settings: &Settings) -> bool {
+    let f = &settings.filters;
+    let name = crate::model::name_of(path);
+    let writes_smb = settings.direction != Direction::SmbToDrive;
+    !name.starts_with(crate::replica::TEMP_PREFIX)
+        && !(writes_smb && windows_name_problem(name).is_some())
+        && !f.excludes_name_str(path, kind)
+        && f.includes_str(path, kind)
+}
+
+/// Of `n` unchanged paths (`path(i)`), the indices (ascending) of the spellings of one
+/// case-insensitive key (case twins): those are planned, as only one of them syncs. A path
+/// already in its key's form (ASCII lower case) needs no key of its own; the others are
+/// compared by the hashes of their keys, then by the keys where the hashes meet, so that a
+/// million unchanged paths need no million keys held at once.
+pub(crate) fn case_twins<'p>(n: usize, path: impl Fn(usize) -> &'p str) -> Vec<usize> {
+    use std::hash::{Hash, Hasher};
+    let key_of = |p: &str| (!p.is_ascii() || p.bytes().any(|c| c.is_ascii_uppercase())).then(|| key_of_str(p));
+    let hash = |s: &str| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.hash(&mut h);
+        h.finish()
+    };
+    let mut keyed: Vec<(u64, usize)> = (0..n).filter_map(|i| key_of(path(i)).map(|k| (hash(&k), i))).collect();
+    if keyed.is_empty() {
+        return Vec::new();
+    }
+    keyed.sort_unstable();
+    let mut twins = Vec::new();
+    for group in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        let keys: Vec<String> = group.iter().map(|(_, i)| key_of_str(path(*i))).collect();
+        for (j, k) in keys.iter().enumerate() {
+            if keys.iter().filter(|x| *x == k).count() > 1 {
+                twins.push(group[j].1);
+            }
+        }
+    }
+    for i in 0..n {
+        let p = path(i);
+        if key_of(p).is_some() {
+            continue;
+        }
+        let h = hash(p);
+        let from = keyed.partition_point(|(x, _)| *x < h);
+        if keyed[from..].iter().take_while(|(x, _)| *x == h).any(|(_, j)| key_of_str(path(*j)) == p) {
+            twins.push(i);
+        }
+    }
+    twins.sort_unstable();
+    twins
+}
+
+/// Removes the elements at `indices` (ascending) from `v`.
+pub(crate) fn remove_indices<T>(v: &mut Vec<T>, indices: &[usize]) {
+    if indices.is_empty() {
+        return;
+    }
+    let (mut k, mut next) = (0, indices.iter().peekable());
+    v.retain(|_| {
+        let drop = next.next_if(|&&x| x == k).is_some();
+        k += 1;
+        !drop
+    });
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::model::key_of_str;
 
 /// What [`unchanged_paths`] knows is planned: keys (case-insensitive), their ancestors, the
 /// folders they are in (for keep both's free names), SMB file ids and node ids.
 #[derive(Default)]
-struct Planned<'b> {
+pub(crate) struct Planned {
     keep_both: bool,
-    keys: HashSet<String>,
+    pub(crate) keys: HashSet<String>,
     ancestors: HashSet<String>,
     folders: HashSet<String>,
     file_ids: HashSet<u64>,
-    nodes: HashSet<&'b NodeId>,
+    nodes: HashSet<NodeId>,
 }
 
 fn parent_key(k: &str) -> &str {
     k.rfind('/').map(|i| &k[..i]).unwrap_or("")
 }
 
-impl<'b> Planned<'b> {
-    fn note(&mut self, path: &RelPath, file_id: u64, node: Option<&'b NodeId>) {
-        let key = path.key();
+impl Planned {
+    pub(crate) fn new(settings: &Settings) -> Planned {
+        let keep_both =
+            settings.direction == Direction::Bidirectional && settings.conflict == ConflictStrategy::KeepBoth;
+        Planned { keep_both, ..Planned::default() }
+    }
+
+    /// Notes the item at `path` (its text), with its SMB file id (0: none) and node id.
+    pub(crate) fn note(&mut self, path: &str, file_id: u64, node: Option<&NodeId>) {
+        let key = key_of_str(path);
         let k = key.as_str();
         for (i, _) in k.match_indices('/') {
-            self.ancestors.insert(k[..i].to_string());
+            if !self.ancestors.contains(&k[..i]) {
+                self.ancestors.insert(k[..i].to_string());
+            }
         }
-        if self.keep_both {
+        if self.keep_both && !self.folders.contains(parent_key(k)) {
             self.folders.insert(parent_key(k).to_string());
         }
-        self.keys.insert(k.to_string());
         if let Some(node) = node {
             self.note_ids(file_id, node);
         } else if file_id != 0 {
             self.file_ids.insert(file_id);
         }
+        self.keys.insert(key);
     }
 
-    fn note_ids(&mut self, file_id: u64, node: &'b NodeId) {
+    pub(crate) fn note_ids(&mut self, file_id: u64, node: &NodeId) {
         if file_id != 0 {
             self.file_ids.insert(file_id);
         }
-        self.nodes.insert(node);
+        if !self.nodes.contains(node) {
+            self.nodes.insert(node.clone());
+        }
     }
 
-    /// How the unchanged `path` (synced as `b`) is related to something planned, if it is:
-    /// only as a folder above it (it is planned as the unchanged folder it is, as context;
-    /// the rest of its subtree may still be left out), or more closely: the same key, below
-    /// it, in a folder keep both picks names in, or sharing an SMB file id or a node id.
-    fn touches(&self, path: &RelPath, b: &SyncedState) -> Option<Touch> {
-        let key = path.key();
+    /// How the unchanged `path` (synced with SMB file id `file_id` and node id `node`) is
+    /// related to something planned, if it is: only as a folder above it (it is planned as
+    /// the unchanged folder it is, as context; the rest of its subtree may still be left
+    /// out), or more closely: the same key, below it, in a folder keep both picks names in,
+    /// or sharing an SMB file id or a node id.
+    pub(crate) fn touches(&self, path: &str, file_id: u64, node: &str) -> Option<Touch> {
+        let key = key_of_str(path);
         let k = key.as_str();
         if self.keys.contains(k)
             || k.match_indices('/').any(|(i, _)| self.keys.contains(&k[..i]))
             || (self.keep_both && self.folders.contains(parent_key(k)))
-            || self.file_ids.contains(&b.smb.file_id)
-            || self.nodes.contains(&b.drive.node_id)
+            || self.file_ids.contains(&file_id)
+            || self.nodes.contains(node)
         {
             Some(Touch::Related)
         } else if self.ancestors.contains(k) {
@@ -466,7 +531,7 @@ impl<'b> Planned<'b> {
 }
 
 /// See [`Planned::touches`].
-enum Touch {
+pub(crate) enum Touch {
     Ancestor,
     Related,
 }
@@ -568,7 +633,7 @@ fn key_ancestors(k: &PathKey) -> impl Iterator<Item = PathKey> + '_ {
     k.as_str().match_indices('/').map(move |(i, _)| PathKey::from_raw(k.as_str()[..i].to_string()))
 }
 
-struct Planner<'a> {
+pub(crate) struct Planner<'a> {
     settings: &'a Settings,
     trashed: &'a BTreeMap<NodeId, TrashedItem>,
     /// Virtual SMB tree (in scope), as it will be after the structural actions planned so far.
@@ -615,7 +680,7 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(
+    pub(crate) fn new(
         smb: &SmbSnapshot,
         drive: &'a DriveSnapshot,
         base: &'a BaseState,
@@ -802,7 +867,7 @@ impl<'a> Planner<'a> {
         self.skips.push(Action::Skip { path: path.clone(), code: code.to_string(), reason: reason.to_string() });
     }
 
-    fn run(mut self) -> Plan {
+    pub(crate) fn run(mut self) -> Plan {
         self.replay_moves();
         self.set_aside_kind_clashes();
         self.align_case();
@@ -1697,6 +1762,12 @@ mod unchanged_tests {
 
     fn left_out(w: &World, settings: &Settings) -> (Vec<&'static str>, usize) {
         let u = unchanged_paths(&w.smb, &w.drive, &w.base, settings);
+        let compact = crate::tracked::left_out_compact(&w.smb, &w.drive, &w.base, settings);
+        assert_eq!(
+            compact,
+            (u.paths.iter().map(|(p, _)| (*p).clone()).collect(), u.files),
+            "the compact forms leave out the same"
+        );
         let mut out: Vec<&'static str> =
             TREE.iter().map(|(path, _)| *path).filter(|path| u.paths.iter().any(|(q, _)| **q == p(path))).collect();
         out.sort();
@@ -1760,6 +1831,8 @@ mod unchanged_tests {
         let u = unchanged_paths(&w.smb, &w.drive, &w.base, &Settings::default());
         let out: Vec<&str> = u.paths.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(out, ["c.txt"]);
+        let compact = crate::tracked::left_out_compact(&w.smb, &w.drive, &w.base, &Settings::default());
+        assert_eq!(compact, (vec![p("c.txt")], 1), "the compact forms leave out the same");
         assert_eq!(
             plan(&w.smb, &w.drive, &w.base, &Settings::default()),
             plan_unpruned(&w.smb, &w.drive, &w.base, &Settings::default())
@@ -1776,6 +1849,7 @@ mod unchanged_tests {
         for direction in [Direction::SmbToDrive, Direction::DriveToSmb, Direction::Bidirectional] {
             let s = Settings { direction, ..Settings::default() };
             assert!(unchanged_paths(&w.smb, &w.drive, &w.base, &s).paths.is_empty());
+            assert!(crate::tracked::left_out_compact(&w.smb, &w.drive, &w.base, &s).0.is_empty());
             assert_eq!(plan(&w.smb, &w.drive, &w.base, &s), plan_unpruned(&w.smb, &w.drive, &w.base, &s));
         }
     }

@@ -579,7 +579,8 @@ struct DriveFs {
 impl DriveFs {
     fn id(&mut self, prefix: &str) -> String {
         self.next += 1;
-        format!("{prefix}_{:06}", self.next)
+        // ScaiDrive's shape (prefix and ULID), which the compact synced states store in 16 bytes.
+        format!("{prefix}_01JD{:022}", self.next)
     }
 
     fn path_of(&self, id: &NodeId) -> RelPath {
@@ -1040,6 +1041,11 @@ impl World {
         let plan = crate::plan(&smb, &drive, &base, settings);
         let full = crate::plan::plan_unpruned(&smb, &drive, &base, settings);
         assert_eq!(plan, full, "the plan without the unchanged paths differs from the full plan");
+        assert_eq!(
+            crate::tracked::plan_compact(&smb, &drive, &base, settings),
+            plan,
+            "the plan from the compact inputs differs"
+        );
         plan
     }
 

@@ -117,4 +117,11 @@ fn planning_many_tracked_files_replays_the_one_rename_and_nothing_else() {
     let full = sync_engine::plan::plan_unpruned(&smb, &drive, &base, &settings);
     println!("without leaving out the unchanged paths: {:.3} s", started.elapsed().as_secs_f64());
     assert_eq!(full, plan);
+    // And from the compact forms a worker holds.
+    let t = Tracked::from_base(&base);
+    let (walk, overlay) = (SmbWalk::from_snapshot(&t, smb.clone()), DriveOverlay::from_snapshot(&t, drive.clone()));
+    let started = Instant::now();
+    let compact = plan_tracked(walk, overlay, &t, &settings);
+    println!("from the compact forms: {:.3} s", started.elapsed().as_secs_f64());
+    assert_eq!(compact, plan);
 }

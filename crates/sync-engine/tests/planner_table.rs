@@ -171,6 +171,8 @@ impl W {
         let plan = plan(&smb, &self.drive, &self.base, settings);
         let full = sync_engine::plan::plan_unpruned(&smb, &self.drive, &self.base, settings);
         assert_eq!(plan, full, "the plan without the unchanged paths differs from the full plan");
+        let compact = sync_engine::tracked::plan_compact(&smb, &self.drive, &self.base, settings);
+        assert_eq!(compact, plan, "the plan from the compact inputs differs");
         plan
     }
 }
