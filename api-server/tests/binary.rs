@@ -23,35 +23,36 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Starts the server on ports the kernel picks (`127.0.0.1:0`) and reads the address it bound
+/// from its own start-up line: a port chosen here and released before the server binds it can
+/// be taken meanwhile by another test's server (its gRPC listener on port 0, say), and then
+/// this test would talk to the wrong process.
 fn start(dir: &std::path::Path) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("api-server.log");
+    let mut child = Command::new(BIN)
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn api-server");
-    let url = format!("http://127.0.0.1:{port}");
+    const READY: &str = "ScaiDrive API on http://";
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "api-server did not start");
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split(READY).nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("api-server exited ({status}) before serving: {text}");
+        }
+        assert!(Instant::now() < deadline, "api-server did not start: {text}");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let token = std::fs::read_to_string(dir.join("admin-token")).expect("admin token file").trim().to_string();
-    Server { child, url, token }
+    Server { child, url: format!("http://{addr}"), token }
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -293,7 +294,7 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
             "--data-dir",
             dir.path().to_str().unwrap(),
             "--listen",
-            &format!("127.0.0.1:{}", free_port()),
+            "127.0.0.1:0",
             "--grpc-listen",
             "127.0.0.1:0",
         ])
