@@ -6,13 +6,13 @@
 //! during such a run from synthetic data, with the worker's own types and code, in the order
 //! `job.rs` does:
 //!
-//! 1. the synced states from the control plane (`BaseState`, as `list_base` builds it from
-//!    pages of `FileState`s converted by `convert::synced_of_proto`, collected, then built
-//!    in one go);
-//! 2. the SMB walk (`SmbSnapshot`, one `SmbItem` per file and folder);
-//! 3. the ScaiDrive side of a run with nothing in the change log (`DriveView::from_base`);
-//! 4. the plan (`sync_engine::plan`, which indexes all three), after which both snapshots are
-//!    dropped and the base moves on to the state reporter.
+//! 1. the synced states from the control plane (`sync_engine::Tracked`, as `list_base` builds
+//!    it from pages of `FileState`s converted by `convert::synced_of_proto`);
+//! 2. the SMB walk (`SmbWalk`: each entry listed, as the walker makes it, is recorded as one
+//!    bit when it is what was synced at its path);
+//! 3. the ScaiDrive side of a run with nothing in the change log (`DriveOverlay::unchanged`);
+//! 4. the plan (`sync_engine::plan_tracked`), after which the walk and the overlay are gone
+//!    and the synced states move on to the state reporter.
 //!
 //! It prints the process's resident memory after each step and the peak (`VmHWM`), in total
 //! and per tracked file. Paths, ids and digests have the shapes and lengths of real ones
@@ -24,12 +24,10 @@
 //! cargo run --release -p sync-worker --example tracked_state_memory -- 1000000
 //! ```
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use proto::v1;
-use sync_engine::{BaseState, ItemKind, Settings, Sha256, SmbSnapshot};
-use sync_worker::changes::DriveView;
+use sync_engine::{DriveOverlay, ItemKind, RelPath, Settings, Sha256, SmbWalk, TrackedBuilder};
 use sync_worker::convert::synced_of_proto;
 
 /// `VmRSS` and `VmHWM` of this process, in KiB.
@@ -61,14 +59,15 @@ fn ulid(n: u64) -> String {
     format!("01JD{n:022}")
 }
 
-/// The tree of the benchmark's data sets: 10 files per `c` folder, 10 `c` per `b`, 10 `b`
-/// per `a`; every folder a tracked item too.
-fn paths(files: usize) -> Vec<(String, ItemKind)> {
-    let mut out = Vec::with_capacity(files + files / 8);
+/// The tree of the benchmark's data sets, in path order: 10 files per `c` folder, 10 `c` per
+/// `b`, 10 `b` per `a`; every folder a tracked item too. Made as it is read (a worker has no
+/// list of its paths besides the states).
+fn paths(files: usize) -> impl Iterator<Item = (String, ItemKind)> {
     let mut last_dirs: [Option<String>; 3] = [None, None, None];
-    for i in 0..files {
+    (0..files).flat_map(move |i| {
         let (a, b, c) = (i / 1000, (i / 100) % 10, (i / 10) % 10);
         let dirs = [format!("a{a:03}"), format!("a{a:03}/b{b}"), format!("a{a:03}/b{b}/c{c}")];
+        let mut out = Vec::new();
         for (level, d) in dirs.iter().enumerate() {
             if last_dirs[level].as_ref() != Some(d) {
                 out.push((d.clone(), ItemKind::Dir));
@@ -76,20 +75,21 @@ fn paths(files: usize) -> Vec<(String, ItemKind)> {
             }
         }
         out.push((format!("{}/f{i:07}.dat", dirs[2]), ItemKind::File));
-    }
-    out
+        out
+    })
 }
 
 fn main() {
     let files: usize = std::env::args().nth(1).and_then(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
     let started = Instant::now();
     report("start", files, started);
-    let tree = paths(files);
-    let items = tree.len();
+    let mut tree = paths(files).peekable();
 
     // 1. The base, page by page as list_base receives it (5,000 states per page).
-    let mut collected = Vec::new();
-    for (n, page) in tree.chunks(5000).enumerate() {
+    let mut builder = TrackedBuilder::default();
+    let mut n = 0;
+    while tree.peek().is_some() {
+        let page: Vec<(String, ItemKind)> = tree.by_ref().take(5000).collect();
         let states: Vec<v1::FileState> = page
             .iter()
             .enumerate()
@@ -122,38 +122,36 @@ fn main() {
                 }
             })
             .collect();
-        collected.extend(states.iter().filter_map(synced_of_proto));
+        for s in states.iter().filter_map(synced_of_proto) {
+            builder.push(s);
+        }
+        n += 1;
     }
-    let base = BaseState::from_states(collected);
-    assert_eq!(base.entries.len(), items, "every synthetic state converts");
-    report("base (synced states)", files, started);
+    let tracked = builder.finish();
+    let items = tracked.len();
+    assert_eq!(items, paths(files).count(), "every synthetic state converts");
+    report("synced states (Tracked)", files, started);
 
-    // 2. The SMB walk.
-    let smb = SmbSnapshot {
-        items: base
-            .entries
-            .values()
-            .map(|s| {
-                // As the walker lists it: the same fields, a path of its own.
-                let item = sync_worker::scan::carried(s);
-                (item.path.clone(), item)
-            })
-            .collect::<BTreeMap<_, _>>(),
-    };
-    drop(tree);
+    // 2. The SMB walk: every entry as the walker makes it (a path of its own), unchanged.
+    let mut walk = SmbWalk::new(&tracked);
+    for i in 0..tracked.len() {
+        let mut item = tracked.carried(i);
+        item.path = RelPath::new(tracked.path(i)).unwrap();
+        walk.insert(&tracked, item);
+    }
+    assert_eq!(walk.items.len(), 0, "every entry is as synced");
     report("+ SMB walk", files, started);
 
     // 3. The ScaiDrive side with an empty change log.
-    let drive = DriveView::from_base(&base).finish();
+    let drive = DriveOverlay::unchanged(&tracked);
     report("+ ScaiDrive side", files, started);
 
-    // 4. The plan; the snapshots go, the base stays (the state reporter's known states).
-    let plan = sync_engine::plan(&smb, &drive, &base, &Settings::default());
+    // 4. The plan; the walk and the overlay go, the synced states stay (the state reporter's).
+    let plan = sync_engine::plan_tracked(walk, drive, &tracked, &Settings::default());
     report("+ plan", files, started);
     assert!(plan.blocked.is_none(), "a no-change run is not blocked");
+    assert!(plan.actions.is_empty(), "a no-change run has nothing to do");
     let actions = plan.actions.len();
-    drop((smb, drive));
-    report("snapshots dropped (transfer phase)", files, started);
 
     let (_, hwm) = memory();
     println!(
@@ -161,5 +159,5 @@ fn main() {
         hwm as f64 / 1024.0,
         hwm * 1024 / files.max(1) as u64
     );
-    drop((plan, base));
+    drop((plan, tracked));
 }

@@ -12,22 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::v1;
-use sync_engine::{BaseState, DriveItem, DriveSnapshot, ItemKind, NodeId, RelPath, TrashedItem};
+#[cfg(test)]
+use sync_engine::BaseState;
+use sync_engine::{DriveItem, DriveSnapshot, ItemKind, NodeId, RelPath, Tracked, TrashedItem};
 
 use crate::convert::{drive_item, DriveRoot};
-
-/// The ScaiDrive item a synced state describes.
-fn synced_drive_item(s: &sync_engine::SyncedState) -> DriveItem {
-    DriveItem {
-        path: s.path.clone(),
-        kind: s.kind,
-        node_id: s.drive.node_id.clone(),
-        version_id: s.drive.version_id.clone(),
-        size: s.drive.size,
-        modified_at: s.drive.modified_at,
-        sha256: s.drive.sha256,
-    }
-}
 
 /// A ScaiDrive snapshot being built, with an index by node id.
 #[derive(Debug, Default)]
@@ -43,13 +32,15 @@ pub struct DriveView {
 }
 
 impl DriveView {
-    /// The view the last run left: the ScaiDrive side of every synced state.
-    pub fn from_base(base: &BaseState) -> Self {
+    /// The view the last run left: the ScaiDrive side of every synced state. (Built only
+    /// when the change log has something to replay: otherwise the run plans from the synced
+    /// states themselves, `sync_engine::DriveOverlay::unchanged`.)
+    pub fn from_tracked(base: &Tracked) -> Self {
         // Both maps built in one go (full nodes; a map filled one insert at a time in order
         // stays about half full). When two states name one node, the inserts below decide,
         // as replay does, which path keeps it.
         let items: BTreeMap<RelPath, DriveItem> =
-            base.entries.iter().map(|(p, s)| (p.clone(), synced_drive_item(s))).collect();
+            (0..base.len()).map(|i| (base.rel_path(i), base.drive_item(i))).collect();
         let by_id: BTreeMap<NodeId, RelPath> = items.values().map(|i| (i.node_id.clone(), i.path.clone())).collect();
         if by_id.len() == items.len() {
             return DriveView {
@@ -59,10 +50,16 @@ impl DriveView {
             };
         }
         let mut v = DriveView::default();
-        for s in base.entries.values() {
-            v.insert(synced_drive_item(s));
+        for i in 0..base.len() {
+            v.insert(base.drive_item(i));
         }
         v
+    }
+
+    /// [`DriveView::from_tracked`] of a base (tests).
+    #[cfg(test)]
+    fn from_base(base: &BaseState) -> Self {
+        DriveView::from_tracked(&Tracked::from_base(base))
     }
 
     /// A view from a full listing of the target folder (first run).
@@ -325,7 +322,16 @@ mod tests {
         let by_inserts = |b: &BaseState| {
             let mut v = DriveView::default();
             for s in b.entries.values() {
-                v.insert(synced_drive_item(s));
+                let d = &s.drive;
+                v.insert(DriveItem {
+                    path: s.path.clone(),
+                    kind: s.kind,
+                    node_id: d.node_id.clone(),
+                    version_id: d.version_id.clone(),
+                    size: d.size,
+                    modified_at: d.modified_at,
+                    sha256: d.sha256,
+                });
             }
             v
         };

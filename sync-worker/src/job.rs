@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use proto::v1;
 use sync_engine::{
-    BaseState, ConflictStrategy, Direction, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig, Filters, Plan,
-    RelPath, Settings, StateSink,
+    ConflictStrategy, Direction, DriveOverlay, ExecOptions, ExecReport, FileIssue, FileTime, FilterConfig, Filters,
+    Plan, RelPath, Settings, StateSink,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -452,7 +452,7 @@ impl Run {
             .scope
             .as_ref()
             .map(crate::scope::Scope::from_proto)
-            .filter(|s| !s.full && !base.entries.is_empty() && !self.spec.scaidrive_cursor.is_empty());
+            .filter(|s| !s.full && !base.is_empty() && !self.spec.scaidrive_cursor.is_empty());
         let mut looked_at: Option<u64> = None;
         let walked = match &scope {
             Some(scope) => crate::scope::scan_scoped(client, &smb_root, &settings, &base, scope, &self.stop, |n| {
@@ -484,10 +484,10 @@ impl Run {
             }
             Err(ScanError::Smb(e)) => return self.failed(smb_detail(&e)),
         };
-        crate::smb_replica::sweep_temp_leftovers(client, &smb_root, &mut smb_scan.snapshot, started).await;
+        crate::smb_replica::sweep_temp_leftovers(client, &smb_root, &mut smb_scan.walk, &base, started).await;
         crate::crash::point("listing");
         let first_run = self.spec.scaidrive_cursor.is_empty();
-        let (drive_snapshot, touched, cursor) = match self
+        let (drive_overlay, touched, cursor) = match self
             .drive_side(&drive, &drive_root, &base, first_run)
             .instrument(tracing::info_span!("job.scaidrive_view"))
             .await
@@ -496,26 +496,29 @@ impl Run {
             Err(e) => return self.rpc_failed(e),
         };
         info!(
-            smb.items = smb_scan.snapshot.items.len(),
-            drive.items = drive_snapshot.items.len(),
-            base.items = base.entries.len(),
+            smb.items = smb_scan.walk.len(),
+            smb.changed = smb_scan.walk.items.len(),
+            drive.changed = drive_overlay.items.len(),
+            base.items = base.len(),
             first_run,
             "scanned"
         );
 
         // PLANNING (CPU work off the runtime; a planner fault fails the job, not the worker).
         self.board.set_phase(v1::JobPhase::Planning);
-        let smb_snapshot = smb_scan.snapshot;
-        let change_times: std::collections::HashMap<RelPath, (FileTime, FileTime)> = if conn.sync_permissions {
-            smb_snapshot.items.iter().map(|(p, i)| (p.clone(), (i.change_time, i.last_write))).collect()
-        } else {
-            Default::default()
-        };
-        // The base moves into the planner's task and back (no copy: at a million tracked
-        // files each copy of it is hundreds of MiB); both snapshots are dropped there.
+        let smb_walk = std::mem::take(&mut smb_scan.walk);
+        let mut change_times: std::collections::HashMap<RelPath, (FileTime, FileTime)> = Default::default();
+        if conn.sync_permissions {
+            smb_walk.for_each(&base, |i| {
+                change_times.insert(i.path.clone(), (i.change_time, i.last_write));
+            });
+        }
+        // The synced states move into the planner's task and back (no copy); the walk and
+        // the ScaiDrive side are dropped there.
         let planned = tokio::task::spawn_blocking(move || {
-            let plan = sync_engine::plan(&smb_snapshot, &drive_snapshot, &base, &settings);
-            (plan, smb_snapshot.items.len() as u64, base)
+            let scanned = smb_walk.len() as u64;
+            let plan = sync_engine::plan_tracked(smb_walk, drive_overlay, &base, &settings);
+            (plan, scanned, base)
         })
         .instrument(tracing::info_span!("job.plan"))
         .await;
@@ -651,17 +654,19 @@ impl Run {
         change_times: &std::collections::HashMap<RelPath, (FileTime, FileTime)>,
     ) -> Result<Option<v1::ErrorDetail>, RpcError> {
         let base = self.list_base().await?;
-        let items: Vec<crate::permissions::Item> = base
-            .entries
-            .values()
-            .map(|s| crate::permissions::Item {
-                path: s.path.clone(),
-                kind: s.kind,
-                node_id: s.drive.node_id.0.to_string(),
-                change_time: change_times.get(&s.path).map(|t| t.0).unwrap_or(s.smb.change_time),
-                last_write: change_times.get(&s.path).map(|t| t.1).unwrap_or(s.smb.last_write),
+        let items: Vec<crate::permissions::Item> = (0..base.len())
+            .map(|i| {
+                let s = base.state(i);
+                crate::permissions::Item {
+                    node_id: s.drive.node_id.0.to_string(),
+                    change_time: change_times.get(&s.path).map(|t| t.0).unwrap_or(s.smb.change_time),
+                    last_write: change_times.get(&s.path).map(|t| t.1).unwrap_or(s.smb.last_write),
+                    path: s.path,
+                    kind: s.kind,
+                }
             })
             .collect();
+        drop(base);
         let cx = crate::permissions::PermContext {
             client,
             root,
@@ -699,11 +704,10 @@ impl Run {
         self.failed(e.to_detail())
     }
 
-    async fn list_base(&self) -> Result<BaseState, RpcError> {
+    /// The synced states, in their compact form (a million of them in about 150 MB).
+    async fn list_base(&self) -> Result<sync_engine::Tracked, RpcError> {
         let cp = self.ctx.rpc.cp.clone();
-        // Collected first and built in one go: a map filled in path order, one insert at a
-        // time, keeps its nodes about half full (for a million states, some 300 MiB more).
-        let mut states = Vec::new();
+        let mut states = sync_engine::TrackedBuilder::default();
         let mut page_token = String::new();
         loop {
             let req = v1::ListFileStatesRequest {
@@ -717,23 +721,28 @@ impl Run {
                 async move { c.list_file_states(r).await }
             })
             .await?;
-            states.extend(resp.states.iter().filter_map(synced_of_proto));
+            for s in resp.states.iter().filter_map(synced_of_proto) {
+                states.push(s);
+            }
             if resp.next_page_token.is_empty() {
-                // Sorted (already in order: linear), the last of equal paths kept, as inserts would.
-                return Ok(BaseState::from_states(states));
+                // Sorted by path (a page order that is not gets sorted), the last of equal
+                // paths kept, as inserts would.
+                return Ok(states.finish());
             }
             page_token = resp.next_page_token;
         }
     }
 
-    /// The ScaiDrive snapshot, the paths the change log touched, and the cursor to record.
+    /// The ScaiDrive side against the synced states, the paths the change log touched, and
+    /// the cursor to record. With nothing in the change log the synced states are the
+    /// ScaiDrive side, and no copy of them is made.
     async fn drive_side(
         &self,
         drive: &DriveTarget,
         root: &DriveRoot,
-        base: &BaseState,
+        base: &sync_engine::Tracked,
         first_run: bool,
-    ) -> Result<(sync_engine::DriveSnapshot, BTreeSet<RelPath>, String), RpcError> {
+    ) -> Result<(DriveOverlay, BTreeSet<RelPath>, String), RpcError> {
         if first_run {
             // The cursor is taken before the listing: changes made meanwhile are replayed next
             // run (replay is idempotent), none is missed.
@@ -742,10 +751,22 @@ impl Run {
             drive.list_all(|n| nodes.push(n)).await?;
             let view = DriveView::from_listing(root, nodes);
             let touched: BTreeSet<RelPath> = view.snapshot.items.keys().cloned().collect();
-            return Ok((view.finish(), touched, cursor));
+            return Ok((DriveOverlay::from_snapshot(base, view.finish()), touched, cursor));
         }
-        let mut view = DriveView::from_base(base);
-        let cursor = drive.list_changes(&self.spec.scaidrive_cursor, |page| view.apply(root, &page)).await?;
+        let mut replayed: Option<DriveView> = None;
+        let cursor = drive
+            .list_changes(&self.spec.scaidrive_cursor, |page| {
+                if !page.is_empty() {
+                    replayed.get_or_insert_with(|| DriveView::from_tracked(base)).apply(root, &page)
+                }
+            })
+            .await?;
+        // (A stale base naming one node at two paths needs the view, which keeps one.)
+        let mut view = match replayed {
+            Some(view) => view,
+            None if base.node_ids_unique() => return Ok((DriveOverlay::unchanged(base), BTreeSet::new(), cursor)),
+            None => DriveView::from_tracked(base),
+        };
         let ids: Vec<_> = view.needs_stat.iter().cloned().collect();
         let mut stats =
             futures::stream::iter(ids).map(|id| async move { drive.stat_node(&id.0).await }).buffer_unordered(8);
@@ -759,7 +780,7 @@ impl Run {
             view.refresh(root, n);
         }
         let touched = std::mem::take(&mut view.touched);
-        Ok((view.finish(), touched, cursor))
+        Ok((DriveOverlay::from_snapshot(base, view.finish()), touched, cursor))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use smb_layer::{SmbClient, SmbError, WalkOptions};
-use sync_engine::{BaseState, FileIssue, ItemKind, RelPath, Settings, SmbItem, SmbSnapshot};
+use sync_engine::{FileIssue, ItemKind, RelPath, Settings, SmbItem, SmbWalk, Tracked};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{smb_item, SmbRoot};
@@ -17,8 +17,9 @@ use crate::convert::{smb_item, SmbRoot};
 /// What the walk found.
 #[derive(Debug, Default)]
 pub struct SmbScan {
-    /// Items by path (excluded and reparse-point folders included, not their content).
-    pub snapshot: SmbSnapshot,
+    /// Items by path (excluded and reparse-point folders included, not their content), against
+    /// the tracked states the scan was given.
+    pub walk: SmbWalk,
     /// Folders that could not be listed (their tracked content was carried over).
     pub unreadable: Vec<FileIssue>,
     /// Names left alone because another name of the same folder is the same in Unicode NFC
@@ -91,7 +92,7 @@ pub async fn scan_smb(
     client: &SmbClient,
     root: &SmbRoot,
     settings: &Settings,
-    base: &BaseState,
+    base: &Tracked,
     cancel: &CancellationToken,
     mut on_entry: impl FnMut(u64),
 ) -> Result<SmbScan, ScanError> {
@@ -99,7 +100,7 @@ pub async fn scan_smb(
     let pruned: Pruned = Arc::default();
     let opts = walk_options(root, settings, &pruned);
     let mut walk = std::pin::pin!(client.walk(root.as_str(), opts));
-    let mut scan = SmbScan::default();
+    let mut scan = SmbScan::new(base);
     // Entries whose name on the server is not in NFC (e.g. NFD, as macOS writes): they are
     // placed once the walk is over, so that twins are resolved the same way every run.
     let mut respelled: Vec<(String, SmbItem)> = Vec::new();
@@ -115,7 +116,7 @@ pub async fn scan_smb(
                 if let Some((rel, raw)) = root.split(&e.path) {
                     let item = smb_item(rel, &e);
                     if raw == item.path.as_str() {
-                        scan.snapshot.items.insert(item.path.clone(), item);
+                        scan.walk.insert(base, item);
                     } else {
                         respelled.push((raw, item));
                     }
@@ -137,13 +138,20 @@ pub async fn scan_smb(
     on_entry(seen);
     for (raw, item) in pruned.lock().unwrap().drain(..) {
         if raw == item.path.as_str() {
-            scan.snapshot.items.insert(item.path.clone(), item);
+            scan.walk.insert(base, item);
         } else {
             respelled.push((raw, item));
         }
     }
-    place_respelled(&mut scan, root, respelled);
+    place_respelled(&mut scan, base, root, respelled);
     Ok(scan)
+}
+
+impl SmbScan {
+    /// Nothing found yet, against the tracked states `base`.
+    pub fn new(base: &Tracked) -> SmbScan {
+        SmbScan { walk: SmbWalk::new(base), unreadable: Vec::new(), twins: Vec::new() }
+    }
 }
 
 /// Places the entries whose server spelling is not NFC. Two names of one folder may differ
@@ -152,8 +160,12 @@ pub async fn scan_smb(
 /// is one, else the smallest spelling byte-wise (the same one every run) — and the others are
 /// left alone on the file server, with everything below them, and reported. Without this the
 /// last one listed would win, and SMB operations could reach the other twin.
-pub(crate) fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled: Vec<(String, SmbItem)>) {
-    use std::collections::btree_map::Entry;
+pub(crate) fn place_respelled(
+    scan: &mut SmbScan,
+    base: &Tracked,
+    root: &SmbRoot,
+    mut respelled: Vec<(String, SmbItem)>,
+) {
     // Byte order puts a folder before everything below it, so its subtree is known to be left
     // alone before its entries come.
     respelled.sort_by(|a, b| a.0.cmp(&b.0));
@@ -162,16 +174,16 @@ pub(crate) fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled:
         if left_alone.iter().any(|l| raw.strip_prefix(l.as_str()).is_some_and(|rest| rest.starts_with('/'))) {
             continue;
         }
-        match scan.snapshot.items.entry(item.path.clone()) {
-            Entry::Vacant(v) => {
+        match scan.walk.contains(base, item.path.as_str()) {
+            false => {
                 root.set_spelling(&item.path, Some(&raw));
-                v.insert(item);
+                scan.walk.insert(base, item);
             }
-            Entry::Occupied(o) => {
-                let kept = root.abs(o.key());
+            true => {
+                let kept = root.abs(&item.path);
                 tracing::warn!(smb.path = %raw, kept = %kept, "name differs from another only in Unicode normalisation; left alone");
                 scan.twins.push(FileIssue {
-                    path: o.key().clone(),
+                    path: item.path.clone(),
                     code: NORMALIZATION_CONFLICT.to_string(),
                     message: format!(
                         "{raw:?} differs from {kept:?} only in Unicode normalisation: both are the same name in ScaiDrive, \
@@ -189,28 +201,14 @@ pub(crate) fn place_respelled(scan: &mut SmbScan, root: &SmbRoot, mut respelled:
 
 /// A folder that could not be listed: its tracked content is carried over as it was (it must
 /// not look deleted), and the folder is reported.
-pub(crate) fn keep_unlisted(scan: &mut SmbScan, base: &BaseState, rel: RelPath, e: &SmbError) {
+pub(crate) fn keep_unlisted(scan: &mut SmbScan, base: &Tracked, rel: RelPath, e: &SmbError) {
     tracing::warn!(smb.path = %rel, error = %e, "folder not listed; its tracked content is kept as it was");
-    for s in base.entries.values().filter(|s| s.path.is_inside(&rel)) {
-        scan.snapshot.items.entry(s.path.clone()).or_insert_with(|| carried(s));
+    for i in base.inside(rel.as_str()) {
+        if !scan.walk.has(base, i) {
+            scan.walk.carry(base, i);
+        }
     }
     scan.unreadable.push(FileIssue { path: rel, code: e.code().to_string(), message: e.to_string(), is_error: true });
-}
-
-/// An item as the last synced state saw it (what a walk carries over for a folder it could
-/// not list).
-pub fn carried(s: &sync_engine::SyncedState) -> SmbItem {
-    SmbItem {
-        path: s.path.clone(),
-        kind: s.kind,
-        size: if s.kind == ItemKind::Dir { 0 } else { s.smb.size },
-        last_write: s.smb.last_write,
-        change_time: s.smb.change_time,
-        file_id: s.smb.file_id,
-        hidden: false,
-        system: false,
-        reparse: false,
-    }
 }
 
 /// Whether `path` is `dir` or below it.

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use proto::v1;
 use smb_layer::{ChangeEvent, ChangeKind, SmbClient, SmbError};
-use sync_engine::{BaseState, ItemKind, RelPath, Settings, SmbItem};
+use sync_engine::{ItemKind, RelPath, Settings, SmbItem, Tracked};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{smb_item, SmbRoot};
-use crate::scan::{carried, error_path, place_respelled, ScanError, SmbScan};
+use crate::scan::{error_path, place_respelled, ScanError, SmbScan};
 
 /// At most this many folders in one scope; more become the whole tree (the server applies
 /// the same bound).
@@ -156,21 +156,21 @@ impl Looked {
 
 /// Adds every item of the base outside what was looked at to the snapshot, unchanged; items
 /// in it that were not seen are gone, and everything below a folder that is gone too.
-pub fn carry_over(scan: &mut SmbScan, base: &BaseState, looked: &Looked) {
-    let gone: Vec<&RelPath> = base
-        .entries
-        .values()
-        .filter(|s| s.kind == ItemKind::Dir && !scan.snapshot.items.contains_key(&s.path) && looked.covers(&s.path))
-        .map(|s| &s.path)
+pub fn carry_over(scan: &mut SmbScan, base: &Tracked, looked: &Looked) {
+    let gone: Vec<RelPath> = (0..base.len())
+        .filter(|&i| base.kind(i) == ItemKind::Dir && !scan.walk.has(base, i))
+        .map(|i| base.rel_path(i))
+        .filter(|p| looked.covers(p))
         .collect();
-    for s in base.entries.values() {
-        if scan.snapshot.items.contains_key(&s.path)
-            || looked.covers(&s.path)
-            || gone.iter().any(|g| s.path.is_inside(g))
-        {
+    for i in 0..base.len() {
+        if scan.walk.has(base, i) {
             continue;
         }
-        scan.snapshot.items.insert(s.path.clone(), carried(s));
+        let path = base.rel_path(i);
+        if looked.covers(&path) || gone.iter().any(|g| path.is_inside(g)) {
+            continue;
+        }
+        scan.walk.carry(base, i);
     }
 }
 
@@ -178,6 +178,7 @@ pub fn carry_over(scan: &mut SmbScan, base: &BaseState, looked: &Looked) {
 /// `respelled`, placed at the end as in the full walk).
 fn take(
     root: &SmbRoot,
+    base: &Tracked,
     scan: &mut SmbScan,
     respelled: &mut Vec<(String, SmbItem)>,
     e: &smb_layer::DirEntry,
@@ -186,7 +187,7 @@ fn take(
     if let Some((rel, raw)) = root.split(&e.path) {
         let item = smb_item(rel, e);
         if raw == item.path.as_str() {
-            scan.snapshot.items.insert(item.path.clone(), item);
+            scan.walk.insert(base, item);
         } else {
             respelled.push((raw, item));
         }
@@ -200,7 +201,7 @@ pub async fn scan_scoped(
     client: &SmbClient,
     root: &SmbRoot,
     settings: &Settings,
-    base: &BaseState,
+    base: &Tracked,
     scope: &Scope,
     cancel: &CancellationToken,
     mut on_entry: impl FnMut(u64),
@@ -210,7 +211,7 @@ pub async fn scan_scoped(
     // topmost new ancestor, and that one's parent listed.
     let known = |raw: &str| -> bool {
         match root.rel(&smb_layer::path::join(root.as_str(), raw)) {
-            Some(rel) => base.entries.get(&rel).is_some_and(|s| s.kind == ItemKind::Dir),
+            Some(rel) => base.find(rel.as_str()).is_some_and(|i| base.kind(i) == ItemKind::Dir),
             None => false,
         }
     };
@@ -231,7 +232,7 @@ pub async fn scan_scoped(
         }
     }
 
-    let mut out = ScopedScan::default();
+    let mut out = ScopedScan { scan: SmbScan::new(base), looked_at: 0 };
     let mut looked = Looked::default();
     let mut respelled: Vec<(String, SmbItem)> = Vec::new();
     let unreadable = |scan: &mut SmbScan, rel: RelPath, e: &SmbError| crate::scan::keep_unlisted(scan, base, rel, e);
@@ -253,7 +254,7 @@ pub async fn scan_scoped(
             }
             Err(e) => return Err(e.into()),
         };
-        take(root, &mut out.scan, &mut respelled, &e, &mut out.looked_at);
+        take(root, base, &mut out.scan, &mut respelled, &e, &mut out.looked_at);
         let item = smb_item(rel.clone(), &e);
         if !e.is_dir || item.reparse || settings.filters.excludes_dir(&item, settings) {
             continue;
@@ -268,7 +269,7 @@ pub async fn scan_scoped(
             let Some(r) = next else { break };
             match r {
                 Ok(e) => {
-                    take(root, &mut out.scan, &mut respelled, &e, &mut out.looked_at);
+                    take(root, base, &mut out.scan, &mut respelled, &e, &mut out.looked_at);
                     on_entry(out.looked_at);
                 }
                 Err(e) => match error_path(&e).and_then(|p| root.rel(p)) {
@@ -282,7 +283,7 @@ pub async fn scan_scoped(
     for (raw, item) in pruned.lock().unwrap().drain(..) {
         out.looked_at += 1;
         if raw == item.path.as_str() {
-            out.scan.snapshot.items.insert(item.path.clone(), item);
+            out.scan.walk.insert(base, item);
         } else {
             respelled.push((raw, item));
         }
@@ -305,7 +306,7 @@ pub async fn scan_scoped(
         match client.list_dir(&abs).await {
             Ok(entries) => {
                 for e in &entries {
-                    take(root, &mut out.scan, &mut respelled, e, &mut out.looked_at);
+                    take(root, base, &mut out.scan, &mut respelled, e, &mut out.looked_at);
                 }
                 on_entry(out.looked_at);
                 match rel {
@@ -327,7 +328,7 @@ pub async fn scan_scoped(
             },
         }
     }
-    place_respelled(&mut out.scan, root, respelled);
+    place_respelled(&mut out.scan, base, root, respelled);
     carry_over(&mut out.scan, base, &looked);
     Ok(out)
 }
@@ -335,7 +336,7 @@ pub async fn scan_scoped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_engine::{DriveSide, FileTime, NodeId, SmbSide, SyncedState};
+    use sync_engine::{BaseState, DriveSide, FileTime, NodeId, SmbSide, SyncedState};
 
     fn ev(kind: ChangeKind, path: &str) -> ChangeEvent {
         ChangeEvent { kind, path: path.to_string() }
@@ -430,13 +431,15 @@ mod tests {
         }
         // "docs" was listed and showed a.txt and sub (gone.txt and olddir vanished); "w" was
         // walked and showed nothing.
-        let mut scan = SmbScan::default();
+        let base = Tracked::from_base(&base);
+        let mut scan = SmbScan::new(&base);
         for seen in ["docs/a.txt", "docs/sub"] {
-            scan.snapshot.items.insert(p(seen), carried(&base.entries[&p(seen)]));
+            scan.walk.insert(&base, base.carried(base.find(seen).unwrap()));
         }
         let looked = Looked { root_listed: false, listed: [p("docs")].into(), walked: vec![p("w")] };
         carry_over(&mut scan, &base, &looked);
-        let got: Vec<&str> = scan.snapshot.items.keys().map(|k| k.as_str()).collect();
+        let snapshot = scan.walk.to_snapshot(&base);
+        let got: Vec<&str> = snapshot.items.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             got,
             vec!["docs", "docs/a.txt", "docs/sub", "docs/sub/deep.txt", "other", "other/b.txt", "top.txt", "w"]

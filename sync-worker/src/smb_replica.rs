@@ -55,19 +55,26 @@ pub fn is_temp_name(name: &str) -> bool {
 pub async fn sweep_temp_leftovers(
     client: &SmbClient,
     root: &SmbRoot,
-    snapshot: &mut sync_engine::SmbSnapshot,
+    walk: &mut sync_engine::SmbWalk,
+    base: &sync_engine::Tracked,
     started: FileTime,
 ) -> usize {
-    let temps: Vec<RelPath> = snapshot
+    let is_temp = |path: &str| is_temp_name(path.rsplit('/').next().unwrap_or(path));
+    let mut temps: Vec<RelPath> = walk
         .items
         .values()
-        .filter(|i| i.kind == ItemKind::File && is_temp_name(i.path.name()))
+        .filter(|i| i.kind == ItemKind::File && is_temp(i.path.as_str()))
         .map(|i| i.path.clone())
         .collect();
+    temps.extend(
+        (0..base.len())
+            .filter(|&i| walk.is_same(i) && base.kind(i) == ItemKind::File && is_temp(base.path(i)))
+            .map(|i| base.rel_path(i)),
+    );
     let mut removed = 0;
     for p in temps {
         // Never planned: neither side may see it.
-        let item = snapshot.items.remove(&p).expect("listed above");
+        let item = walk.remove(base, p.as_str()).expect("listed above");
         if item.last_write >= started {
             continue;
         }

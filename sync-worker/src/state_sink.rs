@@ -6,12 +6,12 @@
 //! an error keeps the item's last synced sides. It also keeps the counters the progress
 //! stream reports. A lease refusal cancels the run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
 
 use async_trait::async_trait;
 use proto::v1;
-use sync_engine::{BaseState, FileIssue, ItemKind, Progress, RelPath, ReplicaError, StateSink, SyncedState};
+use sync_engine::{FileIssue, ItemKind, KnownStates, Progress, RelPath, ReplicaError, StateSink, SyncedState, Tracked};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{drive_state, file_state, nt_status_in, proto_kind, smb_state};
@@ -42,7 +42,7 @@ pub struct StateReporter {
     pending: StdMutex<Vec<v1::FileState>>,
     /// Job-log lines waiting for the next flush.
     notes: StdMutex<Vec<v1::JobEvent>>,
-    known: StdMutex<BTreeMap<RelPath, SyncedState>>,
+    known: StdMutex<KnownStates>,
     tally: StdMutex<Tally>,
     /// Serialises flushes so batches reach the server in order.
     flushing: tokio::sync::Mutex<()>,
@@ -54,7 +54,7 @@ impl StateReporter {
         rpc: ControlPlane,
         job_id: &str,
         lease: v1::LeaseToken,
-        base: BaseState,
+        base: Tracked,
         lease_lost: CancellationToken,
     ) -> Self {
         StateReporter {
@@ -64,7 +64,7 @@ impl StateReporter {
             lease_lost,
             pending: StdMutex::new(Vec::new()),
             notes: StdMutex::new(Vec::new()),
-            known: StdMutex::new(base.entries),
+            known: StdMutex::new(KnownStates::new(base)),
             tally: StdMutex::new(Tally::default()),
             flushing: tokio::sync::Mutex::new(()),
         }
@@ -171,7 +171,7 @@ impl StateReporter {
 
     /// The state an issue is recorded with: the last synced sides (if tracked) and the error.
     fn issue_state(&self, issue: &FileIssue) -> v1::FileState {
-        let known = self.known.lock().unwrap().get(&issue.path).cloned();
+        let known = self.known.lock().unwrap().get(issue.path.as_str());
         let mut metadata = HashMap::new();
         if let Some(nt) = nt_status_in(&issue.message) {
             metadata.insert("nt_status".to_string(), nt);
@@ -210,13 +210,13 @@ impl StateSink for StateReporter {
         crate::crash::point("state");
         let fs = file_state(&state, v1::FileSyncStatus::Synced);
         self.tally.lock().unwrap().current_path = state.path.as_str().to_string();
-        self.known.lock().unwrap().insert(state.path.clone(), state);
+        self.known.lock().unwrap().insert(state);
         let full = self.push([fs]);
         self.maybe_flush(full).await
     }
 
     async fn forget(&self, path: &RelPath) -> Result<(), ReplicaError> {
-        let kind = self.known.lock().unwrap().remove(path).map(|s| s.kind).unwrap_or(ItemKind::File);
+        let kind = self.known.lock().unwrap().remove(path.as_str()).map(|s| s.kind).unwrap_or(ItemKind::File);
         let full = self.push([removed(path, kind)]);
         self.maybe_flush(full).await
     }
@@ -225,15 +225,9 @@ impl StateSink for StateReporter {
         let mut out = Vec::new();
         {
             let mut known = self.known.lock().unwrap();
-            let moving: Vec<RelPath> = known
-                .range(from.clone()..)
-                .map(|(p, _)| p)
-                .take_while(|p| p.as_str().starts_with(from.as_str()))
-                .filter(|p| p.is_at_or_inside(from))
-                .cloned()
-                .collect();
+            let moving: Vec<RelPath> = known.at_or_inside(from);
             for old in moving {
-                let Some(mut s) = known.remove(&old) else {
+                let Some(mut s) = known.remove(old.as_str()) else {
                     continue;
                 };
                 let Some(new) = old.rebase(from, to) else {
@@ -242,7 +236,7 @@ impl StateSink for StateReporter {
                 out.push(removed(&old, s.kind));
                 s.path = new.clone();
                 out.push(file_state(&s, v1::FileSyncStatus::Synced));
-                known.insert(new, s);
+                known.insert(s);
             }
         }
         let full = self.push(out);

@@ -164,15 +164,15 @@ async fn symlinks_out_of_the_share_are_not_followed() {
     )
     .await
     .unwrap();
-    assert!(scan.snapshot.items.contains_key(&p("plain.txt")));
+    assert!(scan.walk.items.contains_key(&p("plain.txt")));
     // Samba either hides a link leading out of the share or refuses to open it; its
     // content is never read into a sync.
-    if scan.snapshot.items.contains_key(&p("link.txt")) {
+    if scan.walk.items.contains_key(&p("link.txt")) {
         let r = match smb.read(&p("link.txt")).await {
             Ok(s) => drain(s).await.map(|_| ()),
             Err(e) => Err(e),
         };
-        let item = &scan.snapshot.items[&p("link.txt")];
+        let item = &scan.walk.items[&p("link.txt")];
         assert!(item.reparse || r.is_err(), "a link out of the share was readable: {item:?}");
     }
 }

@@ -22,4 +22,4 @@ pub use exec::{execute, ExecOptions, ExecReport};
 pub use model::*;
 pub use plan::{plan, Action, DeleteGuard, Phase, Plan, Resolution};
 pub use replica::*;
-pub use tracked::{plan_tracked, DriveOverlay, SmbWalk, Tracked, TrackedBuilder};
+pub use tracked::{plan_tracked, DriveOverlay, KnownStates, SmbWalk, Tracked, TrackedBuilder};

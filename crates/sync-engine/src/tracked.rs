@@ -226,6 +226,25 @@ impl Tracked {
         }
     }
 
+    /// Whether no two tracked paths name the same node (a stale base may: then only one of
+    /// them can be the node's live path).
+    pub fn node_ids_unique(&self) -> bool {
+        use std::hash::{Hash, Hasher};
+        let hash = |i: usize| {
+            let mut buf = [0; 30];
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.node_str(i, &mut buf).hash(&mut h);
+            h.finish()
+        };
+        let mut hashes: Vec<(u64, u32)> = (0..self.len()).map(|i| (hash(i), i as u32)).collect();
+        hashes.sort_unstable();
+        hashes.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1).all(|g| {
+            let mut ids: Vec<NodeId> = g.iter().map(|(_, i)| self.node_id(*i as usize)).collect();
+            ids.sort();
+            ids.windows(2).all(|w| w[0] != w[1])
+        })
+    }
+
     /// The node id synced at path `i`.
     pub fn node_id(&self, i: usize) -> NodeId {
         let mut buf = [0; 30];
@@ -421,6 +440,18 @@ impl SmbWalk {
         self.same.get(i)
     }
 
+    /// Whether something was found at tracked path `i`.
+    pub fn has(&self, t: &Tracked, i: usize) -> bool {
+        self.same.get(i) || self.items.contains_key(t.path(i))
+    }
+
+    /// Records that tracked path `i` holds what was synced there (a folder that could not be
+    /// listed keeps its content as it was).
+    pub fn carry(&mut self, t: &Tracked, i: usize) {
+        self.items.remove(t.path(i));
+        self.same.set(i, true);
+    }
+
     /// Records `item` (replacing what was found at its path before).
     pub fn insert(&mut self, t: &Tracked, item: SmbItem) {
         match t.find(item.path.as_str()) {
@@ -540,6 +571,78 @@ impl DriveOverlay {
             items.insert(t.rel_path(i), t.drive_item(i));
         }
         DriveSnapshot { items, trashed: self.trashed.clone() }
+    }
+}
+
+/// The synced states as a run changes them: the tracked ones, less those forgotten, with
+/// those recorded since on top (what a state reporter keeps, without copying the tracked).
+#[derive(Clone, Default, Debug)]
+pub struct KnownStates {
+    tracked: Tracked,
+    forgotten: Bits,
+    recorded: BTreeMap<RelPath, SyncedState>,
+}
+
+impl KnownStates {
+    /// The tracked states, none changed yet.
+    pub fn new(tracked: Tracked) -> KnownStates {
+        KnownStates { forgotten: Bits::new(tracked.len()), tracked, recorded: BTreeMap::new() }
+    }
+
+    /// The state of `path`.
+    pub fn get(&self, path: &str) -> Option<SyncedState> {
+        if let Some(s) = self.recorded.get(path) {
+            return Some(s.clone());
+        }
+        self.tracked.find(path).filter(|&i| !self.forgotten.get(i)).map(|i| self.tracked.state(i))
+    }
+
+    /// Records `state` at its path.
+    pub fn insert(&mut self, state: SyncedState) {
+        if let Some(i) = self.tracked.find(state.path.as_str()) {
+            self.forgotten.set(i, true);
+        }
+        self.recorded.insert(state.path.clone(), state);
+    }
+
+    /// Forgets the state of `path`, returning it.
+    pub fn remove(&mut self, path: &str) -> Option<SyncedState> {
+        let recorded = self.recorded.remove(path);
+        let tracked = self.tracked.find(path).filter(|&i| !self.forgotten.get(i));
+        if let Some(i) = tracked {
+            self.forgotten.set(i, true);
+        }
+        recorded.or_else(|| tracked.map(|i| self.tracked.state(i)))
+    }
+
+    /// The paths with a state at or below `dir`, in path order.
+    pub fn at_or_inside(&self, dir: &RelPath) -> Vec<RelPath> {
+        let mut out: Vec<RelPath> = self
+            .recorded
+            .range::<str, _>((std::ops::Bound::Included(dir.as_str()), std::ops::Bound::Unbounded))
+            .map(|(p, _)| p)
+            .take_while(|p| p.as_str().starts_with(dir.as_str()))
+            .filter(|p| p.is_at_or_inside(dir))
+            .cloned()
+            .collect();
+        let t = &self.tracked;
+        let own = t.find(dir.as_str()).into_iter();
+        for i in own.chain(t.inside(dir.as_str())).filter(|&i| !self.forgotten.get(i)) {
+            out.push(t.rel_path(i));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// How many states.
+    pub fn len(&self) -> usize {
+        self.tracked.len() - self.forgotten.count() + self.recorded.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -720,7 +823,7 @@ mod tests {
                 Some(&format!("ver_{ulid}")),
                 None,
             ),
-            state("b/dir-prefix", ItemKind::File, &format!("fld_{ulid}"), Some(&format!("ver_{ulid}")), None),
+            state("b/dir-prefix", ItemKind::File, "fld_01JD0000000000000000000043", Some(&format!("ver_{ulid}")), None),
             odd_size,
         ];
         let base = BaseState::from_states(states.clone());
@@ -732,6 +835,13 @@ mod tests {
         assert_eq!(t.inside("b"), 1..6);
         assert_eq!(t.find("b/plain").map(|i| t.path(i)), Some("b/plain"));
         assert_eq!(t.find("b/nothing"), None);
+        assert!(t.node_ids_unique());
+        let twice = Tracked::from_states([
+            state("x", ItemKind::File, &format!("fil_{ulid}"), Some("v"), None),
+            state("y", ItemKind::File, &format!("fil_{ulid}"), Some(&format!("ver_{ulid}")), None),
+        ]);
+        assert_eq!(twice.odd.len(), 1);
+        assert!(!twice.node_ids_unique(), "one compact and one whole, the same node");
     }
 
     #[test]
@@ -779,6 +889,32 @@ mod tests {
         assert_eq!(w.remove(&t, "a"), Some(t.carried(0)));
         assert!(!w.contains(&t, "a"));
         assert_eq!(w.to_snapshot(&t).items.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["b", "new"]);
+    }
+
+    #[test]
+    fn known_states_forget_record_and_find_below_a_folder() {
+        let t = Tracked::from_states([
+            state("a", ItemKind::Dir, "n1", None, None),
+            state("a/x", ItemKind::File, "n2", Some("v"), None),
+            state("a/y", ItemKind::File, "n3", Some("v"), None),
+            state("ab", ItemKind::File, "n4", Some("v"), None),
+        ]);
+        let mut k = KnownStates::new(t.clone());
+        assert_eq!(k.len(), 4);
+        assert_eq!(k.get("a/x"), Some(t.state(1)));
+        assert_eq!(k.remove("a/x"), Some(t.state(1)));
+        assert_eq!(k.remove("a/x"), None);
+        let mut moved = t.state(2);
+        moved.path = p("a/z");
+        k.insert(moved.clone());
+        let mut changed = t.state(3);
+        changed.smb.size = 1;
+        k.insert(changed.clone());
+        assert_eq!(k.get("ab"), Some(changed));
+        assert_eq!(k.at_or_inside(&p("a")), [p("a"), p("a/y"), p("a/z")]);
+        assert_eq!(k.len(), 4, "a, a/y, a/z, ab");
+        assert_eq!(k.remove("a/z"), Some(moved));
+        assert_eq!(k.len(), 3);
     }
 
     #[test]
