@@ -290,14 +290,7 @@ fn rotating_the_secret_key_reseals_credentials_and_retires_the_old_key() {
 
     // A server given the old key refuses to start and says why.
     let out = Command::new(BIN)
-        .args([
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--data-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
         .env("SCAIDRIVE_SECRET_KEY", &old_key)
         .output()
         .unwrap();
