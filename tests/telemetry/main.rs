@@ -110,18 +110,20 @@ impl MetricsService for Receiver {
     }
 }
 
-/// The receiver and the process-wide telemetry set-up (once per test binary: the exporters
-/// are global).
-fn receiver() -> &'static (Receiver, String) {
-    static R: OnceLock<(Receiver, String)> = OnceLock::new();
+/// The receiver, the runtime it runs on, and the process-wide telemetry set-up (once per test
+/// binary: the exporters are global).
+fn receiver() -> &'static (Receiver, String, tokio::runtime::Handle) {
+    static R: OnceLock<(Receiver, String, tokio::runtime::Handle)> = OnceLock::new();
     R.get_or_init(|| {
         let rx = Receiver::default();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let svc = rx.clone();
+        let (htx, hrx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            htx.send(rt.handle().clone()).unwrap();
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(listener).unwrap();
                 tonic::transport::Server::builder()
@@ -137,20 +139,25 @@ fn receiver() -> &'static (Receiver, String) {
         std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
         std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "500");
         std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
-        (rx, endpoint)
+        (rx, endpoint, hrx.recv().unwrap())
     })
 }
 
 fn init_telemetry() {
     static G: OnceLock<()> = OnceLock::new();
     G.get_or_init(|| {
-        receiver();
+        // The OTLP exporters' gRPC channels run their connection tasks on the runtime they are
+        // built in. Each #[tokio::test] has its own runtime, dropped when that test ends, so the
+        // exporters are built on the receiver's runtime, which lives as long as the binary:
+        // otherwise whatever the in-process api-server records after the first test to finish
+        // is never exported.
+        let _rt = receiver().2.enter();
         std::mem::forget(telemetry::init("api-server").expect("telemetry"));
     });
 }
 
 async fn wait_for<T>(what: &str, mut f: impl FnMut(&Received) -> Option<T>) -> T {
-    let (rx, _) = receiver();
+    let (rx, _, _) = receiver();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f(&rx.0.lock().unwrap_or_else(|e| e.into_inner())) {
