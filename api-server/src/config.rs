@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long = "smb-connections", env = "SCAIDRIVE_SMB_CONNECTIONS", default_value_t = 4)]
     pub embedded_smb_connections: usize,
 
+    /// Synced states the embedded workers keep between runs, together (as `sync-worker`'s
+    /// `--state-cache-items`).
+    #[arg(long = "state-cache-items", env = "SCAIDRIVE_STATE_CACHE_ITEMS", default_value_t = sync_worker::state_cache::DEFAULT_ITEMS)]
+    pub embedded_state_cache_items: usize,
+
     /// How often due scheduled runs are looked for, in milliseconds.
     #[arg(long, env = "SCAIDRIVE_SCHEDULER_TICK_MS", default_value = "5000")]
     pub scheduler_tick_ms: u64,
@@ -105,6 +110,7 @@ impl Config {
             embedded_max_transfers: 32,
             embedded_max_large_transfers: 4,
             embedded_smb_connections: 4,
+            embedded_state_cache_items: sync_worker::state_cache::DEFAULT_ITEMS,
             scheduler_tick_ms: 1000,
             secret_key: None,
             secret_key_file: None,

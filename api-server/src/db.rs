@@ -14,14 +14,18 @@ use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
-/// The migrations, in order. Add new files at the end.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "foundation", include_str!("../../migrations/0001_foundation.sql")),
-    (2, "connectors", include_str!("../../migrations/0002_connectors.sql")),
-    (3, "fleet", include_str!("../../migrations/0003_fleet.sql")),
-    (4, "permissions", include_str!("../../migrations/0004_permissions.sql")),
-    (5, "worker_pools", include_str!("../../migrations/0005_worker_pools.sql")),
-    (6, "watch", include_str!("../../migrations/0006_watch.sql")),
+/// The migrations, in order, and the backend each is for (`None`: both; a file named
+/// `….postgres.sql` is for PostgreSQL only, and is recorded as applied on SQLite without
+/// running). Add new files at the end.
+const MIGRATIONS: &[(i64, &str, Option<Backend>, &str)] = &[
+    (1, "foundation", None, include_str!("../../migrations/0001_foundation.sql")),
+    (2, "connectors", None, include_str!("../../migrations/0002_connectors.sql")),
+    (3, "fleet", None, include_str!("../../migrations/0003_fleet.sql")),
+    (4, "permissions", None, include_str!("../../migrations/0004_permissions.sql")),
+    (5, "worker_pools", None, include_str!("../../migrations/0005_worker_pools.sql")),
+    (6, "watch", None, include_str!("../../migrations/0006_watch.sql")),
+    (7, "state_versions", None, include_str!("../../migrations/0007_state_versions.sql")),
+    (8, "file_state_order", Some(Backend::Postgres), include_str!("../../migrations/0008_file_state_order.postgres.sql")),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +126,7 @@ impl Db {
             )
             .await
             .context("creating schema_migrations")?;
-        for (version, name, sql) in MIGRATIONS {
+        for (version, name, only, sql) in MIGRATIONS {
             let mut tx = self.begin().await?;
             if self.backend == Backend::Postgres {
                 // Several replicas may start at once: one applies, the others wait here.
@@ -137,6 +141,7 @@ impl Db {
                 continue;
             }
             tracing::info!(migration.version = version, migration.name = name, "applying migration");
+            let sql = if only.is_some_and(|b| b != self.backend) { "" } else { sql };
             for stmt in split_statements(sql) {
                 tx.execute(stmt.as_str())
                     .await

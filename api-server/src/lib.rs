@@ -150,6 +150,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let cfg = &state.config;
     let (transfers, large, connections) =
         (cfg.embedded_max_transfers, cfg.embedded_max_large_transfers, cfg.embedded_smb_connections);
+    let cache_items = cfg.embedded_state_cache_items;
     let queue = state.queue.clone();
     let token = state.worker_token.to_string();
     let mut tasks = fleet::spawn_background(state.clone(), stop.clone());
@@ -158,6 +159,8 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     // Standalone mode: the workers run here, on the same queue, talking gRPC over loopback,
     // exactly as separate sync-worker processes would.
     let pools = state_pools(&config_pools);
+    // One cache of synced states for all embedded workers: a connector's runs may land on any.
+    let state_cache = Arc::new(sync_worker::state_cache::StateCache::new(cache_items));
     for (pool, i) in pools.iter().flat_map(|p| (0..workers).map(move |i| (p.clone(), i))) {
         let mut wc = sync_worker::WorkerConfig::new(format!("http://{grpc_addr}"), token.clone());
         wc.worker_id = format!("embedded-{}-{pool}-{i}", std::process::id());
@@ -166,6 +169,7 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
         wc.max_transfers = transfers.max(1);
         wc.max_large_transfers = large.max(1);
         wc.smb_connections = connections.max(1);
+        wc.state_cache = state_cache.clone();
         let (q, s) = (queue.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = sync_worker::run(wc, q, s).await {

@@ -75,6 +75,9 @@ pub struct WorkerConfig {
     pub worker_pool: String,
     /// SMB change notification of idle connectors (see [`WatchConfig`]).
     pub watch: WatchConfig,
+    /// The synced states kept between runs ([`crate::state_cache`]); workers of one process
+    /// may share one (standalone mode's embedded workers do).
+    pub state_cache: std::sync::Arc<crate::state_cache::StateCache>,
 }
 
 /// Change notification: after a completed run a worker keeps watching the connector's SMB
@@ -152,6 +155,7 @@ impl WorkerConfig {
             worker_version: env!("CARGO_PKG_VERSION").to_string(),
             worker_pool: "default".to_string(),
             watch: WatchConfig::from_env(),
+            state_cache: Default::default(),
         }
     }
 }

@@ -435,13 +435,14 @@ impl Run {
 
         // SCANNING: the base, the SMB tree, the ScaiDrive side.
         self.board.set_phase(v1::JobPhase::Scanning);
-        let base = match self.list_base().await {
+        let (base, reused) = match self.list_base_noting().await {
             Ok(b) => b,
             Err(e) => return self.rpc_failed(e),
         };
         if let Err(e) = drive.ensure_root().await {
             return self.failed(detail(&e.code, e.message));
         }
+        let tracked = base.len();
         let board = self.board.clone();
         let started = now_ts();
         let started = FileTime::from_unix(started.seconds, started.nanos as u32);
@@ -536,14 +537,19 @@ impl Run {
 
         // TRANSFERRING
         self.board.set_phase(v1::JobPhase::Transferring);
-        let reporter = Arc::new(StateReporter::new(
-            self.ctx.rpc.clone(),
-            &self.spec.job_id,
-            self.lease.clone(),
-            base,
-            self.lease_lost.clone(),
-        ));
+        let reporter = Arc::new(
+            StateReporter::new(self.ctx.rpc.clone(), &self.spec.job_id, self.lease.clone(), base, self.lease_lost.clone())
+                .forgetting(self.ctx.config.state_cache.clone(), &self.spec.connector_id),
+        );
         *self.board.reporter.lock().unwrap() = Some(reporter.clone());
+        if reused {
+            reporter.info(
+                crate::state_cache::REUSED,
+                format!(
+                    "planned against this worker's copy of the {tracked} synced states (unchanged since it listed them); none listed"
+                ),
+            );
+        }
         for issue in &smb_scan.unreadable {
             reporter.report_issue(issue).await;
         }
@@ -705,29 +711,62 @@ impl Run {
     }
 
     /// The synced states, in their compact form (a million of them in about 150 MB).
-    async fn list_base(&self) -> Result<sync_engine::Tracked, RpcError> {
+    /// The connector's synced states: this worker's copy when the control plane says they
+    /// did not change since it was listed ([`crate::state_cache`]), else listed page by page
+    /// (and kept for the next run).
+    async fn list_base(&self) -> Result<Arc<sync_engine::Tracked>, RpcError> {
+        self.list_base_noting().await.map(|(base, _)| base)
+    }
+
+    /// [`Self::list_base`], and whether this worker's copy was reused.
+    async fn list_base_noting(&self) -> Result<(Arc<sync_engine::Tracked>, bool), RpcError> {
         let cp = self.ctx.rpc.cp.clone();
+        let cache = &self.ctx.config.state_cache;
+        let connector_id = &self.spec.connector_id;
+        let mut held = cache.get(connector_id);
+        let started = std::time::Instant::now();
         let mut states = sync_engine::TrackedBuilder::default();
         let mut page_token = String::new();
+        let mut version = String::new();
         loop {
             let req = v1::ListFileStatesRequest {
                 job_id: self.spec.job_id.clone(),
                 lease: Some(self.lease.clone()),
                 page_token: page_token.clone(),
                 page_size: 5000,
+                known_version: held.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
             };
             let resp = call_retrying(&self.stop, self.ctx.rpc.timeout, 3, || {
                 let (mut c, r) = (cp.clone(), req.clone());
                 async move { c.list_file_states(r).await }
             })
             .await?;
+            if page_token.is_empty() {
+                version = resp.states_version.clone();
+                if resp.unchanged {
+                    if let Some((_, base)) = held.take() {
+                        info!(base.items = base.len(), states.version = %version, "synced states unchanged since this worker listed them");
+                        return Ok((base, true));
+                    }
+                    continue; // (only asked with a copy in hand; if not, list them)
+                }
+                held = None;
+            }
             for s in resp.states.iter().filter_map(synced_of_proto) {
                 states.push(s);
             }
             if resp.next_page_token.is_empty() {
                 // Sorted by path (a page order that is not gets sorted), the last of equal
                 // paths kept, as inserts would.
-                return Ok(states.finish());
+                let base = Arc::new(states.finish());
+                cache.put(connector_id, &version, base.clone());
+                info!(
+                    base.items = base.len(),
+                    states.version = %version,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "synced states listed"
+                );
+                return Ok((base, false));
             }
             page_token = resp.next_page_token;
         }

@@ -29,6 +29,7 @@ pub mod rpc;
 pub mod scan;
 pub mod scope;
 pub mod smb_replica;
+pub mod state_cache;
 pub mod state_sink;
 pub mod watch;
 pub mod worker;

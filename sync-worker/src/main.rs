@@ -45,6 +45,10 @@ struct Args {
     /// SMB connections per job (Samba serves each connection with one single-threaded process).
     #[arg(long, env = "SCAIDRIVE_SMB_CONNECTIONS", default_value_t = 4)]
     smb_connections: usize,
+    /// Synced states kept between runs, all connectors together (about 170 bytes each; 0
+    /// keeps none): a quiet re-sync of a connector this worker ran last needs no listing.
+    #[arg(long, env = "SCAIDRIVE_STATE_CACHE_ITEMS", default_value_t = sync_worker::state_cache::DEFAULT_ITEMS)]
+    state_cache_items: usize,
     /// Requested lease lifetime in seconds (renewed every third of it).
     #[arg(long, env = "SCAIDRIVE_LEASE_TTL_SECS", default_value_t = 30)]
     lease_ttl_secs: u64,
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_transfers = args.max_transfers.max(1);
     config.max_large_transfers = args.max_large_transfers.max(1);
     config.smb_connections = args.smb_connections.max(1);
+    config.state_cache = Arc::new(sync_worker::state_cache::StateCache::new(args.state_cache_items));
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs.max(10));
     config.smb_timeouts.connect = Duration::from_secs(args.smb_connect_timeout_secs.max(1));
     config.smb_timeouts.request = Duration::from_secs(args.smb_request_timeout_secs.max(1));

@@ -7,7 +7,7 @@
 //! stream reports. A lease refusal cancels the run.
 
 use std::collections::HashMap;
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
 use proto::v1;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::convert::{drive_state, file_state, nt_status_in, proto_kind, smb_state};
 use crate::rpc::{call_retrying, ControlPlane, RpcError};
+use crate::state_cache::StateCache;
 
 /// Most states per `ReportFileStates` call (the contract's limit).
 pub const MAX_BATCH: usize = 1000;
@@ -43,6 +44,8 @@ pub struct StateReporter {
     /// Job-log lines waiting for the next flush.
     notes: StdMutex<Vec<v1::JobEvent>>,
     known: StdMutex<KnownStates>,
+    /// The worker's copy of these states, dropped at the first state written (stale then).
+    cached: StdMutex<Option<(Arc<StateCache>, String)>>,
     tally: StdMutex<Tally>,
     /// Serialises flushes so batches reach the server in order.
     flushing: tokio::sync::Mutex<()>,
@@ -54,7 +57,7 @@ impl StateReporter {
         rpc: ControlPlane,
         job_id: &str,
         lease: v1::LeaseToken,
-        base: Tracked,
+        base: Arc<Tracked>,
         lease_lost: CancellationToken,
     ) -> Self {
         StateReporter {
@@ -65,6 +68,7 @@ impl StateReporter {
             pending: StdMutex::new(Vec::new()),
             notes: StdMutex::new(Vec::new()),
             known: StdMutex::new(KnownStates::new(base)),
+            cached: StdMutex::new(None),
             tally: StdMutex::new(Tally::default()),
             flushing: tokio::sync::Mutex::new(()),
         }
@@ -80,9 +84,23 @@ impl StateReporter {
         self.pending.lock().unwrap().len()
     }
 
+    /// Drops `connector_id`'s states from `cache` as soon as this reporter has a state to
+    /// write: the copy would no longer be the connector's states (the next listing, which
+    /// gets a new version, keeps the new ones).
+    pub fn forgetting(self, cache: Arc<StateCache>, connector_id: &str) -> Self {
+        *self.cached.lock().unwrap() = Some((cache, connector_id.to_string()));
+        self
+    }
+
     fn push(&self, states: impl IntoIterator<Item = v1::FileState>) -> bool {
         let mut p = self.pending.lock().unwrap();
+        let before = p.len();
         p.extend(states);
+        if p.len() > before {
+            if let Some((cache, connector_id)) = self.cached.lock().unwrap().take() {
+                cache.forget(&connector_id);
+            }
+        }
         p.len() >= MAX_BATCH
     }
 
@@ -94,6 +112,17 @@ impl StateReporter {
             path: issue.path.as_str().to_string(),
             code: issue.code.clone(),
             message: issue.message.clone(),
+        });
+    }
+
+    /// An information line in the job log about the whole run (no path), sent with the next
+    /// flush.
+    pub fn info(&self, code: &str, message: String) {
+        self.notes.lock().unwrap().push(v1::JobEvent {
+            level: "info".to_string(),
+            path: String::new(),
+            code: code.to_string(),
+            message,
         });
     }
 

@@ -25,7 +25,8 @@ on_both_backends!(
     every_rpc_answers_every_kind_of_caller_as_the_matrix_says,
     hostile_messages_get_clean_answers,
     what_a_replicating_connector_creates_starts_closed,
-    an_upload_commits_only_what_its_trailer_vouches_for
+    an_upload_commits_only_what_its_trailer_vouches_for,
+    a_states_version_names_the_states_until_one_is_written
 );
 
 /// Puts `authorization` metadata on every call (nothing for `None`).
@@ -1028,7 +1029,11 @@ async fn send(
                 .map(|_| ())
         }
         Msg::ListFileStates(page_token, page_size) => {
-            c.cp.list_file_states(v1::ListFileStatesRequest { job_id, lease, page_token, page_size }).await.map(|_| ())
+            // The same hostile text as the known version too.
+            let known_version = page_token.clone();
+            c.cp.list_file_states(v1::ListFileStatesRequest { job_id, lease, page_token, page_size, known_version })
+                .await
+                .map(|_| ())
         }
         Msg::Events(level, path, code, message) => {
             c.cp.report_job_events(v1::ReportJobEventsRequest {
@@ -1357,5 +1362,94 @@ async fn an_upload_commits_only_what_its_trailer_vouches_for(backend: Backend) {
         let (st, body) = api.download(&file_id).await;
         assert_eq!((st, body.as_slice()), (StatusCode::OK, &b"abcdef"[..]), "{what}");
     }
+    srv.stop().await;
+}
+
+/// Issue 8: `ListFileStates` names the states with a version; asked with the version it gave,
+/// it answers `unchanged` (no states) until a state is written or removed, and a new lease
+/// holder (another worker) sees the same version for the same states.
+async fn a_states_version_names_the_states_until_one_is_written(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let share = api.share("Versions").await;
+    let cnn = connector(&api, &share, "versions").await;
+    let (st, j) = api.post(&format!("/api/v1/smb-connectors/{cnn}/sync"), json!({})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{j}");
+    let job_id = j["id"].as_str().unwrap().to_string();
+    let mut c = clients(&srv, Some(format!("Bearer {}", srv.worker_token()))).await;
+    let lease = acquire(&mut c.cp, &cnn, "w1").await;
+    let list = |c: &mut Clients, lease: &v1::LeaseToken, known: &str, page_token: &str| {
+        let req = v1::ListFileStatesRequest {
+            job_id: job_id.clone(),
+            lease: Some(lease.clone()),
+            page_token: page_token.into(),
+            page_size: 1,
+            known_version: known.into(),
+        };
+        let mut cp = c.cp.clone();
+        async move { cp.list_file_states(req).await.unwrap().into_inner() }
+    };
+    let state = |path: &str, status: v1::FileSyncStatus| v1::FileState {
+        path: path.into(),
+        kind: v1::NodeKind::File as i32,
+        status: status as i32,
+        ..Default::default()
+    };
+    let report = |c: &mut Clients, lease: &v1::LeaseToken, states: Vec<v1::FileState>| {
+        let req = v1::ReportFileStatesRequest { job_id: job_id.clone(), lease: Some(lease.clone()), states };
+        let mut cp = c.cp.clone();
+        async move { cp.report_file_states(req).await.unwrap().into_inner() }
+    };
+
+    // No states yet: no version, so nothing can be reused.
+    let r = list(&mut c, &lease, "", "").await;
+    assert!(r.states_version.is_empty() && !r.unchanged && r.states.is_empty(), "{r:?}");
+    report(&mut c, &lease, vec![state("a.txt", v1::FileSyncStatus::Synced), state("b.txt", v1::FileSyncStatus::Synced)])
+        .await;
+    let first = list(&mut c, &lease, "", "").await;
+    let v1_ = first.states_version.clone();
+    assert!(!v1_.is_empty() && !first.unchanged, "{first:?}");
+    assert_eq!(first.states.len(), 1, "pages as asked");
+    assert!(!first.next_page_token.is_empty());
+    // The version is named on the first page only; later pages list as before.
+    let second = list(&mut c, &lease, &v1_, &first.next_page_token).await;
+    assert!(!second.unchanged && second.states_version.is_empty(), "{second:?}");
+    assert_eq!(second.states.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["b.txt"]);
+
+    // Asked with the version it gave: unchanged, no states.
+    let same = list(&mut c, &lease, &v1_, "").await;
+    assert!(same.unchanged && same.states.is_empty() && same.states_version == v1_, "{same:?}");
+    // Another version (a copy of other states): listed.
+    let other = list(&mut c, &lease, "01JDNOTTHEVERSION", "").await;
+    assert!(!other.unchanged && other.states.len() == 1 && other.states_version == v1_, "{other:?}");
+
+    // A write gives a new version, even one that leaves the listed fields as they were.
+    report(&mut c, &lease, vec![state("a.txt", v1::FileSyncStatus::Synced)]).await;
+    let after_write = list(&mut c, &lease, &v1_, "").await;
+    assert!(!after_write.unchanged && !after_write.states.is_empty(), "{after_write:?}");
+    let v2 = after_write.states_version.clone();
+    assert_ne!(v2, v1_);
+    // So does a removal.
+    report(&mut c, &lease, vec![state("b.txt", v1::FileSyncStatus::Removed)]).await;
+    let after_removal = list(&mut c, &lease, &v2, "").await;
+    assert!(!after_removal.unchanged, "{after_removal:?}");
+    let v3 = after_removal.states_version.clone();
+    assert_ne!(v3, v2);
+    // An empty report writes nothing: the version stays.
+    report(&mut c, &lease, vec![]).await;
+    assert!(list(&mut c, &lease, &v3, "").await.unchanged);
+
+    // The next lease holder (another worker) gets the same answer for the same states.
+    let r = c
+        .cp
+        .release_lease(v1::ReleaseLeaseRequest { lease_id: lease.lease_id.clone(), fencing_token: lease.fencing_token })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.released);
+    let next = acquire(&mut c.cp, &cnn, "w2").await;
+    assert!(list(&mut c, &next, &v3, "").await.unchanged);
+    let all = list(&mut c, &next, "", "").await;
+    assert_eq!(all.states.iter().map(|s| s.path.as_str()).collect::<Vec<_>>(), ["a.txt"]);
     srv.stop().await;
 }

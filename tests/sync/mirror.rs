@@ -41,6 +41,7 @@ on_both_setups!(
     edits_additions_deletions_renames_and_moves_are_mirrored,
     smb_wins_over_scaidrive_side_changes,
     file_states_show_both_sides,
+    a_quiet_rerun_plans_against_the_workers_copy_of_the_synced_states,
 );
 
 async fn first_sync_mirrors_a_nested_tree(setup: Setup) {
@@ -279,6 +280,62 @@ async fn a_file_id_seen_again_with_new_content_is_not_taken_for_a_rename(setup: 
     let new = env.must(&c, "new.txt").await;
     assert_ne!(new["id"].as_str().unwrap(), old_id, "a new ScaiDrive file");
     assert!(env.trash(&c).await.iter().any(|t| t["id"].as_str() == Some(old_id.as_str())), "old.txt is in trash");
+    env.assert_mirrored(&c, "", no_skip).await;
+    env.finish().await;
+}
+
+/// Whether a job's log says it planned against the worker's copy of the synced states.
+fn reused_states(job: &Value) -> bool {
+    job["events"].as_array().unwrap().iter().any(|e| e["code"] == "SYNCED_STATES_REUSED" && e["level"] == "info")
+}
+
+/// Issue 8: a quiet re-run needs no listing of the synced states when the worker already holds
+/// them as they are (the control plane's version says so). Changes on either side found in
+/// such a run are synced exactly as in any other; the run that writes states makes the copy
+/// stale, so the next run lists them again.
+async fn a_quiet_rerun_plans_against_the_workers_copy_of_the_synced_states(setup: Setup) {
+    let env = Env::start(setup).await;
+    for i in 0..10 {
+        env.write(&format!("d{}/f{i}.txt", i % 3), format!("file {i}").as_bytes());
+    }
+    let c = env.connector(json!({})).await;
+    let first = env.sync_ok(&c).await;
+    assert!(!reused_states(&first), "nothing to reuse on a first run: {first:#}");
+    // Quiet runs: the first lists the states (and the worker keeps them), a later one reuses
+    // them. (Distributed: two worker processes, each with its own copy.)
+    let mut quiet = Vec::new();
+    while quiet.len() < 6 && !quiet.last().is_some_and(reused_states) {
+        let job = env.sync_ok(&c).await;
+        assert_eq!((job["files_synced"].as_i64(), job["files_deleted"].as_i64()), (Some(0), Some(0)), "{job:#}");
+        quiet.push(job);
+    }
+    assert!(!reused_states(&quiet[0]), "the first quiet run lists: {:#}", quiet[0]);
+    assert!(quiet.last().is_some_and(reused_states), "no quiet run reused the states: {quiet:#?}\n{}", env.logs());
+    if setup == Setup::Standalone {
+        assert_eq!(quiet.len(), 2, "the embedded workers share one copy: {quiet:#?}");
+    }
+    // Another quiet run on either worker now reuses (both listed the same states).
+    let job = env.sync_ok(&c).await;
+    assert!(reused_states(&job), "{job:#}");
+
+    // Changes on both sides, planned against the copy.
+    env.write("d0/f0.txt", b"file 0, edited on SMB");
+    std::fs::remove_file(env.disk().join("d1/f1.txt")).unwrap();
+    env.write("d2/new.txt", b"added on SMB");
+    let gone = env.must(&c, "d2/f2.txt").await;
+    let (st, v) = env.api.delete(&format!("/api/v1/files/{}", gone["id"].as_str().unwrap())).await;
+    assert!(st.is_success(), "{v}");
+    let changed = env.sync_ok(&c).await;
+    assert!(reused_states(&changed), "{changed:#}");
+    env.assert_mirrored(&c, "", no_skip).await;
+    assert_eq!(env.download(env.must(&c, "d0/f0.txt").await["id"].as_str().unwrap()).await, b"file 0, edited on SMB");
+    assert!(env.target_item(&c, "d1/f1.txt").await.is_none(), "deleted on SMB");
+    assert_eq!(env.download(env.must(&c, "d2/f2.txt").await["id"].as_str().unwrap()).await, b"file 2", "restored");
+
+    // That run wrote states: the next one lists them again, and the copy it keeps is current.
+    let next = env.sync_ok(&c).await;
+    assert!(!reused_states(&next), "{next:#}");
+    assert_eq!((next["files_synced"].as_i64(), next["files_deleted"].as_i64()), (Some(0), Some(0)), "{next:#}");
     env.assert_mirrored(&c, "", no_skip).await;
     env.finish().await;
 }

@@ -453,6 +453,21 @@ impl v1::control_plane_server::ControlPlane for Control {
         let r = req.into_inner();
         let sc = scope(&self.state, r.lease.as_ref(), None).await?;
         let limit = page_limit(r.page_size, 5000)?;
+        // Only the lease holder writes states, and the caller holds the lease: the version
+        // read before the first page still names the states of the last one.
+        let mut states_version = String::new();
+        if r.page_token.is_empty() {
+            states_version =
+                file_states::version(&self.state.db, &sc.connector_id).await.map_err(from_api)?.unwrap_or_default();
+            if !states_version.is_empty() && r.known_version == states_version {
+                return Ok(Response::new(v1::ListFileStatesResponse {
+                    states: Vec::new(),
+                    next_page_token: String::new(),
+                    states_version,
+                    unchanged: true,
+                }));
+            }
+        }
         let page = file_states::list(&self.state.db, &sc.connector_id, None, None, Some(&r.page_token), limit)
             .await
             .map_err(from_api)?;
@@ -460,6 +475,8 @@ impl v1::control_plane_server::ControlPlane for Control {
         Ok(Response::new(v1::ListFileStatesResponse {
             states: page.iter().map(state_msg).collect(),
             next_page_token: next,
+            states_version,
+            unchanged: false,
         }))
     }
 

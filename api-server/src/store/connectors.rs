@@ -377,7 +377,7 @@ pub async fn delete(db: &Db, c: &Connector) -> ApiResult<()> {
         .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE leases SET released = 1 WHERE connector_id = $1").bind(c.id.as_str()).execute(&mut *tx).await?;
-    for table in ["file_states", "connector_cursors"] {
+    for table in ["file_states", "file_state_versions", "connector_cursors"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE connector_id = $1"))
             .bind(c.id.as_str())
             .execute(&mut *tx)

@@ -138,11 +138,34 @@ pub async fn report(db: &Db, connector_id: &str, job_id: &str, fence: &Fence, st
         })
         .collect();
     super::jobs::add_events(&mut tx, job_id, &evs).await?;
+    if !states.is_empty() {
+        // In the same transaction: a worker's copy of the states is current exactly as long
+        // as the version it was listed with.
+        sqlx::query(
+            "INSERT INTO file_state_versions (connector_id, version) VALUES ($1, $2)
+             ON CONFLICT (connector_id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(connector_id)
+        .bind(ulid::Ulid::new().to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(states.len() as u32)
 }
 
-/// A page of a connector's file states, by path, filtered by status and path prefix.
+/// The version of a connector's states as they are now (see `file_state_versions`); `None`
+/// when none was ever reported.
+pub async fn version(db: &Db, connector_id: &str) -> ApiResult<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT version FROM file_state_versions WHERE connector_id = $1")
+        .bind(connector_id)
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(row.map(|(v,)| v))
+}
+
+/// A page of a connector's file states, in byte order of path (as workers keep them; also
+/// under a PostgreSQL collation other than C), filtered by status and path prefix.
 pub async fn list(
     db: &Db,
     connector_id: &str,
@@ -151,11 +174,14 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> ApiResult<Vec<FileState>> {
-    let rows = sqlx::query(
+    // The index `file_states_path_bytes` (PostgreSQL) serves this order.
+    let collate = if db.backend == crate::db::Backend::Postgres { " COLLATE \"C\"" } else { "" };
+    let sql = format!(
         "SELECT * FROM file_states WHERE connector_id = $1 AND ($2 = '' OR status = $2)
-            AND ($3 = '' OR path = $3 OR substr(path, 1, length($4)) = $4) AND path > $5
-         ORDER BY path LIMIT $6",
-    )
+            AND ($3 = '' OR path = $3 OR substr(path, 1, length($4)) = $4) AND path{collate} > $5
+         ORDER BY path{collate} LIMIT $6"
+    );
+    let rows = sqlx::query(&sql)
     .bind(connector_id)
     .bind(status.unwrap_or(""))
     .bind(prefix.unwrap_or(""))
@@ -164,14 +190,5 @@ pub async fn list(
     .bind(limit)
     .fetch_all(&db.pool)
     .await?;
-    Ok(rows.iter().map(state_from).collect())
-}
-
-/// Every state of a connector, for a worker rebuilding its base state.
-pub async fn all(db: &Db, connector_id: &str) -> ApiResult<Vec<FileState>> {
-    let rows = sqlx::query("SELECT * FROM file_states WHERE connector_id = $1 ORDER BY path")
-        .bind(connector_id)
-        .fetch_all(&db.pool)
-        .await?;
     Ok(rows.iter().map(state_from).collect())
 }

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::model::{
     BaseState, DriveItem, DriveSide, DriveSnapshot, FileTime, ItemKind, NodeId, RelPath, Settings, Sha256, SmbItem,
@@ -575,17 +576,19 @@ impl DriveOverlay {
 }
 
 /// The synced states as a run changes them: the tracked ones, less those forgotten, with
-/// those recorded since on top (what a state reporter keeps, without copying the tracked).
+/// those recorded since on top (what a state reporter keeps, without copying the tracked:
+/// they may be shared, e.g. with a worker's cache of the synced states).
 #[derive(Clone, Default, Debug)]
 pub struct KnownStates {
-    tracked: Tracked,
+    tracked: Arc<Tracked>,
     forgotten: Bits,
     recorded: BTreeMap<RelPath, SyncedState>,
 }
 
 impl KnownStates {
     /// The tracked states, none changed yet.
-    pub fn new(tracked: Tracked) -> KnownStates {
+    pub fn new(tracked: impl Into<Arc<Tracked>>) -> KnownStates {
+        let tracked = tracked.into();
         KnownStates { forgotten: Bits::new(tracked.len()), tracked, recorded: BTreeMap::new() }
     }
 
