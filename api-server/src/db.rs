@@ -52,11 +52,24 @@ impl Db {
     /// wait for the lock when another connection wrote meanwhile (SQLite answers
     /// `SQLITE_BUSY`/`SQLITE_BUSY_SNAPSHOT` at once, without its busy timeout), which failed
     /// uploads with 32 files in flight. Waiting at `BEGIN` honours the busy timeout.
+    ///
+    /// The `BEGIN` runs in a task of its own, so that a caller dropped while it waits (a gRPC
+    /// call cancelled by its client, say, while `BEGIN IMMEDIATE` waits for the write lock)
+    /// cannot leave a connection inside a transaction that no `Transaction` value owns: such
+    /// a connection went back to the pool holding SQLite's write lock ("database is locked"
+    /// for every other writer, "begin_with at non-zero transaction depth" for its next user).
+    /// Here the task finishes the `BEGIN`, and a transaction nobody awaits any more is dropped
+    /// as a whole, which rolls it back.
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+        let (pool, backend) = (self.pool.clone(), self.backend);
+        tokio::spawn(async move {
+            match backend {
+                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+                Backend::Postgres => pool.begin().await,
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(sqlx::Error::Io(std::io::Error::other(e))))
     }
 
     /// Connects (creating the SQLite file if needed) and applies pending migrations.
