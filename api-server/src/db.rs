@@ -25,7 +25,12 @@ const MIGRATIONS: &[(i64, &str, Option<Backend>, &str)] = &[
     (5, "worker_pools", None, include_str!("../../migrations/0005_worker_pools.sql")),
     (6, "watch", None, include_str!("../../migrations/0006_watch.sql")),
     (7, "state_versions", None, include_str!("../../migrations/0007_state_versions.sql")),
-    (8, "file_state_order", Some(Backend::Postgres), include_str!("../../migrations/0008_file_state_order.postgres.sql")),
+    (
+        8,
+        "file_state_order",
+        Some(Backend::Postgres),
+        include_str!("../../migrations/0008_file_state_order.postgres.sql"),
+    ),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -538,8 +538,14 @@ impl Run {
         // TRANSFERRING
         self.board.set_phase(v1::JobPhase::Transferring);
         let reporter = Arc::new(
-            StateReporter::new(self.ctx.rpc.clone(), &self.spec.job_id, self.lease.clone(), base, self.lease_lost.clone())
-                .forgetting(self.ctx.config.state_cache.clone(), &self.spec.connector_id),
+            StateReporter::new(
+                self.ctx.rpc.clone(),
+                &self.spec.job_id,
+                self.lease.clone(),
+                base,
+                self.lease_lost.clone(),
+            )
+            .forgetting(self.ctx.config.state_cache.clone(), &self.spec.connector_id),
         );
         *self.board.reporter.lock().unwrap() = Some(reporter.clone());
         if reused {

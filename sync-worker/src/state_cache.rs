@@ -100,7 +100,9 @@ impl StateCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_engine::{DriveSide, FileTime, ItemKind, NodeId, RelPath, SmbSide, SyncedState, TrackedBuilder, VersionId};
+    use sync_engine::{
+        DriveSide, FileTime, ItemKind, NodeId, RelPath, SmbSide, SyncedState, TrackedBuilder, VersionId,
+    };
 
     fn states(n: usize) -> Arc<Tracked> {
         let mut b = TrackedBuilder::default();

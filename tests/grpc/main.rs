@@ -1404,8 +1404,12 @@ async fn a_states_version_names_the_states_until_one_is_written(backend: Backend
     // No states yet: no version, so nothing can be reused.
     let r = list(&mut c, &lease, "", "").await;
     assert!(r.states_version.is_empty() && !r.unchanged && r.states.is_empty(), "{r:?}");
-    report(&mut c, &lease, vec![state("a.txt", v1::FileSyncStatus::Synced), state("b.txt", v1::FileSyncStatus::Synced)])
-        .await;
+    report(
+        &mut c,
+        &lease,
+        vec![state("a.txt", v1::FileSyncStatus::Synced), state("b.txt", v1::FileSyncStatus::Synced)],
+    )
+    .await;
     let first = list(&mut c, &lease, "", "").await;
     let v1_ = first.states_version.clone();
     assert!(!v1_.is_empty() && !first.unchanged, "{first:?}");

@@ -182,13 +182,13 @@ pub async fn list(
          ORDER BY path{collate} LIMIT $6"
     );
     let rows = sqlx::query(&sql)
-    .bind(connector_id)
-    .bind(status.unwrap_or(""))
-    .bind(prefix.unwrap_or(""))
-    .bind(prefix.map(|p| format!("{}/", p.trim_end_matches('/'))).unwrap_or_default())
-    .bind(after.unwrap_or(""))
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?;
+        .bind(connector_id)
+        .bind(status.unwrap_or(""))
+        .bind(prefix.unwrap_or(""))
+        .bind(prefix.map(|p| format!("{}/", p.trim_end_matches('/'))).unwrap_or_default())
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?;
     Ok(rows.iter().map(state_from).collect())
 }
