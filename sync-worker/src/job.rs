@@ -435,7 +435,7 @@ impl Run {
 
         // SCANNING: the base, the SMB tree, the ScaiDrive side.
         self.board.set_phase(v1::JobPhase::Scanning);
-        let (base, reused) = match self.list_base_noting().await {
+        let (base, reused) = match self.list_base().await {
             Ok(b) => b,
             Err(e) => return self.rpc_failed(e),
         };
@@ -665,7 +665,7 @@ impl Run {
         conn: &v1::ConnectorConfig,
         change_times: &std::collections::HashMap<RelPath, (FileTime, FileTime)>,
     ) -> Result<Option<v1::ErrorDetail>, RpcError> {
-        let base = self.list_base().await?;
+        let (base, _) = self.list_base().await?;
         let items: Vec<crate::permissions::Item> = (0..base.len())
             .map(|i| {
                 let s = base.state(i);
@@ -716,16 +716,11 @@ impl Run {
         self.failed(e.to_detail())
     }
 
-    /// The synced states, in their compact form (a million of them in about 150 MB).
-    /// The connector's synced states: this worker's copy when the control plane says they
-    /// did not change since it was listed ([`crate::state_cache`]), else listed page by page
-    /// (and kept for the next run).
-    async fn list_base(&self) -> Result<Arc<sync_engine::Tracked>, RpcError> {
-        self.list_base_noting().await.map(|(base, _)| base)
-    }
-
-    /// [`Self::list_base`], and whether this worker's copy was reused.
-    async fn list_base_noting(&self) -> Result<(Arc<sync_engine::Tracked>, bool), RpcError> {
+    /// The connector's synced states, in their compact form (a million of them in about
+    /// 150 MB): this worker's copy when the control plane says they did not change since it
+    /// was listed ([`crate::state_cache`]), else listed page by page (and kept for the next
+    /// run); true when the copy was reused.
+    async fn list_base(&self) -> Result<(Arc<sync_engine::Tracked>, bool), RpcError> {
         let cp = self.ctx.rpc.cp.clone();
         let cache = &self.ctx.config.state_cache;
         let connector_id = &self.spec.connector_id;
