@@ -43,11 +43,44 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// SQLite's writers of this process, one at a time (see [`Db::begin`]).
+    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db").field("backend", &self.backend).finish()
+    }
+}
+
+/// A write transaction from [`Db::begin`]. It dereferences to the connection, so queries take
+/// `&mut *tx` as with a plain `sqlx::Transaction`; dropped without [`commit`](Self::commit),
+/// it rolls back. On SQLite it also holds this process's writer turn until it ends.
+pub struct Tx<'a> {
+    tx: sqlx::Transaction<'a, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
     }
 }
 
@@ -58,6 +91,14 @@ impl Db {
     /// `SQLITE_BUSY`/`SQLITE_BUSY_SNAPSHOT` at once, without its busy timeout), which failed
     /// uploads with 32 files in flight. Waiting at `BEGIN` honours the busy timeout.
     ///
+    /// On SQLite the writers of this process also queue for their turn first (a fair async
+    /// mutex held until the transaction ends), so SQLite's lock is free when `BEGIN IMMEDIATE`
+    /// runs. Left to SQLite alone, a writer that finds the lock taken sleeps in its busy
+    /// handler (1, 2, 5, 10 ms and longer as it keeps failing) and wakes long after the lock
+    /// was released: with 32 uploads in flight the lock stood idle most of the time while the
+    /// writers slept (docs/PERFORMANCE.md, seventh round). The busy timeout still covers
+    /// writes outside a transaction and other processes.
+    ///
     /// The `BEGIN` runs in a task of its own, so that a caller dropped while it waits (a gRPC
     /// call cancelled by its client, say, while `BEGIN IMMEDIATE` waits for the write lock)
     /// cannot leave a connection inside a transaction that no `Transaction` value owns: such
@@ -65,12 +106,16 @@ impl Db {
     /// for every other writer, "begin_with at non-zero transaction depth" for its next user).
     /// Here the task finishes the `BEGIN`, and a transaction nobody awaits any more is dropped
     /// as a whole, which rolls it back.
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        let (pool, backend) = (self.pool.clone(), self.backend);
+    pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
+        let (pool, backend, writers) = (self.pool.clone(), self.backend, self.writers.clone());
         tokio::spawn(async move {
             match backend {
-                Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-                Backend::Postgres => pool.begin().await,
+                Backend::Sqlite => {
+                    let turn = writers.lock_owned().await;
+                    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    Ok(Tx { tx, _turn: Some(turn) })
+                }
+                Backend::Postgres => Ok(Tx { tx: pool.begin().await?, _turn: None }),
             }
         })
         .await
@@ -131,7 +176,7 @@ impl Db {
                 .await
                 .context("connecting to PostgreSQL")?,
         };
-        let db = Db { pool, backend };
+        let db = Db { pool, backend, writers: Default::default() };
         db.migrate().await?;
         Ok(db)
     }

@@ -26,6 +26,7 @@ on_both_backends!(
     hostile_messages_get_clean_answers,
     what_a_replicating_connector_creates_starts_closed,
     an_upload_commits_only_what_its_trailer_vouches_for,
+    an_uploads_reply_is_the_node_as_stored,
     a_states_version_names_the_states_until_one_is_written
 );
 
@@ -1362,6 +1363,92 @@ async fn an_upload_commits_only_what_its_trailer_vouches_for(backend: Backend) {
         let (st, body) = api.download(&file_id).await;
         assert_eq!((st, body.as_slice()), (StatusCode::OK, &b"abcdef"[..]), "{what}");
     }
+    srv.stop().await;
+}
+
+/// Issue 8: an upload's reply (and its change-log entry) is the node as ScaiDrive then stores
+/// it, for a new file in folders the upload creates and for a new version of it. The server
+/// builds both from what it wrote instead of reading the node back inside the write, so this
+/// holds them against what a later read returns.
+async fn an_uploads_reply_is_the_node_as_stored(backend: Backend) {
+    use v1::upload_request::Part;
+    let srv = TestServer::start(backend).await;
+    let api = srv.admin();
+    let share = api.share("Replies").await;
+    let cnn = connector(&api, &share, "replies").await;
+    let mut c = clients(&srv, Some(format!("Bearer {}", srv.worker_token()))).await;
+    let lease = acquire(&mut c.cp, &cnn, "w").await;
+    let upload = |data: &'static [u8], base: &str, secs: i64| {
+        vec![
+            v1::UploadRequest {
+                part: Some(Part::Header(v1::UploadHeader {
+                    lease: Some(lease.clone()),
+                    share_id: share.clone(),
+                    parent: by_path("/From FS/deep/er"),
+                    name: "x.txt".into(),
+                    size: data.len() as u64,
+                    sha256: sha256_hex(data),
+                    modified_at: Some(prost_types::Timestamp { seconds: secs, nanos: 0 }),
+                    base_version_id: base.into(),
+                    create_parents: true,
+                    ..Default::default()
+                })),
+            },
+            v1::UploadRequest { part: Some(Part::Chunk(data.to_vec())) },
+        ]
+    };
+    let mut cursor = String::new();
+    let mut base = String::new();
+    let mut file_id = String::new();
+    for (round, (data, secs)) in [(&b"first"[..], 1_700_000_000), (&b"second!"[..], 1_700_000_100)].into_iter().enumerate() {
+        let reply = c.fs.upload(futures::stream::iter(upload(data, &base, secs))).await;
+        let reply = reply.unwrap_or_else(|e| panic!("round {round}: {e}")).into_inner();
+        assert!(!reply.unchanged);
+        let node = reply.node.expect("a node");
+        let stored = c
+            .fs
+            .stat(v1::StatRequest { lease: Some(lease.clone()), share_id: share.clone(), node: by_id(&node.id) })
+            .await
+            .unwrap_or_else(|e| panic!("stat: {e}"))
+            .into_inner();
+        assert_eq!(node, stored, "round {round}: the reply is the stored node");
+        assert_eq!(node.path, "/From FS/deep/er/x.txt");
+        assert_eq!((node.size, node.sha256.as_str()), (data.len() as u64, sha256_hex(data).as_str()));
+        assert_eq!(node.modified_at.as_ref().map(|t| t.seconds), Some(secs));
+        assert_ne!(node.current_version_id, base, "round {round}: a new version");
+        if round == 1 {
+            assert_eq!(node.id, file_id, "the same file");
+        }
+        let changes = c
+            .fs
+            .list_changes(v1::ListChangesRequest {
+                lease: Some(lease.clone()),
+                share_id: share.clone(),
+                cursor: cursor.clone(),
+                limit: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("changes: {e}"))
+            .into_inner();
+        let last = changes.changes.last().expect("the upload's change");
+        let kind = if round == 0 { v1::ChangeType::Created } else { v1::ChangeType::Updated };
+        assert_eq!(last.r#type, kind as i32, "round {round}");
+        let logged = last.node.as_ref().expect("the change's node");
+        assert_eq!(
+            (&logged.id, &logged.path, logged.size, &logged.sha256, &logged.current_version_id, &logged.parent_id),
+            (&node.id, &node.path, node.size, &node.sha256, &node.current_version_id, &node.parent_id),
+            "round {round}: the change log names the node as written"
+        );
+        cursor = changes.cursor;
+        base = node.current_version_id.clone();
+        file_id = node.id.clone();
+    }
+    let (st, v) = api.get(&format!("/api/v1/files/{file_id}/versions")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let numbers: Vec<i64> = v["versions"].as_array().unwrap().iter().map(|v| v["number"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, [2, 1], "{v}");
+    let (st, body) = api.download(&file_id).await;
+    assert_eq!((st, body.as_slice()), (StatusCode::OK, &b"second!"[..]));
     srv.stop().await;
 }
 

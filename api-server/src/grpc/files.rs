@@ -332,7 +332,7 @@ impl v1::file_service_server::FileService for Files {
         )
         .await
         .map_err(from_api)?;
-        Ok(Response::new(v1::UploadResponse { node: Some(located(&self.state, c.node).await?), unchanged: false }))
+        Ok(Response::new(v1::UploadResponse { node: Some(node_msg(&c.node, c.path, false)), unchanged: false }))
     }
 
     type DownloadStream = Pin<Box<dyn Stream<Item = ByteResult> + Send>>;

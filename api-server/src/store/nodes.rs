@@ -131,11 +131,14 @@ pub struct Location {
     pub in_trash: bool,
 }
 
-const ANCESTRY_SQL: &str = "WITH RECURSIVE up(id, parent_id, name, deleted_at, depth) AS (
-        SELECT id, parent_id, name, deleted_at, 0 FROM nodes WHERE id = $1
+/// The node and its ancestors, the node first. The first row's `kind`, `share_id` and
+/// `tenant_id` let a writer check a parent folder with this one query.
+const ANCESTRY_SQL: &str = "WITH RECURSIVE up(id, parent_id, name, deleted_at, kind, share_id, tenant_id, depth) AS (
+        SELECT id, parent_id, name, deleted_at, kind, share_id, tenant_id, 0 FROM nodes WHERE id = $1
         UNION ALL
-        SELECT n.id, n.parent_id, n.name, n.deleted_at, up.depth + 1 FROM nodes n JOIN up ON n.id = up.parent_id
-    ) SELECT id, name, deleted_at FROM up ORDER BY depth";
+        SELECT n.id, n.parent_id, n.name, n.deleted_at, n.kind, n.share_id, n.tenant_id, up.depth + 1
+        FROM nodes n JOIN up ON n.id = up.parent_id
+    ) SELECT id, name, deleted_at, kind, share_id, tenant_id FROM up ORDER BY depth";
 
 fn location_from(rows: &[AnyRow]) -> Location {
     let mut names: Vec<String> = rows.iter().map(|r| get_str(r, "name")).collect();
@@ -216,19 +219,21 @@ pub async fn trash(db: &Db, share_id: &str) -> ApiResult<Vec<Node>> {
     Ok(rows.iter().map(node_from).collect())
 }
 
-/// Checks that `parent_id` is the share root or a live folder of that share.
+/// Checks that `parent_id` is the share root or a live folder of that share, and returns its
+/// path (one query: this runs inside every write transaction).
 async fn live_parent(tx: &mut Tx<'_>, tenant: &TenantId, share_id: &str, parent_id: &str) -> ApiResult<String> {
     if parent_id == share_id {
         return Ok("/".to_string());
     }
-    let p = get_tx(tx, tenant, parent_id)
-        .await?
-        .filter(|p| p.share_id == share_id)
+    let rows = sqlx::query(ANCESTRY_SQL).bind(parent_id).fetch_all(&mut **tx).await?;
+    let p = rows
+        .first()
+        .filter(|p| get_str(p, "tenant_id") == tenant.as_str() && get_str(p, "share_id") == share_id)
         .ok_or_else(|| ApiError::not_found("parent folder").with_field("parent_id"))?;
-    if p.kind != Kind::Folder {
+    if get_str(p, "kind") != Kind::Folder.as_str() {
         return Err(ApiError::validation("parent_id", "the parent is a file, not a folder").with_code("NOT_A_FOLDER"));
     }
-    let loc = locate_tx(tx, parent_id).await?;
+    let loc = location_from(&rows);
     if loc.in_trash {
         return Err(ApiError::conflict("PARENT_IN_TRASH", "the parent folder is in trash").with_field("parent_id"));
     }
@@ -254,6 +259,22 @@ async fn record_and_commit(
     let n =
         get_tx(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::internal("item vanished in its own transaction"))?;
     let path = locate_tx(&mut tx, id).await?.path;
+    record_known_and_commit(tx, tenant, pos, actor, &n, &path, change_type, old).await?;
+    Ok(n)
+}
+
+/// [`record_and_commit`] for a writer that knows the node as it now stands and its path.
+#[allow(clippy::too_many_arguments)]
+async fn record_known_and_commit(
+    mut tx: Tx<'_>,
+    tenant: &TenantId,
+    pos: i64,
+    actor: &Actor,
+    n: &Node,
+    path: &str,
+    change_type: ChangeType,
+    old: Option<(&str, &str)>,
+) -> ApiResult<()> {
     let file = n.kind == Kind::File;
     changes::record(
         &mut tx,
@@ -267,7 +288,7 @@ async fn record_and_commit(
             change_type,
             name: &n.name,
             parent_id: &n.parent_id,
-            path: &path,
+            path,
             old_parent_id: old.map(|o| o.0),
             old_path: old.map(|o| o.1),
             version_id: n.current_version_id.as_deref(),
@@ -277,7 +298,16 @@ async fn record_and_commit(
     )
     .await?;
     tx.commit().await?;
-    Ok(n)
+    Ok(())
+}
+
+/// The path of `name` in the folder at `parent_path`.
+fn child_path(parent_path: &str, name: &str) -> String {
+    if parent_path == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent_path}/{name}")
+    }
 }
 
 /// Creates a folder. `name` must already be validated (NFC).
@@ -361,21 +391,18 @@ async fn close_if_replicating(
     if actor.kind != "connector" {
         return Ok(());
     }
-    let on: Option<(i64,)> = sqlx::query_as("SELECT sync_permissions FROM connectors WHERE id = $1")
-        .bind(&actor.id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if on.map(|(v,)| v != 0).unwrap_or(false) {
-        sqlx::query(
-            "INSERT INTO acls (resource_id, resource_type, tenant_id, inherit_from_parent) VALUES ($1, $2, $3, 0)
-             ON CONFLICT (resource_id) DO NOTHING",
-        )
-        .bind(node_id)
-        .bind(kind)
-        .bind(tenant.as_str())
-        .execute(&mut **tx)
-        .await?;
-    }
+    // One statement, whether or not the connector replicates permissions.
+    sqlx::query(
+        "INSERT INTO acls (resource_id, resource_type, tenant_id, inherit_from_parent)
+         SELECT $1, $2, $3, 0 WHERE EXISTS (SELECT 1 FROM connectors WHERE id = $4 AND sync_permissions <> 0)
+         ON CONFLICT (resource_id) DO NOTHING",
+    )
+    .bind(node_id)
+    .bind(kind)
+    .bind(tenant.as_str())
+    .bind(&actor.id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -421,6 +448,8 @@ pub enum Target<'a> {
 /// The result of committing content.
 pub struct Committed {
     pub node: Node,
+    /// The file's path in its share (it is not in trash: the write checked).
+    pub path: String,
     pub version: Version,
     pub created: bool,
 }
@@ -458,22 +487,23 @@ pub async fn commit_content(
     let (mut tx, pos) = changes::begin_write(db, tenant, actor).await?;
     let now = now_ms();
     let mtime = modified_at.unwrap_or(now);
-    let (existing, parent_id, name) = match target {
+    let (existing, parent_id, name, path) = match target {
         Target::Named { parent_id, name } => {
-            live_parent(&mut tx, tenant, share_id, parent_id).await?;
+            let parent_path = live_parent(&mut tx, tenant, share_id, parent_id).await?;
             let ex = child_tx(&mut tx, parent_id, name).await?;
-            (ex, parent_id.to_string(), name.to_string())
+            (ex, parent_id.to_string(), name.to_string(), child_path(&parent_path, name))
         }
         Target::Existing { file_id } => {
             let n = get_tx(&mut tx, tenant, file_id)
                 .await?
                 .filter(|n| n.share_id == share_id && n.kind == Kind::File)
                 .ok_or_else(|| ApiError::not_found("file"))?;
-            if locate_tx(&mut tx, &n.id).await?.in_trash {
+            let loc = locate_tx(&mut tx, &n.id).await?;
+            if loc.in_trash {
                 return Err(ApiError::conflict("IN_TRASH", "the file is in trash; restore it first"));
             }
             let (p, nm) = (n.parent_id.clone(), n.name.clone());
-            (Some(n), p, nm)
+            (Some(n), p, nm, loc.path)
         }
     };
     if let Some(ex) = &existing {
@@ -509,40 +539,94 @@ pub async fn commit_content(
         .await?;
     }
 
+    // Each statement here runs while the write holds the tenant's change position (and, on
+    // SQLite, the database's write lock): a new file is inserted as it will stand, and the
+    // node is not read back (it is what was written).
+    let version_id = VersionId::generate().to_string();
     let created = existing.is_none();
-    let file_id = match &existing {
-        Some(n) => n.id.clone(),
-        None => FileId::generate().to_string(),
+    let node = match existing {
+        None => {
+            let node = Node {
+                id: FileId::generate().to_string(),
+                tenant_id: tenant.clone(),
+                share_id: share_id.to_string(),
+                parent_id,
+                name,
+                kind: Kind::File,
+                size: content.size as i64,
+                sha256: Some(content.sha256.clone()),
+                current_version_id: Some(version_id.clone()),
+                owner_id: actor.id.clone(),
+                modified_at: mtime,
+                created_at: now,
+                updated_at: now,
+                deleted_at: None,
+                last_change: pos,
+            };
+            sqlx::query(
+                "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, sha256, current_version_id,
+                    owner_id, modified_at, created_at, updated_at, last_change)
+                 VALUES ($1, $2, $3, $4, $5, 'file', $6, $7, $8, $9, $10, $11, $11, $12)",
+            )
+            .bind(&node.id)
+            .bind(tenant.as_str())
+            .bind(share_id)
+            .bind(&node.parent_id)
+            .bind(&node.name)
+            .bind(node.size)
+            .bind(&node.sha256)
+            .bind(&version_id)
+            .bind(&actor.id)
+            .bind(mtime)
+            .bind(now)
+            .bind(pos)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                err if err.code == "ALREADY_EXISTS" => name_taken(&node.name),
+                err => err,
+            })?;
+            close_if_replicating(&mut tx, tenant, actor, &node.id, "file").await?;
+            node
+        }
+        Some(ex) => {
+            sqlx::query(
+                "UPDATE nodes SET size = $1, sha256 = $2, current_version_id = $3, modified_at = $4, updated_at = $5,
+                    last_change = $7
+                 WHERE id = $6",
+            )
+            .bind(content.size as i64)
+            .bind(&content.sha256)
+            .bind(&version_id)
+            .bind(mtime)
+            .bind(now)
+            .bind(&ex.id)
+            .bind(pos)
+            .execute(&mut *tx)
+            .await?;
+            Node {
+                size: content.size as i64,
+                sha256: Some(content.sha256.clone()),
+                current_version_id: Some(version_id.clone()),
+                modified_at: mtime,
+                updated_at: now,
+                last_change: pos,
+                ..ex
+            }
+        }
     };
-    if created {
-        sqlx::query(
-            "INSERT INTO nodes (id, tenant_id, share_id, parent_id, name, kind, size, owner_id, modified_at, created_at, updated_at, last_change)
-             VALUES ($1, $2, $3, $4, $5, 'file', 0, $6, $7, $8, $8, $9)",
-        )
-        .bind(&file_id)
-        .bind(tenant.as_str())
-        .bind(share_id)
-        .bind(&parent_id)
-        .bind(&name)
-        .bind(&actor.id)
-        .bind(mtime)
-        .bind(now)
-        .bind(pos)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            err if err.code == "ALREADY_EXISTS" => name_taken(&name),
-            err => err,
-        })?;
-        close_if_replicating(&mut tx, tenant, actor, &file_id, "file").await?;
-    }
-    let (number,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE file_id = $1")
-        .bind(&file_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let number = if created {
+        1
+    } else {
+        let (n,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE file_id = $1")
+            .bind(&node.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        n
+    };
     let version = Version {
-        id: VersionId::generate().to_string(),
-        file_id: file_id.clone(),
+        id: version_id,
+        file_id: node.id.clone(),
         number,
         size: content.size as i64,
         sha256: content.sha256.clone(),
@@ -552,22 +636,9 @@ pub async fn commit_content(
         actor_id: actor.id.clone(),
     };
     insert_version(&mut tx, &version, &content.chunks).await?;
-    sqlx::query(
-        "UPDATE nodes SET size = $1, sha256 = $2, current_version_id = $3, modified_at = $4, updated_at = $5, last_change = $7
-         WHERE id = $6",
-    )
-    .bind(version.size)
-    .bind(&version.sha256)
-    .bind(&version.id)
-    .bind(mtime)
-    .bind(now)
-    .bind(&file_id)
-    .bind(pos)
-    .execute(&mut *tx)
-    .await?;
     let change = if created { ChangeType::Created } else { ChangeType::Updated };
-    let node = record_and_commit(tx, tenant, pos, actor, &file_id, change, None).await?;
-    Ok(Committed { node, version, created })
+    record_known_and_commit(tx, tenant, pos, actor, &node, &path, change, None).await?;
+    Ok(Committed { node, path, version, created })
 }
 
 async fn insert_version(tx: &mut Tx<'_>, v: &Version, chunks: &[ChunkRef]) -> ApiResult<()> {
