@@ -43,8 +43,9 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
-    /// SQLite's writers of this process, one at a time (see [`Db::begin`]).
-    writers: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite only: the one connection write transactions use, one at a time (see
+    /// [`Db::begin`]); `pool` serves everything else.
+    writer: Option<AnyPool>,
 }
 
 impl std::fmt::Debug for Db {
@@ -53,51 +54,22 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// A write transaction from [`Db::begin`]. It dereferences to the connection, so queries take
-/// `&mut *tx` as with a plain `sqlx::Transaction`; dropped without [`commit`](Self::commit),
-/// it rolls back. On SQLite it also holds this process's writer turn until it ends.
-pub struct Tx<'a> {
-    tx: sqlx::Transaction<'a, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Tx<'_> {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
-    }
-}
-
-impl std::ops::Deref for Tx<'_> {
-    type Target = sqlx::AnyConnection;
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for Tx<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
-    }
-}
-
 impl Db {
     /// Starts a transaction that will write. On SQLite it takes the write lock at its start
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later cannot
     /// wait for the lock when another connection wrote meanwhile (SQLite answers
     /// `SQLITE_BUSY`/`SQLITE_BUSY_SNAPSHOT` at once, without its busy timeout), which failed
-    /// uploads with 32 files in flight. Waiting at `BEGIN` honours the busy timeout.
+    /// uploads with 32 files in flight.
     ///
-    /// On SQLite the writers of this process also queue for their turn first (a fair async
-    /// mutex held until the transaction ends), so SQLite's lock is free when `BEGIN IMMEDIATE`
-    /// runs. Left to SQLite alone, a writer that finds the lock taken sleeps in its busy
-    /// handler (1, 2, 5, 10 ms and longer as it keeps failing) and wakes long after the lock
-    /// was released: with 32 uploads in flight the lock stood idle most of the time while the
-    /// writers slept (docs/PERFORMANCE.md, seventh round). The busy timeout still covers
-    /// writes outside a transaction and other processes.
+    /// On SQLite every write transaction also runs on the one connection kept for writes
+    /// (`writer`), so this process's writers queue, first come first served, for that
+    /// connection instead of for SQLite's lock; everything else uses the other connections.
+    /// SQLite runs one writer at a time anyway. Left to SQLite alone, a writer that found
+    /// the lock taken slept in its busy handler (1, 2, 5, 10 ms and longer as it kept
+    /// failing) and woke long after the lock was free, and it first waited for a connection
+    /// behind the readers. The writer connection also keeps every write statement prepared.
+    /// Small-file onboarding went from 8.7 to 6.1 s for 5,000 files (docs/PERFORMANCE.md,
+    /// seventh round). The busy timeout still covers writes outside a transaction.
     ///
     /// The `BEGIN` runs in a task of its own, so that a caller dropped while it waits (a gRPC
     /// call cancelled by its client, say, while `BEGIN IMMEDIATE` waits for the write lock)
@@ -106,16 +78,12 @@ impl Db {
     /// for every other writer, "begin_with at non-zero transaction depth" for its next user).
     /// Here the task finishes the `BEGIN`, and a transaction nobody awaits any more is dropped
     /// as a whole, which rolls it back.
-    pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
-        let (pool, backend, writers) = (self.pool.clone(), self.backend, self.writers.clone());
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let (pool, writer) = (self.pool.clone(), self.writer.clone());
         tokio::spawn(async move {
-            match backend {
-                Backend::Sqlite => {
-                    let turn = writers.lock_owned().await;
-                    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    Ok(Tx { tx, _turn: Some(turn) })
-                }
-                Backend::Postgres => Ok(Tx { tx: pool.begin().await?, _turn: None }),
+            match writer {
+                Some(w) => w.begin_with("BEGIN IMMEDIATE").await,
+                None => pool.begin().await,
             }
         })
         .await
@@ -132,7 +100,7 @@ impl Db {
         } else {
             anyhow::bail!("unsupported database URL scheme (use postgres:// or sqlite://)");
         };
-        let pool = match backend {
+        let (pool, writer) = match backend {
             Backend::Sqlite => {
                 // Create the file up front: AnyPool cannot pass `create_if_missing`.
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
@@ -142,20 +110,7 @@ impl Db {
                 use sqlx::ConnectOptions;
                 let conn = opts.connect().await.context("creating the SQLite database")?;
                 drop(conn);
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA busy_timeout = 30000").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await
-                    .context("opening the SQLite database")?
+                (sqlite_pool(url, 8).await?, Some(sqlite_pool(url, 1).await?))
             }
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
@@ -174,9 +129,10 @@ impl Db {
                 })
                 .connect(url)
                 .await
-                .context("connecting to PostgreSQL")?,
+                .context("connecting to PostgreSQL")
+                .map(|p| (p, None))?,
         };
-        let db = Db { pool, backend, writers: Default::default() };
+        let db = Db { pool, backend, writer };
         db.migrate().await?;
         Ok(db)
     }
@@ -225,6 +181,25 @@ impl Db {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// A pool of at most `n` connections to an existing SQLite database, set up as this module
+/// expects (busy timeout, foreign keys, `synchronous = NORMAL`; the file is in WAL mode).
+async fn sqlite_pool(url: &str, n: u32) -> anyhow::Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(n)
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .context("opening the SQLite database")
 }
 
 /// Splits a migration file into statements at `;` line ends, dropping `--` comments.

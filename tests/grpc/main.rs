@@ -1400,17 +1400,18 @@ async fn an_uploads_reply_is_the_node_as_stored(backend: Backend) {
     let mut cursor = String::new();
     let mut base = String::new();
     let mut file_id = String::new();
-    for (round, (data, secs)) in [(&b"first"[..], 1_700_000_000), (&b"second!"[..], 1_700_000_100)].into_iter().enumerate() {
+    for (round, (data, secs)) in
+        [(&b"first"[..], 1_700_000_000), (&b"second!"[..], 1_700_000_100)].into_iter().enumerate()
+    {
         let reply = c.fs.upload(futures::stream::iter(upload(data, &base, secs))).await;
         let reply = reply.unwrap_or_else(|e| panic!("round {round}: {e}")).into_inner();
         assert!(!reply.unchanged);
         let node = reply.node.expect("a node");
-        let stored = c
-            .fs
-            .stat(v1::StatRequest { lease: Some(lease.clone()), share_id: share.clone(), node: by_id(&node.id) })
-            .await
-            .unwrap_or_else(|e| panic!("stat: {e}"))
-            .into_inner();
+        let stored =
+            c.fs.stat(v1::StatRequest { lease: Some(lease.clone()), share_id: share.clone(), node: by_id(&node.id) })
+                .await
+                .unwrap_or_else(|e| panic!("stat: {e}"))
+                .into_inner();
         assert_eq!(node, stored, "round {round}: the reply is the stored node");
         assert_eq!(node.path, "/From FS/deep/er/x.txt");
         assert_eq!((node.size, node.sha256.as_str()), (data.len() as u64, sha256_hex(data).as_str()));
@@ -1419,9 +1420,8 @@ async fn an_uploads_reply_is_the_node_as_stored(backend: Backend) {
         if round == 1 {
             assert_eq!(node.id, file_id, "the same file");
         }
-        let changes = c
-            .fs
-            .list_changes(v1::ListChangesRequest {
+        let changes =
+            c.fs.list_changes(v1::ListChangesRequest {
                 lease: Some(lease.clone()),
                 share_id: share.clone(),
                 cursor: cursor.clone(),

@@ -20,7 +20,7 @@ pub mod watch;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-pub use crate::db::Tx;
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 pub(crate) fn get_str(r: &AnyRow, col: &str) -> String {
     r.try_get::<String, _>(col).unwrap_or_default()
