@@ -117,14 +117,8 @@ pub fn fence_of(t: Option<&v1::LeaseToken>) -> Result<Fence, Status> {
 /// target share.
 pub async fn scope(state: &AppState, token: Option<&v1::LeaseToken>, share_id: Option<&str>) -> Result<Scope, Status> {
     let fence = fence_of(token)?;
-    let lease = leases::validate(&state.db, &fence).await.map_err(from_api)?.map_err(refusal)?;
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT tenant_id, target_share_id FROM connectors WHERE id = $1")
-            .bind(&lease.connector_id)
-            .fetch_optional(&state.db.pool)
-            .await
-            .map_err(|e| from_api(e.into()))?;
-    let (tenant, target) = row.ok_or_else(|| {
+    let (lease, connector) = leases::validate_scoped(&state.db, &fence).await.map_err(from_api)?.map_err(refusal)?;
+    let (tenant, target) = connector.ok_or_else(|| {
         status(Code::NotFound, proto::codes::CONNECTOR_NOT_FOUND, "the lease's connector no longer exists")
     })?;
     if let Some(s) = share_id {

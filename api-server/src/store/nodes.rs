@@ -406,6 +406,26 @@ async fn close_if_replicating(
     Ok(())
 }
 
+/// The id of the live folder at `segs` when every folder on the way exists, in one query
+/// (a join per level, up to 16 levels). `None` when one is missing, is a file, or the path is
+/// deeper: [`ensure_folders`] then walks it level by level. Every upload by path asks this.
+async fn live_folder_at(db: &Db, share_id: &str, segs: &[String]) -> ApiResult<Option<String>> {
+    if segs.is_empty() || segs.len() > 16 {
+        return Ok(None);
+    }
+    let level = |i: usize| format!("n{i}.name = ${} AND n{i}.deleted_at IS NULL AND n{i}.kind = 'folder'", i + 2);
+    let mut sql = format!("SELECT n{}.id FROM nodes n0", segs.len() - 1);
+    for i in 1..segs.len() {
+        sql.push_str(&format!(" JOIN nodes n{i} ON n{i}.parent_id = n{}.id AND {}", i - 1, level(i)));
+    }
+    sql.push_str(&format!(" WHERE n0.parent_id = $1 AND {}", level(0)));
+    let mut q = sqlx::query_as::<_, (String,)>(&sql).bind(share_id);
+    for s in segs {
+        q = q.bind(s);
+    }
+    Ok(q.fetch_optional(&db.pool).await?.map(|(id,)| id))
+}
+
 /// Makes sure every folder of `segs` exists under the share root, creating the missing ones,
 /// and returns the id of the last (the share id for an empty path).
 pub async fn ensure_folders(
@@ -415,6 +435,9 @@ pub async fn ensure_folders(
     share_id: &str,
     segs: &[String],
 ) -> ApiResult<String> {
+    if let Some(id) = live_folder_at(db, share_id, segs).await? {
+        return Ok(id);
+    }
     let mut parent = share_id.to_string();
     for s in segs {
         match child(db, &parent, s).await? {
