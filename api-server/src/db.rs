@@ -68,8 +68,9 @@ impl Db {
     /// the lock taken slept in its busy handler (1, 2, 5, 10 ms and longer as it kept
     /// failing) and woke long after the lock was free, and it first waited for a connection
     /// behind the readers. The writer connection also keeps every write statement prepared.
-    /// Small-file onboarding went from 8.7 to 6.1 s for 5,000 files (docs/PERFORMANCE.md,
-    /// seventh round). The busy timeout still covers writes outside a transaction.
+    /// Small-file onboarding of 5,000 files went from 10.1–11.1 to 7.4–8.1 s, old and new
+    /// binaries alternating (docs/PERFORMANCE.md, seventh round). The busy timeout still
+    /// covers writes outside a transaction.
     ///
     /// The `BEGIN` runs in a task of its own, so that a caller dropped while it waits (a gRPC
     /// call cancelled by its client, say, while `BEGIN IMMEDIATE` waits for the write lock)
