@@ -134,7 +134,17 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let routes = grpc::router(state.clone(), state.worker_token.to_string());
     let s2 = stop.clone();
     let grpc_task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // Replies go out at once (TCP_NODELAY): a unary reply is several small writes (headers,
+        // message, trailers), and with Nagle's algorithm the last waited for the client's
+        // delayed ACK, about 40 ms per call. A run's renames and deletions, one call after
+        // another, took 43 ms each (docs/PERFORMANCE.md, seventh round).
+        let incoming = futures::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), |s| {
+            s.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::warn!(error = %e, "could not set TCP_NODELAY on a gRPC connection");
+                }
+            })
+        });
         let r = tonic::transport::Server::builder()
             .layer(observe::GrpcLayer)
             .add_routes(routes)
