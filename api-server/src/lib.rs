@@ -128,6 +128,13 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<Running>
     let app = http::router(state.clone());
     let s1 = stop.clone();
     let http = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // As for gRPC below: answers leave at once, not after the client's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY on an API connection");
+            }
+        });
         axum::serve(listener, app).with_graceful_shutdown(async move { s1.cancelled().await }).await
     });
 
