@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 use crate::crash::Rng;
 use crate::driver::{no_skip, Env, Setup, TERMINAL};
 use crate::failures::bulk_tree;
+use crate::proxy::Proxy;
 
 /// A `leases` row: connector, token, acquired at, expires at, released, worker.
 type LeaseRow = (String, i64, i64, i64, i64, String);
@@ -40,11 +41,17 @@ async fn frozen_workers_never_make_two_runs_of_a_connector() {
     let secs: u64 = std::env::var("LEASE_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     let mut rng = Rng::from_env("lease stress");
     let mut env = Env::start(Setup::Distributed).await;
+    // Runs must last long enough to be caught running and frozen past their lease: the SMB
+    // link is slowed (20 ms per forwarded piece), so a run takes a second or more however
+    // fast the product is.
+    let smb = Proxy::start(env.samba.addr()).await;
+    smb.slow(Duration::from_millis(20));
     let mut conns = Vec::new();
     for dir in ["l-a", "l-b", "l-c"] {
         bulk_tree(&env, dir, 4, 6);
         env.chown_all();
-        conns.push((dir, env.connector(json!({"base_path": dir})).await, None::<String>, 0u64));
+        let c = env.connector(json!({"base_path": dir, "server_port": smb.port()})).await;
+        conns.push((dir, c, None::<String>, 0u64));
     }
     let started = Instant::now();
     let mut frozen: Option<(usize, Instant)> = None;
@@ -213,7 +220,11 @@ async fn skewed_worker_clocks_cannot_extend_or_steal_a_lease() {
         env.write(&format!("quick/q{i:02}.txt"), format!("quick file {i}").as_bytes());
     }
     env.chown_all();
-    let slow_conn = env.connector(json!({"base_path": "slow"})).await;
+    // Through a slowed SMB link (10 ms per forwarded piece): the run lasts far longer than
+    // one lease in real time, however fast the product is.
+    let smb = Proxy::start(env.samba.addr()).await;
+    smb.slow(Duration::from_millis(10));
+    let slow_conn = env.connector(json!({"base_path": "slow", "server_port": smb.port()})).await;
     let quick_conn = env.connector(json!({"base_path": "quick"})).await;
 
     // The slow worker alone takes the big run.

@@ -87,6 +87,9 @@ async fn postgres_rabbitmq_and_samba_fail_mid_job_and_the_next_run_converges() {
     let f = Faulty::start(WorkerOpts::default()).await;
     let env = &f.env;
     let smb = Proxy::start(env.samba.addr()).await;
+    // Each forwarded piece waits 2 ms (about 30 MiB/s per connection): a run lasts a few
+    // seconds, long enough for each fault to land mid-transfer.
+    smb.slow(Duration::from_millis(2));
     let (n, mib) = (24, 12);
     write_round(env, "data", n, mib, 0);
     let c = env.connector(json!({"server_port": smb.port()})).await;

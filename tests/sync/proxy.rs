@@ -55,6 +55,8 @@ struct Ctl {
     tapes: Option<Mutex<Vec<Tape>>>,
     /// Bytes still forwarded before everything stalls by itself (see `Proxy::stall_after`).
     budget: std::sync::atomic::AtomicI64,
+    /// Microseconds every forwarded read waits before it goes on (see `Proxy::slow`).
+    delay_us: std::sync::atomic::AtomicU64,
 }
 
 /// A fault-injecting TCP proxy in front of `upstream`. Dropping it closes its listener and
@@ -85,6 +87,7 @@ impl Proxy {
             stalled: watch::channel(false).0,
             tapes: record.then(|| Mutex::new(Vec::new())),
             budget: std::sync::atomic::AtomicI64::new(i64::MAX),
+            delay_us: std::sync::atomic::AtomicU64::new(0),
         });
         let stop = Trip::new();
         tokio::spawn(accept_loop(listener, ctl.clone(), stop.clone()));
@@ -111,6 +114,14 @@ impl Proxy {
     /// does: a service that hangs in the middle of a transfer, however fast the transfer is.
     pub fn stall_after(&self, bytes: u64) {
         self.ctl.budget.store(bytes as i64, Ordering::SeqCst);
+    }
+
+    /// A slow link: from now on every read forwarded (either way, at most 64 KiB) waits
+    /// `delay` first, so each request and each reply takes that much longer. Tests whose
+    /// faults must land while a run is in flight use it: a run's length then does not depend
+    /// on how fast the product has become.
+    pub fn slow(&self, delay: Duration) {
+        self.ctl.delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Closes every live connection (both ends), as a crash or a network cut would.
@@ -201,6 +212,10 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
         }
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
+        }
+        let delay = ctl.delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
         }
         if let Some(t) = &tape {
             t.lock().unwrap().extend_from_slice(&buf[..n]);
