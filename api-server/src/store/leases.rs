@@ -134,18 +134,33 @@ pub async fn acquire(db: &Db, connector_id: &str, worker_id: &str, ttl_ms: i64) 
 
 /// The live lease a fence names, or why not.
 async fn live(conn: &mut sqlx::AnyConnection, fence: &Fence) -> ApiResult<Result<Lease, Refusal>> {
-    let row: Option<LeaseRow> = sqlx::query_as(
-        "SELECT l.connector_id, l.worker_id, l.fencing_token, l.ttl_ms, l.expires_at, l.released, c.last_token
-         FROM leases l JOIN lease_counters c ON c.connector_id = l.connector_id WHERE l.id = $1",
-    )
-    .bind(&fence.lease_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(judge(row, fence))
+    Ok(judge(stored(conn, fence).await?.0, fence))
 }
 
 /// A lease as stored, with its connector's last issued fencing token.
 type LeaseRow = (String, String, i64, i64, i64, i64, i64);
+
+/// The lease a fence names as stored, and the tenant and target share of its connector
+/// (`None` when the connector no longer exists), in one query.
+async fn stored(
+    conn: &mut sqlx::AnyConnection,
+    fence: &Fence,
+) -> ApiResult<(Option<LeaseRow>, Option<(String, String)>)> {
+    let row: Option<(String, String, i64, i64, i64, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT l.connector_id, l.worker_id, l.fencing_token, l.ttl_ms, l.expires_at, l.released, c.last_token,
+                k.tenant_id, k.target_share_id
+         FROM leases l JOIN lease_counters c ON c.connector_id = l.connector_id
+         LEFT JOIN connectors k ON k.id = l.connector_id
+         WHERE l.id = $1",
+    )
+    .bind(&fence.lease_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        None => (None, None),
+        Some((a, b, c, d, e, f, g, tenant, share)) => (Some((a, b, c, d, e, f, g)), tenant.zip(share)),
+    })
+}
 
 /// Whether the stored lease is live for this fence.
 fn judge(row: Option<LeaseRow>, fence: &Fence) -> Result<Lease, Refusal> {
@@ -161,23 +176,11 @@ fn judge(row: Option<LeaseRow>, fence: &Fence) -> Result<Lease, Refusal> {
     Ok(Lease { connector_id, lease_id: fence.lease_id.clone(), worker_id, fencing_token: token, ttl_ms, expires_at })
 }
 
-/// [`validate`], and in the same query the tenant and target share of the lease's connector
-/// (`None` when the connector no longer exists): what every worker call checks first.
+/// [`validate`], and the tenant and target share of the lease's connector (`None` when the
+/// connector no longer exists) from the same query: what every worker call checks first.
 pub async fn validate_scoped(db: &Db, fence: &Fence) -> ApiResult<Result<(Lease, Option<(String, String)>), Refusal>> {
-    let row: Option<(String, String, i64, i64, i64, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT l.connector_id, l.worker_id, l.fencing_token, l.ttl_ms, l.expires_at, l.released, c.last_token,
-                k.tenant_id, k.target_share_id
-         FROM leases l JOIN lease_counters c ON c.connector_id = l.connector_id
-         LEFT JOIN connectors k ON k.id = l.connector_id
-         WHERE l.id = $1",
-    )
-    .bind(&fence.lease_id)
-    .fetch_optional(&db.pool)
-    .await?;
-    let (lease, connector) = match row {
-        None => (None, None),
-        Some((a, b, c, d, e, f, g, tenant, share)) => (Some((a, b, c, d, e, f, g)), tenant.zip(share)),
-    };
+    let mut conn = db.pool.acquire().await?;
+    let (lease, connector) = stored(&mut conn, fence).await?;
     Ok(judge(lease, fence).map(|l| (l, connector)))
 }
 
